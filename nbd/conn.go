@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -37,14 +39,26 @@ type serverConn struct {
 	limits limits
 	br     *bufio.Reader
 
-	wmu     sync.Mutex
-	bw      *bufio.Writer
+	wmu sync.Mutex
+	wc  net.Conn // where replies go
+	// rawOut is the socket for sendfile; nil under TLS.
+	rawOut  syscall.RawConn
+	out     []byte // replies not yet written
 	werr    error
 	pending atomic.Int32 // replies waiting for wmu; the last one flushes
 
-	slots    chan struct{}
-	bytes    *semaphore.Weighted
-	inflight sync.WaitGroup
+	slots chan struct{}
+	bytes *semaphore.Weighted
+	// work hands requests to long-lived workers: a goroutine per request
+	// would pay for its creation and for growing its stack every time.
+	work    chan job
+	workers sync.WaitGroup
+}
+
+type job struct {
+	req     request
+	payload []byte
+	weight  int64
 }
 
 func newServerConn(s *Server, nc net.Conn, id uint64) *serverConn {
@@ -136,17 +150,20 @@ func (c *serverConn) serve() {
 
 func (c *serverConn) transmit(nc net.Conn) {
 	c.br = bufio.NewReaderSize(nc, connBufSize)
-	c.bw = bufio.NewWriterSize(nc, connBufSize)
+	c.wc = nc
+	if sc, ok := nc.(syscall.Conn); ok {
+		if _, isFS := c.dev.(FileSource); isFS {
+			c.rawOut, _ = sc.SyscallConn()
+		}
+	}
+	c.out = make([]byte, 0, connBufSize+64<<10)
 	c.slots = make(chan struct{}, c.srv.opts.QueueDepth)
 	c.bytes = semaphore.NewWeighted(c.srv.opts.MaxInFlightBytes)
 
+	c.work = make(chan job)
 	c.readLoop()
-	c.inflight.Wait()
-	c.wmu.Lock()
-	if c.werr == nil {
-		c.bw.Flush()
-	}
-	c.wmu.Unlock()
+	close(c.work)
+	c.workers.Wait()
 }
 
 func (c *serverConn) readLoop() {
@@ -207,8 +224,29 @@ func (c *serverConn) readLoop() {
 				return
 			}
 		}
-		c.inflight.Add(1)
-		go c.handle(req, payload, weight)
+		c.dispatch(job{req, payload, weight})
+	}
+}
+
+// dispatch gives j to an idle worker, starting one if none is idle. The
+// slots bound busy workers, so there are never more than QueueDepth.
+func (c *serverConn) dispatch(j job) {
+	select {
+	case c.work <- j:
+	default:
+		c.workers.Add(1)
+		go c.worker(j)
+	}
+}
+
+func (c *serverConn) worker(j job) {
+	defer c.workers.Done()
+	for {
+		c.handle(j.req, j.payload, j.weight)
+		var ok bool
+		if j, ok = <-c.work; !ok {
+			return
+		}
 	}
 }
 
@@ -219,7 +257,6 @@ func (c *serverConn) handle(req request, payload []byte, weight int64) {
 		}
 		c.bytes.Release(weight)
 		<-c.slots
-		c.inflight.Done()
 	}()
 	if errno, msg := c.limits.validate(&req); errno != 0 {
 		c.log.Debug("nbd: request refused", "cmd", cmdName(req.typ), "offset", req.offset,
@@ -233,6 +270,12 @@ func (c *serverConn) handle(req request, payload []byte, weight int64) {
 	var err error
 	switch req.typ {
 	case cmdRead:
+		if n >= directWriteMin && c.rawOut != nil {
+			if f, fo, ok := c.dev.(FileSource).FileRange(off, n); ok {
+				c.replyFile(&req, f, fo)
+				return
+			}
+		}
 		buf := c.srv.pool.get(int(req.length))
 		defer c.srv.pool.put(buf)
 		if err = c.dev.ReadAt(ctx, buf, off); err == nil {
@@ -282,19 +325,30 @@ func (c *serverConn) handle(req request, payload []byte, weight int64) {
 	c.replyOK(&req)
 }
 
-// send runs write under the writer lock. Replies are buffered and the
-// last waiting sender flushes, so a deep queue costs one syscall per
+// send appends a reply under the writer lock. Replies are buffered and
+// the last waiting sender flushes, so a deep queue costs one syscall per
 // batch while a lone request is flushed at once.
-func (c *serverConn) send(write func(w *bufio.Writer) error) {
+func (c *serverConn) send(appendReply func(b []byte) []byte) {
 	c.pending.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr == nil {
-		c.werr = write(c.bw)
+		c.out = appendReply(c.out)
 	}
-	if c.pending.Add(-1) == 0 && c.werr == nil {
-		c.werr = c.bw.Flush()
+	if (c.pending.Add(-1) == 0 || len(c.out) >= connBufSize) && c.werr == nil {
+		c.flushLocked(nil, nil)
 	}
+}
+
+// flushLocked writes the buffered replies, then hdr and data if given,
+// in one writev: a large read payload is never copied.
+func (c *serverConn) flushLocked(hdr, data []byte) {
+	if len(c.out) == 0 && hdr == nil {
+		return
+	}
+	bufs := net.Buffers{c.out, hdr, data}
+	_, c.werr = bufs.WriteTo(c.wc)
+	c.out = c.out[:0]
 	if c.werr != nil {
 		// The client cannot receive replies any more: stop reading too.
 		c.mu.Lock()
@@ -303,70 +357,88 @@ func (c *serverConn) send(write func(w *bufio.Writer) error) {
 	}
 }
 
-func putSimpleHeader(b []byte, errno uint32, handle uint64) {
-	binary.BigEndian.PutUint32(b[0:], magicSimpleReply)
-	binary.BigEndian.PutUint32(b[4:], errno)
-	binary.BigEndian.PutUint64(b[8:], handle)
+func appendSimpleHeader(b []byte, errno uint32, handle uint64) []byte {
+	b = binary.BigEndian.AppendUint32(b, magicSimpleReply)
+	b = binary.BigEndian.AppendUint32(b, errno)
+	return binary.BigEndian.AppendUint64(b, handle)
 }
 
-func putChunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) {
-	binary.BigEndian.PutUint32(b[0:], magicStructReply)
-	binary.BigEndian.PutUint16(b[4:], flags)
-	binary.BigEndian.PutUint16(b[6:], typ)
-	binary.BigEndian.PutUint64(b[8:], handle)
-	binary.BigEndian.PutUint32(b[16:], length)
+func appendChunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, magicStructReply)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint16(b, typ)
+	b = binary.BigEndian.AppendUint64(b, handle)
+	return binary.BigEndian.AppendUint32(b, length)
 }
 
 func (c *serverConn) replyOK(req *request) {
-	c.send(func(w *bufio.Writer) error {
-		var b [simpleReplySize]byte
-		putSimpleHeader(b[:], 0, req.handle)
-		_, err := w.Write(b[:])
-		return err
-	})
+	c.send(func(b []byte) []byte { return appendSimpleHeader(b, 0, req.handle) })
+}
+
+// directWriteMin is the read size from which the payload bypasses the
+// reply buffer.
+const directWriteMin = 32 << 10
+
+// appendDataHeader starts a successful read reply.
+func (c *serverConn) appendDataHeader(b []byte, req *request) []byte {
+	if !c.limits.structured {
+		return appendSimpleHeader(b, 0, req.handle)
+	}
+	b = appendChunkHeader(b, replyFlagDone, replyTypeOffsetData, req.handle, 8+req.length)
+	return binary.BigEndian.AppendUint64(b, req.offset)
 }
 
 func (c *serverConn) replyData(req *request, data []byte) {
-	c.send(func(w *bufio.Writer) error {
-		if !c.limits.structured {
-			var b [simpleReplySize]byte
-			putSimpleHeader(b[:], 0, req.handle)
-			if _, err := w.Write(b[:]); err != nil {
-				return err
-			}
-		} else {
-			var b [structReplyHdrSize + 8]byte
-			putChunkHeader(b[:], replyFlagDone, replyTypeOffsetData, req.handle, uint32(8+len(data)))
-			binary.BigEndian.PutUint64(b[structReplyHdrSize:], req.offset)
-			if _, err := w.Write(b[:]); err != nil {
-				return err
-			}
-		}
-		_, err := w.Write(data)
-		return err
-	})
+	var hb [structReplyHdrSize + 8]byte
+	hdr := c.appendDataHeader(hb[:0], req)
+	if len(data) < directWriteMin {
+		c.send(func(b []byte) []byte { return append(append(b, hdr...), data...) })
+		return
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr == nil {
+		c.flushLocked(hdr, data)
+	}
+}
+
+// replyFile sends a read reply whose data comes from f by sendfile.
+func (c *serverConn) replyFile(req *request, f *os.File, fileOff int64) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
+	}
+	c.out = c.appendDataHeader(c.out, req)
+	if c.flushLocked(nil, nil); c.werr != nil {
+		return
+	}
+	if err := sendFile(c.rawOut, f, fileOff, int64(req.length)); err != nil {
+		// The header promised the data: only hanging up is left (the
+		// spec's rule for an error after a successful reply header).
+		c.log.Warn("nbd: read failed after the reply header; dropping the connection",
+			"offset", req.offset, "length", req.length, "err", err)
+		c.werr = err
+		c.mu.Lock()
+		c.nc.Close()
+		c.mu.Unlock()
+	}
 }
 
 // replyError answers with an error; with structured replies the message
 // travels along for the client's user to read.
 func (c *serverConn) replyError(req *request, errno uint32, msg string) {
-	c.send(func(w *bufio.Writer) error {
+	c.send(func(b []byte) []byte {
 		if !c.limits.structured {
-			var b [simpleReplySize]byte
-			putSimpleHeader(b[:], errno, req.handle)
-			_, err := w.Write(b[:])
-			return err
+			return appendSimpleHeader(b, errno, req.handle)
 		}
 		if len(msg) > maxStringLen {
 			msg = msg[:maxStringLen]
 		}
-		b := make([]byte, structReplyHdrSize+6, structReplyHdrSize+6+len(msg))
-		putChunkHeader(b, replyFlagDone, replyTypeError, req.handle, uint32(6+len(msg)))
-		binary.BigEndian.PutUint32(b[structReplyHdrSize:], errno)
-		binary.BigEndian.PutUint16(b[structReplyHdrSize+4:], uint16(len(msg)))
-		b = append(b, msg...)
-		_, err := w.Write(b)
-		return err
+		b = appendChunkHeader(b, replyFlagDone, replyTypeError, req.handle, uint32(6+len(msg)))
+		b = binary.BigEndian.AppendUint32(b, errno)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+		return append(b, msg...)
 	})
 }
 
@@ -415,13 +487,8 @@ func (c *serverConn) replyBlockStatus(req *request, exts []Extent) {
 		desc = binary.BigEndian.AppendUint32(desc, req.length)
 		desc = binary.BigEndian.AppendUint32(desc, 0)
 	}
-	c.send(func(w *bufio.Writer) error {
-		var b [structReplyHdrSize]byte
-		putChunkHeader(b[:], replyFlagDone, replyTypeBlockStatus, req.handle, uint32(len(desc)))
-		if _, err := w.Write(b[:]); err != nil {
-			return err
-		}
-		_, err := w.Write(desc)
-		return err
+	c.send(func(b []byte) []byte {
+		b = appendChunkHeader(b, replyFlagDone, replyTypeBlockStatus, req.handle, uint32(len(desc)))
+		return append(b, desc...)
 	})
 }

@@ -3,6 +3,7 @@ package nbd
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // Device is the block device an export serves. The NBD server calls it
@@ -104,3 +105,13 @@ var (
 	// ErrShutdown: the device is going away (ESHUTDOWN).
 	ErrShutdown = errors.New("nbd: device shutting down")
 )
+
+// FileSource is implemented by devices that keep a range's bytes in an
+// open file. The server then sends large reads over plain TCP or Unix
+// sockets with sendfile(2): the page cache pages go to the socket by
+// reference, skipping both copies through user space. ok=false means
+// "use ReadAt" (for example under O_DIRECT, where the page cache is not
+// authoritative).
+type FileSource interface {
+	FileRange(off, length int64) (f *os.File, fileOff int64, ok bool)
+}

@@ -96,6 +96,8 @@ func (m *memDevice) Extents(_ context.Context, off, n int64) ([]Extent, error) {
 	if err := m.run("extents", off, n); err != nil {
 		return nil, err
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	return m.extents, nil
 }
 func (m *memDevice) snapshot() []byte {

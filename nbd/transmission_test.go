@@ -313,7 +313,9 @@ func TestBlockStatus(t *testing.T) {
 		t.Fatalf("REQ_ONE: %+v", r.descs)
 	}
 	// A device that reports nothing: "allocated" for the whole range.
+	dev.mu.Lock()
 	dev.extents = nil
+	dev.mu.Unlock()
 	r = c.do(cmdBlockStatus, 0, 0, 1000, nil)
 	if len(r.descs) != 1 || r.descs[0] != [2]uint32{1000, 0} {
 		t.Fatalf("empty extents: %+v", r.descs)
