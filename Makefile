@@ -27,16 +27,18 @@ STATICCHECK   ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 # command:Debian package. `deps` installs a package only when its command is
 # missing, so a prepared machine never touches apt. gcc is here because
-# -race needs cgo.
+# -race needs cgo. nbdsh is a script in python3-libnbd, which also needs the
+# python module checked below.
 DEPS := nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
-	nbdkit:nbdkit qemu-img:qemu-utils qemu-io:qemu-utils fio:fio \
-	fusermount3:fuse3 mkfs.ext4:e2fsprogs lsblk:util-linux losetup:mount \
-	ip:iproute2 gcc:gcc
+	nbdsh:python3-libnbd nbdkit:nbdkit qemu-img:qemu-utils qemu-io:qemu-utils \
+	fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
+	lsblk:util-linux mountpoint:util-linux losetup:mount mount:mount \
+	umount:mount sha256sum:coreutils strace:strace ip:iproute2 gcc:gcc
 
 .PHONY: help deps build test bench demo lint fuzz clean check-go
 
 help:
-	@echo "make deps   install missing Debian packages (libnbd-bin nbdkit qemu-utils fio fuse3 ...)"
+	@echo "make deps   install missing Debian packages (libnbd-bin python3-libnbd nbdkit qemu-utils fio fuse3 strace ...)"
 	@echo "make build  static binary at bin/tandem"
 	@echo "make test   deps + go test -race ./... (CI=true turns skips for missing tools into failures)"
 	@echo "make demo   deps + build + tools/demo/demo.sh"
@@ -55,6 +57,7 @@ deps:
 		command -v "$$cmd" >/dev/null 2>&1 || missing+=("$$pkg"); \
 	done; \
 	[ -e /usr/include/stdio.h ] || missing+=(libc6-dev); \
+	/usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || missing+=(python3-libnbd); \
 	if [ $${#missing[@]} -eq 0 ]; then echo "deps: all present"; exit 0; fi; \
 	pkgs=$$(printf '%s\n' "$${missing[@]}" | sort -u | tr '\n' ' '); \
 	if [ "$$(id -u)" -ne 0 ]; then echo "deps: missing packages: $$pkgs; run make deps as root" >&2; exit 1; fi; \

@@ -72,11 +72,11 @@ func TestRealClientNbdcopy(t *testing.T) {
 			writeRandomFile(t, src, size, c.holes)
 			want := sha256File(t, src)
 
-			runTool(t, "nbdcopy", append(par, "--flush", src, uri)...)
+			testenv.Run(t, "nbdcopy", append(par, "--flush", src, uri)...)
 			if got := sha256File(t, backing); got != want {
 				t.Fatalf("backing file after upload: sha256 %s, want %s", got, want)
 			}
-			runTool(t, "nbdcopy", append(par, uri, dst)...)
+			testenv.Run(t, "nbdcopy", append(par, uri, dst)...)
 			if got := sha256File(t, dst); got != want {
 				t.Fatalf("downloaded copy: sha256 %s, want %s", got, want)
 			}
@@ -120,7 +120,7 @@ func TestRealClientFioVerify(t *testing.T) {
 			}
 			s := startServer(t, nbd.Options{Exports: []nbd.Export{{Name: "fio", Device: dev}}})
 			out := filepath.Join(t.TempDir(), "fio.json")
-			runTool(t, "fio",
+			testenv.Run(t, "fio",
 				"--name="+jobName,
 				"--ioengine=nbd",
 				"--uri="+s.uri("fio"),

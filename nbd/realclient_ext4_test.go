@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -28,47 +27,28 @@ type attachment struct {
 	t        *testing.T
 	fuseDir  string
 	loop     string
-	nbdfuse  *exec.Cmd
-	exited   chan error
+	nbdfuse  *testenv.Proc
 	detached bool
 }
 
 // attach exposes uri as a loop block device.
 func attach(t *testing.T, uri, dir string) *attachment {
 	t.Helper()
-	a := &attachment{t: t, fuseDir: filepath.Join(dir, "fuse"), exited: make(chan error, 1)}
+	a := &attachment{t: t, fuseDir: filepath.Join(dir, "fuse")}
 	if err := os.MkdirAll(a.fuseDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	pidFile := filepath.Join(dir, "nbdfuse.pid")
 	_ = os.Remove(pidFile)
-	cmd := exec.Command("nbdfuse", "-P", pidFile, filepath.Join(a.fuseDir, "disk"), uri)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting nbdfuse: %v", err)
-	}
-	a.nbdfuse = cmd
-	go func() { a.exited <- cmd.Wait() }()
+	a.nbdfuse = testenv.Start(t, "nbdfuse", "-P", pidFile, filepath.Join(a.fuseDir, "disk"), uri)
 	t.Cleanup(a.detach)
 
 	// nbdfuse writes its pid file once the FUSE mount serves requests.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if b, err := os.ReadFile(pidFile); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-			break
-		}
-		select {
-		case err := <-a.exited:
-			a.exited <- err
-			t.Fatalf("nbdfuse exited before it was ready: %v\n%s", err, out.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nbdfuse not ready after 30s:\n%s", out.String())
-		}
-	}
-	a.loop = strings.TrimSpace(runTool(t, "losetup", "-f", "--show", filepath.Join(a.fuseDir, "disk")))
+	a.nbdfuse.WaitFor(t, "its pid file", func() bool {
+		b, err := os.ReadFile(pidFile)
+		return err == nil && len(strings.TrimSpace(string(b))) > 0
+	})
+	a.loop = strings.TrimSpace(testenv.Run(t, "losetup", "-f", "--show", filepath.Join(a.fuseDir, "disk")))
 	if !strings.HasPrefix(a.loop, "/dev/loop") {
 		t.Fatalf("losetup printed %q, not a loop device", a.loop)
 	}
@@ -82,25 +62,23 @@ func (a *attachment) detach() {
 	}
 	a.detached = true
 	if a.loop != "" {
-		if _, stderr, err := runToolErr(t, "losetup", "-d", a.loop); err != nil {
+		if _, stderr, err := testenv.RunErr("losetup", "-d", a.loop); err != nil {
 			t.Errorf("losetup -d %s: %v: %s", a.loop, err, stderr)
 		}
 	}
-	if _, stderr, err := runToolErr(t, "fusermount3", "-u", a.fuseDir); err != nil {
+	if _, stderr, err := testenv.RunErr("fusermount3", "-u", a.fuseDir); err != nil {
 		t.Errorf("fusermount3 -u %s: %v: %s", a.fuseDir, err, stderr)
 	}
 	// Unmounting makes nbdfuse exit; only if it does not is it killed,
 	// by its own PID.
 	select {
-	case err := <-a.exited:
-		a.exited <- err
-		if err != nil {
+	case <-a.nbdfuse.Exited():
+		if err := a.nbdfuse.Err(); err != nil {
 			t.Errorf("nbdfuse exited with %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Errorf("nbdfuse still running 30s after fusermount3 -u; killing pid %d", a.nbdfuse.Process.Pid)
-		_ = a.nbdfuse.Process.Kill()
-		<-a.exited
+		t.Errorf("nbdfuse still running 30s after fusermount3 -u; killing pid %d", a.nbdfuse.Pid())
+		a.nbdfuse.Kill(t)
 	}
 }
 
@@ -111,14 +89,14 @@ func mountExt4(t *testing.T, dev, dir string) func() {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	runTool(t, "mount", "-t", "ext4", dev, dir)
+	testenv.Run(t, "mount", "-t", "ext4", dev, dir)
 	mounted := true
 	undo := func() {
 		if !mounted {
 			return
 		}
 		mounted = false
-		if _, stderr, err := runToolErr(t, "umount", dir); err != nil {
+		if _, stderr, err := testenv.RunErr("umount", dir); err != nil {
 			t.Errorf("umount %s: %v: %s", dir, err, stderr)
 		}
 	}
@@ -129,7 +107,7 @@ func mountExt4(t *testing.T, dev, dir string) func() {
 // e2fsckClean runs a forced read-only check; any finding fails the test.
 func e2fsckClean(t *testing.T, target string) {
 	t.Helper()
-	stdout, stderr, err := runToolErr(t, "e2fsck", "-fn", target)
+	stdout, stderr, err := testenv.RunErr("e2fsck", "-fn", target)
 	if err != nil {
 		t.Fatalf("e2fsck -fn %s: %v\n%s%s", target, err, stdout, stderr)
 	}
@@ -147,7 +125,7 @@ func TestRealClientExt4(t *testing.T) {
 
 	// Phase 1: make a filesystem and fill it.
 	a := attach(t, uri, dir)
-	runTool(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", a.loop)
+	testenv.Run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", a.loop)
 	umount := mountExt4(t, a.loop, mnt)
 	want := map[string]string{}
 	for i := range 24 {

@@ -1,61 +1,20 @@
 package nbd_test
 
 import (
-	"context"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/tandem-ha/tandem/nbd"
 	"github.com/tandem-ha/tandem/tools/testenv"
 )
 
-// nbdshPython finds a python3 that has the libnbd bindings
-// (python3-libnbd). nbdsh itself is only `python3 -m nbd`, so with a
-// python3 from elsewhere first in PATH (pyenv, a venv) it fails; running the
-// module with the right interpreter avoids that.
-var nbdshPython = sync.OnceValues(func() (string, error) {
-	var candidates []string
-	if p, err := exec.LookPath("python3"); err == nil {
-		candidates = append(candidates, p)
-	}
-	candidates = append(candidates, "/usr/bin/python3")
-	var lastErr error
-	for _, p := range candidates {
-		if err := exec.Command(p, "-c", "import nbd").Run(); err != nil {
-			lastErr = err
-			continue
-		}
-		return p, nil
-	}
-	return "", lastErr
-})
-
 // runNbdsh connects nbdsh to uri and runs the python snippet, in which h is
 // the connected handle. Assertions in the snippet fail the test.
 func runNbdsh(t *testing.T, uri, script string) string {
 	t.Helper()
-	testenv.RequireTool(t, "nbdsh")
-	py, err := nbdshPython()
-	if err != nil {
-		msg := "no python3 with the libnbd bindings (apt install python3-libnbd): " + err.Error()
-		if testenv.InCI() {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), toolTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, py, "-m", "nbd", "--base-allocation", "-u", uri, "-c", script)
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("nbdsh -u %s: %v\n%s", uri, err, out)
-	}
-	return string(out)
+	nbdsh := testenv.Nbdsh(t)
+	return testenv.Run(t, nbdsh[0], append(nbdsh[1:], "--base-allocation", "-u", uri, "-c", script)...)
 }
 
 // TestRealClientStructuredReplies drives the parts of the protocol that only

@@ -25,7 +25,7 @@ func qemuIO(t *testing.T, uri string, cmds ...string) string {
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
-	out := runTool(t, "qemu-io", append(args, uri)...)
+	out := testenv.Run(t, "qemu-io", append(args, uri)...)
 	// qemu-io's exit status covers failed commands, but the message is
 	// what makes a failure readable.
 	if strings.Contains(out, "verification failed") || strings.Contains(out, "error") {
@@ -252,12 +252,12 @@ func TestRealClientQemuImg(t *testing.T) {
 	// Data in the first 24 MiB, a hole after it.
 	writeRandomFile(t, src, size, func(off int64) bool { return off >= 24*mib })
 
-	runTool(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "-m", "16", "-W", src, s.uri("img"))
-	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, s.uri("img"))
+	testenv.Run(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "-m", "16", "-W", src, s.uri("img"))
+	testenv.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, s.uri("img"))
 	if got, want := sha256File(t, backing), sha256File(t, src); got != want {
 		t.Fatalf("backing file sha256 %s, want %s", got, want)
 	}
-	out := runTool(t, "qemu-img", "map", "-f", "raw", "--output=json", s.uri("img"))
+	out := testenv.Run(t, "qemu-img", "map", "-f", "raw", "--output=json", s.uri("img"))
 	var m []struct {
 		Start  int64 `json:"start"`
 		Length int64 `json:"length"`

@@ -544,7 +544,7 @@ func TestRealClientMalformedDuringIO(t *testing.T) {
 		}
 	}()
 
-	runTool(t, "fio",
+	testenv.Run(t, "fio",
 		"--name=under-noise", "--ioengine=nbd", "--uri="+s.uri("io"),
 		"--rw=randwrite", "--bs=4k", "--iodepth=32",
 		fmt.Sprintf("--numjobs=%d", jobs), fmt.Sprintf("--size=%d", perJob),

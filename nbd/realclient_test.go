@@ -27,7 +27,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -40,9 +39,6 @@ import (
 )
 
 const (
-	// toolTimeout bounds every external client run; it is a safety net
-	// against hangs, not a performance assertion.
-	toolTimeout = 3 * time.Minute
 	// shutdownTimeout bounds the server's drain at the end of a test.
 	shutdownTimeout = 30 * time.Second
 
@@ -225,33 +221,6 @@ func (d *recDevice) Cache(ctx context.Context, off, length int64) error {
 	return nil
 }
 
-// runTool runs an external client and returns its stdout; the test fails
-// with the combined output if it exits non-zero.
-func runTool(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	stdout, stderr, err := runToolErr(t, name, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args, " "), err, stdout, stderr)
-	}
-	return stdout
-}
-
-// runToolErr runs an external client and returns its output and exit error.
-func runToolErr(t *testing.T, name string, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), toolTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err = cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (killed after %v)", err, toolTimeout)
-	}
-	return o.String(), e.String(), err
-}
-
 // fillPattern returns n bytes that differ from block to block and from seed
 // to seed, so that misplaced or stale data is noticed.
 func fillPattern(n int, seed byte) []byte {
@@ -316,7 +285,7 @@ type nbdinfoOutput struct {
 
 func nbdinfoJSON(t *testing.T, args ...string) nbdinfoOutput {
 	t.Helper()
-	out := runTool(t, "nbdinfo", append([]string{"--json"}, args...)...)
+	out := testenv.Run(t, "nbdinfo", append([]string{"--json"}, args...)...)
 	var info nbdinfoOutput
 	if err := json.Unmarshal([]byte(out), &info); err != nil {
 		t.Fatalf("parsing nbdinfo --json: %v\n%s", err, out)
@@ -494,7 +463,7 @@ func TestRealClientReadOnlyExport(t *testing.T) {
 
 	// qemu opens the image read-write and must fail (at open or at the
 	// write); either way nothing may reach the device.
-	out, errOut, err := runToolErr(t, "qemu-io", "-f", "raw", "-c", "write -P 0x55 0 4k", s.uri("ro"))
+	out, errOut, err := testenv.RunErr("qemu-io", "-f", "raw", "-c", "write -P 0x55 0 4k", s.uri("ro"))
 	if err == nil {
 		t.Errorf("qemu-io write on a read-only export succeeded:\n%s%s", out, errOut)
 	}
@@ -567,7 +536,7 @@ func TestRealClientNbdinfoList(t *testing.T) {
 				}
 			}
 			// An unknown name must be refused, not mapped to some export.
-			if out, errOut, err := runToolErr(t, "nbdinfo", s.uri("nosuch")); err == nil {
+			if out, errOut, err := testenv.RunErr("nbdinfo", s.uri("nosuch")); err == nil {
 				t.Errorf("nbdinfo on an unknown export succeeded:\n%s%s", out, errOut)
 			}
 		})
@@ -592,13 +561,13 @@ func TestRealClientNbdinfoMap(t *testing.T) {
 		t.Fatalf("backend.File must support Extents and Trim for this test: %+v", dev.Features())
 	}
 	s := startServer(t, nbd.Options{Exports: []nbd.Export{{Name: "m", Device: dev}}})
-	runTool(t, "qemu-io", "-f", "raw",
+	testenv.Run(t, "qemu-io", "-f", "raw",
 		"-c", "write -P 0xa5 0 4M",
 		"-c", "discard 1M 1M",
 		"-c", "flush",
 		s.uri("m"))
 
-	out := runTool(t, "nbdinfo", "--map", "--json", s.uri("m"))
+	out := testenv.Run(t, "nbdinfo", "--map", "--json", s.uri("m"))
 	var extents []mapExtent
 	if err := json.Unmarshal([]byte(out), &extents); err != nil {
 		t.Fatalf("parsing nbdinfo --map --json: %v\n%s", err, out)

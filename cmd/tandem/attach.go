@@ -28,17 +28,12 @@ func newAttachCmd(a *app) *cobra.Command {
 		dialTimeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:     "attach URI DEVICE",
-		Short:   "Connect a kernel NBD device (/dev/nbdN) to an export",
-		Long:    attachLong,
-		Example: "  tandem attach nbd://127.0.0.1:10809/disk /dev/nbd0\n  tandem attach 'nbd+unix:///disk?socket=/run/tandem.sock' /dev/nbd1",
-		Args:    cobra.ExactArgs(2),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-			if len(args) == 1 {
-				return nbdDevices(), cobra.ShellCompDirectiveNoFileComp
-			}
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		},
+		Use:               "attach URI DEVICE",
+		Short:             "Connect a kernel NBD device (/dev/nbdN) to an export",
+		Long:              attachLong,
+		Example:           "  tandem attach nbd://127.0.0.1:10809/disk /dev/nbd0\n  tandem attach 'nbd+unix:///disk?socket=/run/tandem.sock' /dev/nbd1",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeDevice(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			uri, device := args[0], args[1]
 			target, err := kernel.ParseURI(uri)
@@ -75,16 +70,11 @@ func newAttachCmd(a *app) *cobra.Command {
 
 func newDetachCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "detach DEVICE",
-		Short: "Disconnect a kernel NBD device",
-		Long:  "Disconnect the kernel NBD device DEVICE from its server; the tandem attach\nholding it then exits. Unmount the device first.",
-		Args:  cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-			if len(args) == 0 {
-				return nbdDevices(), cobra.ShellCompDirectiveNoFileComp
-			}
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		},
+		Use:               "detach DEVICE",
+		Short:             "Disconnect a kernel NBD device",
+		Long:              "Disconnect the kernel NBD device DEVICE from its server; the tandem attach\nholding it then exits. Unmount the device first.",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeDevice(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := kernel.Detach(args[0]); err != nil {
 				return fmt.Errorf("detach: %w", err)
@@ -92,6 +82,17 @@ func newDetachCmd(a *app) *cobra.Command {
 			a.log.Info("detached", "device", args[0])
 			return nil
 		},
+	}
+}
+
+// completeDevice offers the /dev/nbdN devices for argument number pos and
+// nothing (no file names either) for the others.
+func completeDevice(pos int) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+		if len(args) == pos {
+			return nbdDevices(), cobra.ShellCompDirectiveNoFileComp
+		}
+		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 }
 

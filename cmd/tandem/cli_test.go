@@ -70,16 +70,16 @@ func TestServeConfigAcceptsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []exportSpec{{"", "a.img"}, {"b", "b.img"}, {"c", "dir/with=sign.img"}}
-	if len(cfg.exports) != len(want) {
-		t.Fatalf("exports = %v, want %v", cfg.exports, want)
+	if len(cfg.specs) != len(want) {
+		t.Fatalf("exports = %v, want %v", cfg.specs, want)
 	}
 	for i := range want {
-		if cfg.exports[i] != want[i] {
-			t.Errorf("export %d = %v, want %v", i, cfg.exports[i], want[i])
+		if cfg.specs[i] != want[i] {
+			t.Errorf("export %d = %v, want %v", i, cfg.specs[i], want[i])
 		}
 	}
-	if cfg.size != 64<<20 {
-		t.Errorf("size = %d", cfg.size)
+	if cfg.sizeBytes != 64<<20 {
+		t.Errorf("size = %d", cfg.sizeBytes)
 	}
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,84 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/tandem-ha/tandem/tools/testenv"
 )
-
-// Generous bounds for a shared, noisy machine; they only stop a hung test.
-const (
-	readyWait = 60 * time.Second
-	exitWait  = 60 * time.Second
-	toolWait  = 60 * time.Second
-)
-
-// server is one `tandem serve` subprocess.
-type server struct {
-	cmd    *exec.Cmd
-	stderr bytes.Buffer // read only after exited is closed
-	exited chan struct{}
-	err    error // Wait's result, valid after exited is closed
-	addrs  []string
-}
-
-// startServe runs `tandem serve args... --ready-file F` and waits until the
-// ready file appears. The process is killed at the end of the test if it is
-// still running.
-func startServe(t *testing.T, args ...string) *server {
-	t.Helper()
-	bin := testenv.BuildTandem(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	s := &server{exited: make(chan struct{})}
-	s.cmd = exec.Command(bin, append([]string{"serve", "--ready-file", ready}, args...)...)
-	s.cmd.Stderr = &s.stderr
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("starting tandem serve: %v", err)
-	}
-	go func() {
-		s.err = s.cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-s.exited:
-		default:
-			_ = s.cmd.Process.Kill() // by PID: this process only
-			<-s.exited
-		}
-	})
-
-	deadline := time.Now().Add(readyWait)
-	for {
-		if b, err := os.ReadFile(ready); err == nil {
-			s.addrs = strings.Fields(string(b))
-			return s
-		}
-		select {
-		case <-s.exited:
-			t.Fatalf("tandem serve exited before it was ready: %v\n%s", s.err, s.stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tandem serve not ready after %v", readyWait)
-		}
-	}
-}
-
-// stop sends SIGTERM and returns the exit error (nil for status 0).
-func (s *server) stop(t *testing.T) error {
-	t.Helper()
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM: %v", err)
-	}
-	select {
-	case <-s.exited:
-		return s.err
-	case <-time.After(exitWait):
-		t.Fatalf("tandem serve still running %v after SIGTERM", exitWait)
-		return nil
-	}
-}
 
 type nbdinfoExport struct {
 	Name       string `json:"export-name"`
@@ -105,34 +29,17 @@ type nbdinfoExport struct {
 
 func nbdinfo(t *testing.T, uri string) nbdinfoExport {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), toolWait)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "nbdinfo", "--json", "--no-content", uri).Output()
-	if err != nil {
-		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = ee.Stderr
-		}
-		t.Fatalf("nbdinfo %s: %v\n%s", uri, err, stderr)
-	}
+	out := testenv.Run(t, "nbdinfo", "--json", "--no-content", uri)
 	var info struct {
 		Exports []nbdinfoExport `json:"exports"`
 	}
-	if err := json.Unmarshal(out, &info); err != nil {
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
 		t.Fatalf("nbdinfo %s printed %q: %v", uri, out, err)
 	}
 	if len(info.Exports) != 1 {
 		t.Fatalf("nbdinfo %s: %d exports, want 1", uri, len(info.Exports))
 	}
 	return info.Exports[0]
-}
-
-func runTool(t *testing.T, name string, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), toolWait)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	return string(out), err
 }
 
 func TestServeEndToEnd(t *testing.T) {
@@ -143,7 +50,7 @@ func TestServeEndToEnd(t *testing.T) {
 	pidFile := filepath.Join(dir, "pid")
 	const size = 64 << 20
 
-	s := startServe(t,
+	s := testenv.StartTandemServe(t,
 		"--listen", "unix:"+sock,
 		"--listen", "127.0.0.1:0",
 		"--export", "disk="+img,
@@ -151,11 +58,11 @@ func TestServeEndToEnd(t *testing.T) {
 		"--description", "e2e test disk",
 		"--pid-file", pidFile,
 	)
-	if len(s.addrs) != 2 || s.addrs[0] != "unix:"+sock || !strings.HasPrefix(s.addrs[1], "127.0.0.1:") || strings.HasSuffix(s.addrs[1], ":0") {
-		t.Fatalf("ready file lists %q, want the unix socket and 127.0.0.1:PORT", s.addrs)
+	if len(s.Addrs) != 2 || s.Addrs[0] != "unix:"+sock || !strings.HasPrefix(s.Addrs[1], "127.0.0.1:") || strings.HasSuffix(s.Addrs[1], ":0") {
+		t.Fatalf("ready file lists %q, want the unix socket and 127.0.0.1:PORT", s.Addrs)
 	}
-	if b, err := os.ReadFile(pidFile); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(s.cmd.Process.Pid) {
-		t.Fatalf("pid file holds %q (%v), want %d", b, err, s.cmd.Process.Pid)
+	if b, err := os.ReadFile(pidFile); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(s.Pid()) {
+		t.Fatalf("pid file holds %q (%v), want %d", b, err, s.Pid())
 	}
 
 	// The file was created sparse at the requested size.
@@ -171,7 +78,7 @@ func TestServeEndToEnd(t *testing.T) {
 	}
 
 	unixURI := "nbd+unix:///disk?socket=" + sock
-	tcpURI := "nbd://" + s.addrs[1] + "/disk"
+	tcpURI := "nbd://" + s.Addrs[1] + "/disk"
 	for _, uri := range []string{unixURI, tcpURI} {
 		info := nbdinfo(t, uri)
 		if info.Name != "disk" || info.Size != size || info.ReadOnly {
@@ -181,15 +88,13 @@ func TestServeEndToEnd(t *testing.T) {
 
 	// A write through the TCP listener must be on disk after SIGTERM (the
 	// shutdown flushes), and read back through the unix socket before.
-	if out, err := runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0xa5 1M 64k", tcpURI); err != nil {
-		t.Fatalf("qemu-io write: %v\n%s", err, out)
-	}
-	if out, err := runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0xa5 1M 64k", unixURI); err != nil || strings.Contains(out, "Pattern verification failed") {
-		t.Fatalf("qemu-io read back: %v\n%s", err, out)
+	testenv.Run(t, "qemu-io", "-f", "raw", "-c", "write -P 0xa5 1M 64k", tcpURI)
+	if out, errOut, err := testenv.RunErr("qemu-io", "-f", "raw", "-c", "read -P 0xa5 1M 64k", unixURI); err != nil || strings.Contains(out+errOut, "Pattern verification failed") {
+		t.Fatalf("qemu-io read back: %v\n%s%s", err, out, errOut)
 	}
 
-	if err := s.stop(t); err != nil {
-		t.Fatalf("tandem serve did not exit 0 after SIGTERM: %v\n%s", err, s.stderr.String())
+	if err := s.Stop(t); err != nil {
+		t.Fatalf("tandem serve did not exit 0 after SIGTERM: %v\n%s", err, s.Stderr())
 	}
 	for _, p := range []string{pidFile, sock} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
@@ -206,8 +111,8 @@ func TestServeEndToEnd(t *testing.T) {
 	if !bytes.Equal(data[:1<<20], make([]byte, 1<<20)) {
 		t.Fatalf("bytes before the written range changed")
 	}
-	if !strings.Contains(s.stderr.String(), "listening") {
-		t.Errorf("no startup log line:\n%s", s.stderr.String())
+	if !strings.Contains(s.Stderr(), "listening") {
+		t.Errorf("no startup log line:\n%s", s.Stderr())
 	}
 }
 
@@ -220,24 +125,24 @@ func TestServeReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "ro.sock")
-	s := startServe(t, "--listen", "unix:"+sock, "--export", "="+img, "--read-only", "--log-format", "json")
+	s := testenv.StartTandemServe(t, "--listen", "unix:"+sock, "--export", "="+img, "--read-only", "--log-format", "json")
 
 	uri := "nbd+unix:///?socket=" + sock // the default export
 	info := nbdinfo(t, uri)
 	if !info.ReadOnly || info.Size != int64(len(want)) {
 		t.Fatalf("nbdinfo = %+v, want a read-only %d-byte export", info, len(want))
 	}
-	if out, err := runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0 0 512", uri); err == nil && !strings.Contains(out, "failed") {
-		t.Fatalf("write to a read-only export succeeded:\n%s", out)
+	if out, errOut, err := testenv.RunErr("qemu-io", "-f", "raw", "-c", "write -P 0 0 512", uri); err == nil && !strings.Contains(out+errOut, "failed") {
+		t.Fatalf("write to a read-only export succeeded:\n%s%s", out, errOut)
 	}
-	if err := s.stop(t); err != nil {
-		t.Fatalf("exit after SIGTERM: %v\n%s", err, s.stderr.String())
+	if err := s.Stop(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, s.Stderr())
 	}
 	if got, err := os.ReadFile(img); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("read-only export changed on disk (%v)", err)
 	}
 	// --log-format json: every stderr line is a JSON object.
-	for _, line := range strings.Split(strings.TrimSpace(s.stderr.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(s.Stderr()), "\n") {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatalf("log line %q is not JSON: %v", line, err)
@@ -250,20 +155,17 @@ func TestServeReadOnly(t *testing.T) {
 func TestServeRefusesBusyAddress(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "a.img")
-	s := startServe(t, "--listen", "127.0.0.1:0", "--export", "a="+img, "--size", "1M")
-	bin := testenv.BuildTandem(t)
-	ctx, cancel := context.WithTimeout(context.Background(), exitWait)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, "serve", "--listen", s.addrs[0], "--export", "a="+img).CombinedOutput()
+	s := testenv.StartTandemServe(t, "--listen", "127.0.0.1:0", "--export", "a="+img, "--size", "1M")
+	out, errOut, err := testenv.RunErr(testenv.BuildTandem(t), "serve", "--listen", s.Addrs[0], "--export", "a="+img)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-		t.Fatalf("second serve on %s: %v, want exit status 1\n%s", s.addrs[0], err, out)
+		t.Fatalf("second serve on %s: %v, want exit status 1\n%s%s", s.Addrs[0], err, out, errOut)
 	}
-	if !strings.Contains(string(out), "listening on "+s.addrs[0]) {
-		t.Errorf("error does not name the address:\n%s", out)
+	if !strings.Contains(out+errOut, "listening on "+s.Addrs[0]) {
+		t.Errorf("error does not name the address:\n%s%s", out, errOut)
 	}
-	if err := s.stop(t); err != nil {
-		t.Fatalf("exit after SIGTERM: %v\n%s", err, s.stderr.String())
+	if err := s.Stop(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, s.Stderr())
 	}
 }
 
@@ -277,39 +179,20 @@ func TestAttachKernelDevice(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "k.img")
 	sock := filepath.Join(dir, "k.sock")
-	s := startServe(t, "--listen", "unix:"+sock, "--export", "k="+img, "--size", "16M")
+	s := testenv.StartTandemServe(t, "--listen", "unix:"+sock, "--export", "k="+img, "--size", "16M")
 
 	bin := testenv.BuildTandem(t)
-	attach := exec.Command(bin, "attach", "nbd+unix:///k?socket="+sock, dev)
-	var attachErr bytes.Buffer
-	attach.Stderr = &attachErr
-	if err := attach.Start(); err != nil {
-		t.Fatal(err)
-	}
-	attached := make(chan error, 1)
-	go func() { attached <- attach.Wait() }()
-	t.Cleanup(func() {
-		_ = exec.Command(bin, "detach", dev).Run()
-		_ = attach.Process.Kill()
-	})
+	attach := testenv.Start(t, bin, "attach", "nbd+unix:///k?socket="+sock, dev)
+	// Runs before Start's cleanup kills attach: detach first, so the kernel
+	// lets go of the device.
+	t.Cleanup(func() { _, _, _ = testenv.RunErr(bin, "detach", dev) })
 
 	// The device is usable once the kernel knows its size.
 	sizeFile := filepath.Join("/sys/block", filepath.Base(dev), "size")
-	deadline := time.Now().Add(readyWait)
-	for {
+	attach.WaitFor(t, dev+" to get its size", func() bool {
 		b, err := os.ReadFile(sizeFile)
-		if err == nil && strings.TrimSpace(string(b)) == fmt.Sprint(16<<20/512) {
-			break
-		}
-		select {
-		case err := <-attached:
-			t.Fatalf("attach exited early: %v\n%s", err, attachErr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not get its size: %q %v", dev, b, err)
-		}
-	}
+		return err == nil && strings.TrimSpace(string(b)) == fmt.Sprint(16<<20/512)
+	})
 
 	block := bytes.Repeat([]byte{0x5a}, 4096)
 	f, err := os.OpenFile(dev, os.O_RDWR|os.O_SYNC, 0)
@@ -324,19 +207,12 @@ func TestAttachKernelDevice(t *testing.T) {
 	}
 	f.Close()
 
-	if out, err := exec.Command(bin, "detach", dev).CombinedOutput(); err != nil {
-		t.Fatalf("detach: %v\n%s", err, out)
+	testenv.Run(t, bin, "detach", dev)
+	if err := attach.Wait(t); err != nil {
+		t.Fatalf("attach exit after detach: %v\n%s", err, attach.Stderr())
 	}
-	select {
-	case err := <-attached:
-		if err != nil {
-			t.Fatalf("attach exit after detach: %v\n%s", err, attachErr.String())
-		}
-	case <-time.After(exitWait):
-		t.Fatalf("attach still running %v after detach", exitWait)
-	}
-	if err := s.stop(t); err != nil {
-		t.Fatalf("serve exit: %v\n%s", err, s.stderr.String())
+	if err := s.Stop(t); err != nil {
+		t.Fatalf("serve exit: %v\n%s", err, s.Stderr())
 	}
 	data, err := os.ReadFile(img)
 	if err != nil {

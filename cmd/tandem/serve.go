@@ -43,8 +43,8 @@ const serveExample = `  # a new 10 GiB sparse file, on TCP and a unix socket
   nbdinfo nbd://127.0.0.1:10809/disk
   qemu-img info 'nbd+unix:///disk?socket=/run/tandem.sock'`
 
-// serveFlags is the command line as typed; config turns it into a checked
-// serveConfig before anything is opened.
+// serveFlags is the command line as typed; config checks it before anything
+// is opened.
 type serveFlags struct {
 	listen          []string
 	exports         []string
@@ -61,24 +61,15 @@ type serveFlags struct {
 	shutdownTimeout time.Duration
 }
 
-type exportSpec struct {
-	name, path string
+// serveConfig is a checked command line, with --export and --size parsed.
+type serveConfig struct {
+	serveFlags
+	specs     []exportSpec
+	sizeBytes int64 // 0: do not create missing files
 }
 
-type serveConfig struct {
-	listen          []string
-	exports         []exportSpec
-	size            int64 // 0: do not create missing files
-	readOnly        bool
-	direct          bool
-	tlsCert         string
-	tlsKey          string
-	tlsOnly         bool
-	queueDepth      int
-	description     string
-	pidFile         string
-	readyFile       string
-	shutdownTimeout time.Duration
+type exportSpec struct {
+	name, path string
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -117,18 +108,7 @@ func newServeCmd(a *app) *cobra.Command {
 }
 
 func (f serveFlags) config() (serveConfig, error) {
-	cfg := serveConfig{
-		readOnly:        f.readOnly,
-		direct:          f.direct,
-		tlsCert:         f.tlsCert,
-		tlsKey:          f.tlsKey,
-		tlsOnly:         f.tlsOnly,
-		queueDepth:      f.queueDepth,
-		description:     f.description,
-		pidFile:         f.pidFile,
-		readyFile:       f.readyFile,
-		shutdownTimeout: f.shutdownTimeout,
-	}
+	cfg := serveConfig{serveFlags: f}
 	if len(f.listen) == 0 {
 		return cfg, errors.New("serve: no --listen address (want host:port or unix:/path, e.g. --listen 127.0.0.1:10809)")
 	}
@@ -136,7 +116,6 @@ func (f serveFlags) config() (serveConfig, error) {
 		if err := checkListenAddr(l); err != nil {
 			return cfg, err
 		}
-		cfg.listen = append(cfg.listen, l)
 	}
 	if len(f.exports) == 0 {
 		return cfg, errors.New("serve: no --export (want NAME=PATH, e.g. --export disk=disk.img)")
@@ -154,14 +133,14 @@ func (f serveFlags) config() (serveConfig, error) {
 			return cfg, fmt.Errorf("serve: export name %q given twice", name)
 		}
 		seen[name] = true
-		cfg.exports = append(cfg.exports, exportSpec{name: name, path: path})
+		cfg.specs = append(cfg.specs, exportSpec{name: name, path: path})
 	}
 	if f.size != "" {
 		n, err := parseSize(f.size)
 		if err != nil {
 			return cfg, fmt.Errorf("serve: --size: %w", err)
 		}
-		cfg.size = n
+		cfg.sizeBytes = n
 	}
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return cfg, errors.New("serve: --tls-cert and --tls-key go together")
@@ -200,13 +179,13 @@ func openExport(spec exportSpec, cfg serveConfig) (*backend.File, error) {
 	_, err := os.Stat(spec.path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		if cfg.size == 0 {
+		if cfg.sizeBytes == 0 {
 			return nil, fmt.Errorf("serve: export %q: %s does not exist; pass --size to create it", spec.name, spec.path)
 		}
 		if cfg.readOnly {
 			return nil, fmt.Errorf("serve: export %q: %s does not exist and --read-only cannot create it", spec.name, spec.path)
 		}
-		f, err := backend.OpenFile(spec.path, backend.FileOptions{Size: cfg.size, Direct: cfg.direct, Create: true})
+		f, err := backend.OpenFile(spec.path, backend.FileOptions{Size: cfg.sizeBytes, Direct: cfg.direct, Create: true})
 		if err != nil {
 			return nil, fmt.Errorf("serve: export %q: creating %s: %w", spec.name, spec.path, err)
 		}
@@ -218,10 +197,10 @@ func openExport(spec exportSpec, cfg serveConfig) (*backend.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("serve: export %q: %w", spec.name, err)
 	}
-	if cfg.size != 0 && f.Size() != cfg.size {
+	if cfg.sizeBytes != 0 && f.Size() != cfg.sizeBytes {
 		have := f.Size()
 		f.Close()
-		return nil, fmt.Errorf("serve: export %q: %s is %d bytes but --size asks for %d; resize it (truncate -s) or drop --size", spec.name, spec.path, have, cfg.size)
+		return nil, fmt.Errorf("serve: export %q: %s is %d bytes but --size asks for %d; resize it (truncate -s) or drop --size", spec.name, spec.path, have, cfg.sizeBytes)
 	}
 	return f, nil
 }
@@ -254,7 +233,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) (err error) {
 		}
 		opts.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	}
-	for _, spec := range cfg.exports {
+	for _, spec := range cfg.specs {
 		f, err := openExport(spec, cfg)
 		if err != nil {
 			return err

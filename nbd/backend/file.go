@@ -296,66 +296,65 @@ func (f *File) Flush(context.Context) error {
 	return nil
 }
 
-// Trim punches a hole (files) or discards (block devices). Trim is a hint,
-// so a store that cannot discard succeeds without doing anything.
-func (f *File) Trim(_ context.Context, off, length int64, fua bool) error {
-	if err := f.checkWrite("trim", off, length); err != nil {
+// editRange is the frame Trim and Zero share around edit: the write checks,
+// nothing to do for an empty range, the edge lock under O_DIRECT (editing
+// part of a block rewrites its other bytes, like a read-modify-write), and
+// a flush afterwards for FUA.
+func (f *File) editRange(ctx context.Context, op string, off, length int64, fua bool, edit func() error) error {
+	if err := f.checkWrite(op, off, length); err != nil {
 		return err
 	}
 	if length == 0 {
 		return nil
 	}
 	if f.direct {
-		// Punching part of a block rewrites its other bytes, like an RMW.
 		defer f.lockEdges(off, length)()
 	}
-	var err error
-	if f.blockDev {
-		// Partial sectors are left alone: discarding nothing is allowed.
-		if a0, a1 := alignUp(off, f.sector), alignDown(off+length, f.sector); a0 < a1 {
-			err = f.sys.RangeIoctl(unix.BLKDISCARD, a0, a1-a0)
-		}
-	} else {
-		err = f.sys.Fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	}
-	if err != nil && !isNotSupported(err) {
-		return fmt.Errorf("backend: trimming %s at %d+%d: %w", f.path, off, length, err)
+	if err := edit(); err != nil {
+		return err
 	}
 	if fua {
-		return f.Flush(context.Background())
+		return f.Flush(ctx)
 	}
 	return nil
+}
+
+// Trim punches a hole (files) or discards (block devices). Trim is a hint,
+// so a store that cannot discard succeeds without doing anything.
+func (f *File) Trim(ctx context.Context, off, length int64, fua bool) error {
+	return f.editRange(ctx, "trim", off, length, fua, func() error {
+		var err error
+		if f.blockDev {
+			// Partial sectors are left alone: discarding nothing is allowed.
+			if a0, a1 := alignUp(off, f.sector), alignDown(off+length, f.sector); a0 < a1 {
+				err = f.sys.RangeIoctl(unix.BLKDISCARD, a0, a1-a0)
+			}
+		} else {
+			err = f.sys.Fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		}
+		if err != nil && !isNotSupported(err) {
+			return fmt.Errorf("backend: trimming %s at %d+%d: %w", f.path, off, length, err)
+		}
+		return nil
+	})
 }
 
 // Zero makes the range read as zeroes: by punching a hole unless NoHole, by
 // asking the filesystem or device to zero it, and only as a last resort by
 // writing zeroes, which a fast zero refuses instead.
 func (f *File) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
-	if err := f.checkWrite("zero", off, length); err != nil {
-		return err
-	}
-	if length == 0 {
-		return nil
-	}
-	if f.direct {
-		defer f.lockEdges(off, length)()
-	}
-	var err error
-	if f.blockDev {
-		err = f.zeroBlockDev(ctx, off, length, flags)
-	} else {
-		err = f.zeroFile(ctx, off, length, flags)
-	}
-	if errors.Is(err, nbd.ErrNotSupported) {
-		return err
-	}
-	if err != nil {
-		return fmt.Errorf("backend: zeroing %s at %d+%d: %w", f.path, off, length, err)
-	}
-	if flags&nbd.ZeroFUA != 0 {
-		return f.Flush(ctx)
-	}
-	return nil
+	return f.editRange(ctx, "zero", off, length, flags&nbd.ZeroFUA != 0, func() error {
+		var err error
+		if f.blockDev {
+			err = f.zeroBlockDev(ctx, off, length, flags)
+		} else {
+			err = f.zeroFile(ctx, off, length, flags)
+		}
+		if err != nil && !errors.Is(err, nbd.ErrNotSupported) {
+			return fmt.Errorf("backend: zeroing %s at %d+%d: %w", f.path, off, length, err)
+		}
+		return err // nil, or ErrNotSupported as it is: a refused fast zero
+	})
 }
 
 func (f *File) zeroFile(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {

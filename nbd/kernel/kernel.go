@@ -117,12 +117,9 @@ func Attach(ctx context.Context, conn net.Conn, devicePath string, opts Options)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := CheckDevice(devicePath); err != nil {
-		return err
-	}
-	dev, err := os.OpenFile(devicePath, os.O_RDWR, 0)
+	dev, err := openDevice(devicePath)
 	if err != nil {
-		return fmt.Errorf("kernel: opening %s: %w", devicePath, err)
+		return err
 	}
 	defer dev.Close()
 
@@ -169,16 +166,25 @@ func Attach(ctx context.Context, conn net.Conn, devicePath string, opts Options)
 // NBD_DISCONNECT and NBD_CLEAR_SOCK ioctls); the attach process holding it
 // then returns.
 func Detach(devicePath string) error {
-	if err := CheckDevice(devicePath); err != nil {
-		return err
-	}
-	dev, err := os.OpenFile(devicePath, os.O_RDWR, 0)
+	dev, err := openDevice(devicePath)
 	if err != nil {
-		return fmt.Errorf("kernel: opening %s: %w", devicePath, err)
+		return err
 	}
 	defer dev.Close()
 	if err := client.Disconnect(dev); err != nil {
 		return fmt.Errorf("kernel: disconnecting %s (is it attached?): %w", devicePath, err)
 	}
 	return nil
+}
+
+// openDevice opens an NBD device for the ioctls, after CheckDevice.
+func openDevice(devicePath string) (*os.File, error) {
+	if err := CheckDevice(devicePath); err != nil {
+		return nil, err
+	}
+	dev, err := os.OpenFile(devicePath, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: opening %s: %w", devicePath, err)
+	}
+	return dev, nil
 }

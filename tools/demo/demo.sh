@@ -103,15 +103,30 @@ if command -v nbdinfo >/dev/null; then
 	nbdinfo "$URI" | grep -E 'export-size|description|can_(flush|fua|trim|zero|multi_conn)' | sed 's/^/           /'
 fi
 
-step "attach: nbdfuse exposes the export as a file, losetup makes it a block device"
-nbdfuse -P "$WORK/run/nbdfuse.pid" "$FUSE_DIR/disk" "$URI" 2>"$WORK/nbdfuse.log" &
-FUSE_PID=$!
+# attach exposes $URI as the block device $LOOP: nbdfuse makes the export a
+# file, losetup makes the file a block device. detach undoes it.
+attach() {
+	rm -f "$WORK/run/nbdfuse.pid"
+	nbdfuse -P "$WORK/run/nbdfuse.pid" "$FUSE_DIR/disk" "$URI" 2>"$WORK/nbdfuse.log" &
+	FUSE_PID=$!
+	wait_for "nbdfuse" 300 fuse_ready
+	LOOP=$(losetup -f --show "$FUSE_DIR/disk")
+}
 fuse_ready() {
 	kill -0 "$FUSE_PID" 2>/dev/null || { cat "$WORK/nbdfuse.log" >&2; fail "nbdfuse exited early"; }
 	[ -s "$WORK/run/nbdfuse.pid" ]
 }
-wait_for "nbdfuse" 300 fuse_ready
-LOOP=$(losetup -f --show "$FUSE_DIR/disk")
+detach() {
+	losetup -d "$LOOP"
+	LOOP=""
+	fusermount3 -u "$FUSE_DIR"
+	wait_for "nbdfuse to exit" 300 bash -c "! kill -0 $FUSE_PID 2>/dev/null"
+	wait "$FUSE_PID" 2>/dev/null || true
+	FUSE_PID=""
+}
+
+step "attach: nbdfuse exposes the export as a file, losetup makes it a block device"
+attach
 say "nbdfuse (pid $FUSE_PID) -> $FUSE_DIR/disk -> $LOOP"
 
 step "mkfs.ext4 and mount"
@@ -137,33 +152,19 @@ e2fsck -fn "$LOOP" >"$WORK/fsck1.log" 2>&1 || { cat "$WORK/fsck1.log" >&2; fail 
 say "$(tail -n1 "$WORK/fsck1.log")"
 
 step "detach, then e2fsck -fn on tandem's backing file itself"
-losetup -d "$LOOP"
-LOOP=""
-fusermount3 -u "$FUSE_DIR"
-wait_for "nbdfuse to exit" 300 bash -c "! kill -0 $FUSE_PID 2>/dev/null"
-wait "$FUSE_PID" 2>/dev/null || true
-FUSE_PID=""
+detach
 e2fsck -fn "$IMG" >"$WORK/fsck2.log" 2>&1 || { cat "$WORK/fsck2.log" >&2; fail "e2fsck of the backing file found problems"; }
 say "backing file clean: $(tail -n1 "$WORK/fsck2.log"); it holds $(du -k "$IMG" | cut -f1) KiB of 1 GiB (sparse)"
 
 step "reattach through a fresh nbdfuse and loop device, remount, verify checksums"
-rm -f "$WORK/run/nbdfuse.pid"
-nbdfuse -P "$WORK/run/nbdfuse.pid" "$FUSE_DIR/disk" "$URI" 2>"$WORK/nbdfuse.log" &
-FUSE_PID=$!
-wait_for "nbdfuse" 300 fuse_ready
-LOOP=$(losetup -f --show "$FUSE_DIR/disk")
+attach
 mount -t ext4 -o ro "$LOOP" "$MNT"
 (cd "$MNT" && sha256sum --quiet -c "$WORK/sums") || fail "checksums differ after remount"
 say "all $(wc -l <"$WORK/sums") checksums match"
 
 step "unmount and detach"
 umount "$MNT"
-losetup -d "$LOOP"
-LOOP=""
-fusermount3 -u "$FUSE_DIR"
-wait_for "nbdfuse to exit" 300 bash -c "! kill -0 $FUSE_PID 2>/dev/null"
-wait "$FUSE_PID" 2>/dev/null || true
-FUSE_PID=""
+detach
 
 step "stop tandem with SIGTERM (drain, flush, exit 0)"
 kill -TERM "$SERVE_PID"

@@ -37,7 +37,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/tandem-ha/tandem/tools/testenv"
 )
@@ -252,30 +251,31 @@ func syncedBefore(calls []traced, writes []traced, before int) (string, bool) {
 
 // traceServer attaches strace to the server and returns the path of its
 // output and the strace process. It returns once every thread is traced.
-func traceServer(t *testing.T, s *server) (string, *proc) {
+func traceServer(t *testing.T, s *server) (string, *testenv.Proc) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "strace.out")
-	st := start(t, "strace", "-f", "-xx", "-s", "64", "-o", out,
+	st := testenv.Start(t, "strace", "-f", "-xx", "-s", "64", "-o", out,
 		"-e", "trace=pwrite64,pwritev,pwritev2,write,writev,sendmsg,sendto,read,readv,recvfrom,recvmsg,fdatasync,fsync,sync_file_range,syncfs",
 		"-e", "signal=none",
-		"-p", strconv.Itoa(s.pid))
-	deadline := time.Now().Add(readyWait)
-	for !strings.Contains(st.stderr.String(), "attached") {
-		if !st.running() && strings.Contains(st.stderr.String(), "Operation not permitted") {
-			// A property of the machine (no CAP_SYS_PTRACE, a seccomp
-			// profile), not of tandem.
-			msg := "strace may not attach here: " + st.stderr.String()
-			if testenv.InCI() {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
+		"-p", strconv.Itoa(s.Pid()))
+	st.WaitFor(t, "strace to attach", func() bool {
+		return strings.Contains(st.Stderr(), "attached") || refused(st)
+	})
+	if refused(st) {
+		// A property of the machine (no CAP_SYS_PTRACE, a seccomp
+		// profile), not of tandem.
+		msg := "strace may not attach here: " + st.Stderr()
+		if testenv.InCI() {
+			t.Fatal(msg)
 		}
-		if !st.running() || time.Now().After(deadline) {
-			t.Fatalf("strace did not attach to pid %d: %v\n%s", s.pid, st.err, st.stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+		t.Skip(msg)
 	}
 	return out, st
+}
+
+// refused reports whether strace exited because it may not trace.
+func refused(st *testenv.Proc) bool {
+	return !st.Running() && strings.Contains(st.Stderr(), "Operation not permitted")
 }
 
 func TestFUAAndFlushDurability(t *testing.T) {
@@ -306,11 +306,11 @@ func TestFUAAndFlushDurability(t *testing.T) {
 
 			qemuIO(t, s.uri("d"), tc.cmds...)
 			// The moment qemu-io is done: no chance for a lazy write-back.
-			s.signal(t, syscall.SIGKILL)
-			if err := s.wait(t); err == nil {
+			s.Signal(t, syscall.SIGKILL)
+			if err := s.Wait(t); err == nil {
 				t.Fatalf("tandem serve exited 0 after SIGKILL?")
 			}
-			_ = st.wait(t) // strace ends with its tracee
+			_ = st.Wait(t) // strace ends with its tracee
 
 			data, err := os.ReadFile(img)
 			if err != nil {

@@ -8,9 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/tandem-ha/tandem/tools/testenv"
 )
@@ -37,7 +35,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	// little-endian, repeated), so any block can be checked alone later.
 	// time_based: it is still running when the signal comes; runtime only
 	// bounds a run whose server never stops.
-	fio := start(t, "fio", "--name=load", "--ioengine=nbd", "--uri="+s.uri("d"),
+	fio := testenv.Start(t, "fio", "--name=load", "--ioengine=nbd", "--uri="+s.uri("d"),
 		"--rw=randwrite", "--bs=4k", "--iodepth=32",
 		fmt.Sprintf("--numjobs=%d", fioJobs),
 		fmt.Sprintf("--size=%d", fioSize/fioJobs),
@@ -46,16 +44,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		"--verify_state_save=0", // else fio leaves state files in the working directory
 		"--time_based=1", "--runtime=120", "--output-format=terse")
 
-	deadline := time.Now().Add(readyWait)
-	for !fioWroteSomething(t, img) {
-		if !fio.running() {
-			t.Fatalf("fio ended before the signal: %v\n%s%s", fio.err, fio.stdout.String(), fio.stderr.String())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("fio wrote nothing in %v", readyWait)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	fio.WaitFor(t, "a block written by fio", func() bool { return fioWroteSomething(img) })
 
 	// qemu-io reports each write it saw acknowledged; those are the
 	// writes that must survive. It starts once fio is busy, so that the
@@ -64,27 +53,20 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	for i := range qemuCount {
 		cmds = append(cmds, fmt.Sprintf("write -P 0x%02x %d %d", qemuPattern(i), qemuBase+i*qemuBlock, qemuBlock))
 	}
-	qio := start(t, "qemu-io", qemuIOArgs(s.uri("d"), cmds...)...)
+	qio := testenv.Start(t, "qemu-io", qemuIOArgs(s.uri("d"), cmds...)...)
 	wrote := regexp.MustCompile(`wrote \d+/\d+ bytes at offset (\d+)`)
-	for len(wrote.FindAllString(qio.stdout.String(), -1)) < 64 {
-		if !qio.running() {
-			t.Fatalf("qemu-io ended before the signal: %v\n%s", qio.err, qio.stderr.String())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu-io got no 64 writes acknowledged in %v", readyWait)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	qemuMidway := qio.running()
+	qio.WaitFor(t, "64 writes acknowledged to qemu-io", func() bool {
+		return len(wrote.FindAllString(qio.Stdout(), -1)) >= 64
+	})
+	qemuMidway := qio.Running()
 
-	s.signal(t, syscall.SIGTERM)
-	if err := s.wait(t); err != nil {
-		t.Fatalf("tandem serve after SIGTERM under load: %v\n%s", err, s.stderr.String())
+	if err := s.Stop(t); err != nil {
+		t.Fatalf("tandem serve after SIGTERM under load: %v\n%s", err, s.Stderr())
 	}
 	// The clients lose their server; they fail, which is expected. They
 	// must end, though.
-	_ = fio.wait(t)
-	_ = qio.wait(t)
+	_ = fio.Wait(t)
+	_ = qio.Wait(t)
 
 	data, err := os.ReadFile(img)
 	if err != nil {
@@ -117,7 +99,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	// qemu-io's region: acknowledged writes present, the others all or
 	// nothing.
 	acked := map[int]bool{}
-	for _, m := range wrote.FindAllStringSubmatch(qio.stdout.String(), -1) {
+	for _, m := range wrote.FindAllStringSubmatch(qio.Stdout(), -1) {
 		off, _ := strconv.Atoi(m[1])
 		acked[off] = true
 	}
@@ -138,10 +120,9 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	// A new server on the same file serves exactly these bytes.
 	s2 := startServe(t, "--export", "d="+img)
 	out := filepath.Join(t.TempDir(), "copy.img")
-	run(t, "nbdcopy", s2.uri("d"), out)
-	s2.signal(t, syscall.SIGTERM)
-	if err := s2.wait(t); err != nil {
-		t.Fatalf("second server: %v\n%s", err, s2.stderr.String())
+	testenv.Run(t, "nbdcopy", s2.uri("d"), out)
+	if err := s2.Stop(t); err != nil {
+		t.Fatalf("second server: %v\n%s", err, s2.Stderr())
 	}
 	copied, err := os.ReadFile(out)
 	if err != nil {
@@ -157,8 +138,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 func qemuPattern(i int) byte { return byte(1 + i%251) }
 
 // fioWroteSomething reports whether any of fio's blocks is non-zero yet.
-func fioWroteSomething(t *testing.T, img string) bool {
-	t.Helper()
+func fioWroteSomething(img string) bool {
 	f, err := os.Open(img)
 	if err != nil {
 		return false

@@ -1,6 +1,8 @@
 // Package testenv decides what a test may assume about the machine it runs
 // on: root, Debian tools, kernel devices, free loopback ports, and a built
-// tandem binary.
+// tandem binary. It also runs the processes tests start (Start, Run,
+// StartTandemServe), with every wait bounded and every process left
+// running at the end of its test killed by its PID.
 //
 // The rule it enforces: under CI (CI=true or CI=1) a missing prerequisite is
 // a failure, because CI is supposed to have installed everything (`make
@@ -49,7 +51,7 @@ var debianPackage = map[string]string{
 	"nbdinfo":       "libnbd-bin",
 	"nbdcopy":       "libnbd-bin",
 	"nbdfuse":       "libnbd-bin",
-	"nbdsh":         "libnbd-bin",
+	"nbdsh":         "python3-libnbd", // a shell script around python3 -m nbd
 	"nbdkit":        "nbdkit",
 	"nbd-server":    "nbd-server",
 	"qemu-img":      "qemu-utils",
@@ -70,20 +72,32 @@ var debianPackage = map[string]string{
 	"arping":        "arping",
 	"tcpdump":       "tcpdump",
 	"ping":          "iputils-ping",
+	"strace":        "strace",
+	"mountpoint":    "util-linux",
+	"lsblk":         "util-linux",
+	"sha256sum":     "coreutils",
 }
 
 // DebianPackage names the Debian package that provides the command name,
 // or "" if testenv does not know it.
 func DebianPackage(name string) string { return debianPackage[name] }
 
-// RequireTool needs every named command on PATH (exec.LookPath).
+// RequireTool needs every named command on PATH (exec.LookPath). For
+// nbdsh it also needs a python3 with the libnbd bindings (see Nbdsh).
 func RequireTool(t testing.TB, names ...string) {
 	t.Helper()
 	var absent []string
 	pkgs := map[string]bool{}
 	for _, name := range names {
-		if _, err := exec.LookPath(name); err != nil {
-			absent = append(absent, name)
+		what := name
+		_, err := exec.LookPath(name)
+		if err == nil && name == "nbdsh" {
+			if _, err = nbdshPython(); err != nil {
+				what = "nbdsh's python3 module nbd"
+			}
+		}
+		if err != nil {
+			absent = append(absent, what)
 			if p := debianPackage[name]; p != "" {
 				pkgs[p] = true
 			}
@@ -101,7 +115,40 @@ func RequireTool(t testing.TB, names ...string) {
 		sort.Strings(list)
 		hint = "apt-get install -y " + strings.Join(list, " ") + " (or `make deps`)"
 	}
-	missing(t, "command %s not found on PATH: %s", strings.Join(absent, ", "), hint)
+	missing(t, "not installed: %s: %s", strings.Join(absent, ", "), hint)
+}
+
+// Nbdsh requires nbdsh (see RequireTool) and returns the command line
+// that runs it: `PYTHON3 -m nbd`, which is all the nbdsh script does.
+// Running the module with a python3 known to have the bindings keeps nbdsh
+// working when another python3 (pyenv, a venv) comes first on PATH.
+func Nbdsh(t testing.TB) []string {
+	t.Helper()
+	RequireTool(t, "nbdsh")
+	py, err := nbdshPython()
+	if err != nil {
+		t.Fatalf("testenv: %v", err) // RequireTool has checked it
+	}
+	return []string{py, "-m", "nbd"}
+}
+
+// nbdshPython finds a python3 that can import nbd (Debian's
+// python3-libnbd): the first python3 on PATH, else the system one.
+func nbdshPython() (string, error) {
+	var candidates []string
+	if p, err := exec.LookPath("python3"); err == nil {
+		candidates = append(candidates, p)
+	}
+	candidates = append(candidates, "/usr/bin/python3")
+	var errs []string
+	for _, p := range candidates {
+		out, err := exec.Command(p, "-c", "import nbd").CombinedOutput()
+		if err == nil {
+			return p, nil
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v: %s", p, err, strings.TrimSpace(string(out))))
+	}
+	return "", fmt.Errorf("no python3 can import nbd (%s)", strings.Join(errs, "; "))
 }
 
 // RequireDevice needs the block device at path, e.g. /dev/nbd0.

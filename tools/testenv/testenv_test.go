@@ -88,6 +88,11 @@ func TestRequireToolMissing(t *testing.T) {
 			t.Errorf("message %q lacks %q", r.msg, want)
 		}
 	}
+
+	r = run(t, func(tb testing.TB) { RequireTool(tb, "nbdsh", "strace") })
+	if want := "apt-get install -y python3-libnbd strace"; !r.failed || !strings.Contains(r.msg, want) {
+		t.Fatalf("RequireTool(nbdsh, strace) without them: failed=%v, message %q lacks %q", r.failed, r.msg, want)
+	}
 }
 
 func TestRequireRoot(t *testing.T) {
@@ -147,6 +152,10 @@ func TestFreeAddr(t *testing.T) {
 func TestDebianPackage(t *testing.T) {
 	if got := DebianPackage("nbdfuse"); got != "libnbd-bin" {
 		t.Fatalf("DebianPackage(nbdfuse) = %q", got)
+	}
+	// nbdsh is a script in python3-libnbd, not in libnbd-bin.
+	if got := DebianPackage("nbdsh"); got != "python3-libnbd" {
+		t.Fatalf("DebianPackage(nbdsh) = %q", got)
 	}
 	if got := DebianPackage("no-such-tool"); got != "" {
 		t.Fatalf("DebianPackage(no-such-tool) = %q", got)
