@@ -49,10 +49,14 @@ type serverConn struct {
 
 	slots chan struct{}
 	bytes *semaphore.Weighted
-	// work hands requests to long-lived workers: a goroutine per request
-	// would pay for its creation and for growing its stack every time.
-	work    chan job
-	workers sync.WaitGroup
+	// readMu makes one worker at a time the reader; the fields below it
+	// are guarded by it. Long-lived workers spare a goroutine creation and
+	// a stack growth per request.
+	readMu   sync.Mutex
+	readDone bool
+	nworkers int
+	idle     atomic.Int32 // workers waiting for readMu
+	workers  sync.WaitGroup
 }
 
 type job struct {
@@ -160,94 +164,111 @@ func (c *serverConn) transmit(nc net.Conn) {
 	c.slots = make(chan struct{}, c.srv.opts.QueueDepth)
 	c.bytes = semaphore.NewWeighted(c.srv.opts.MaxInFlightBytes)
 
-	c.work = make(chan job)
-	c.readLoop()
-	close(c.work)
+	c.readMu.Lock()
+	c.startWorker()
+	c.readMu.Unlock()
 	c.workers.Wait()
 }
 
-func (c *serverConn) readLoop() {
-	var hdr [requestHeaderSize]byte
-	for {
-		if c.isShutdown() {
-			return
-		}
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-			switch {
-			case c.isShutdown():
-			case errors.Is(err, io.EOF):
-				c.log.Debug("nbd: client closed the connection without NBD_CMD_DISC")
-			default:
-				c.log.Info("nbd: reading request", "err", err)
-			}
-			return
-		}
-		req, err := parseRequest(hdr[:])
-		if err != nil {
-			c.log.Warn("nbd: dropping connection", "err", err)
-			return
-		}
-		if req.typ == cmdDisc {
-			c.log.Debug("nbd: client disconnected")
-			return
-		}
-		if req.typ == cmdWrite && req.length > c.limits.maxPayload {
-			// The payload cannot be skipped safely: a client this far off
-			// the limits it was given is not trusted to be in frame.
-			c.log.Warn("nbd: dropping connection: write payload above the advertised maximum",
-				"length", req.length, "max", c.limits.maxPayload)
-			return
-		}
-		var weight int64
-		if (req.typ == cmdWrite || req.typ == cmdRead) && req.length <= c.limits.maxPayload {
-			weight = int64(req.length)
-		}
-		select {
-		case c.slots <- struct{}{}:
-		case <-c.ctx.Done():
-			return
-		}
-		if err := c.bytes.Acquire(c.ctx, weight); err != nil {
-			<-c.slots
-			return
-		}
-		var payload []byte
-		if req.typ == cmdWrite {
-			payload = c.srv.pool.get(int(req.length))
-			if _, err := io.ReadFull(c.br, payload); err != nil {
-				c.srv.pool.put(payload)
-				c.bytes.Release(weight)
-				<-c.slots
-				if !c.isShutdown() {
-					c.log.Info("nbd: reading write payload", "err", err)
-				}
-				return
-			}
-		}
-		c.dispatch(job{req, payload, weight})
-	}
+// startWorker adds a goroutine to the connection's pool. Called with
+// readMu held.
+func (c *serverConn) startWorker() {
+	c.nworkers++
+	c.workers.Add(1)
+	go c.worker()
 }
 
-// dispatch gives j to an idle worker, starting one if none is idle. The
-// slots bound busy workers, so there are never more than QueueDepth.
-func (c *serverConn) dispatch(j job) {
-	select {
-	case c.work <- j:
-	default:
-		c.workers.Add(1)
-		go c.worker(j)
-	}
-}
-
-func (c *serverConn) worker(j job) {
+// worker is the connection's leader/follower loop: whoever holds readMu
+// reads the next request, passes the reader role on, and executes the
+// request itself. Handing the request to another goroutine instead would
+// put a wake-up of another thread on the critical path of every request;
+// here the next reader wakes while this one works. The pool grows only
+// when nobody is waiting to read, so it never exceeds QueueDepth + 1
+// (every executing worker holds a slot).
+func (c *serverConn) worker() {
 	defer c.workers.Done()
 	for {
-		c.handle(j.req, j.payload, j.weight)
-		var ok bool
-		if j, ok = <-c.work; !ok {
+		c.idle.Add(1)
+		c.readMu.Lock()
+		c.idle.Add(-1)
+		if c.readDone {
+			c.readMu.Unlock()
 			return
 		}
+		j, ok := c.readOne()
+		if !ok {
+			c.readDone = true
+			c.readMu.Unlock()
+			return
+		}
+		if c.idle.Load() == 0 && c.nworkers <= c.srv.opts.QueueDepth {
+			c.startWorker()
+		}
+		c.readMu.Unlock()
+		c.handle(j.req, j.payload, j.weight)
 	}
+}
+
+// readOne reads the next request, with its payload, once flow control
+// admits it. ok=false ends reading on this connection.
+func (c *serverConn) readOne() (j job, ok bool) {
+	if c.isShutdown() {
+		return job{}, false
+	}
+	var hdr [requestHeaderSize]byte
+	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		switch {
+		case c.isShutdown():
+		case errors.Is(err, io.EOF):
+			c.log.Debug("nbd: client closed the connection without NBD_CMD_DISC")
+		default:
+			c.log.Info("nbd: reading request", "err", err)
+		}
+		return job{}, false
+	}
+	req, err := parseRequest(hdr[:])
+	if err != nil {
+		c.log.Warn("nbd: dropping connection", "err", err)
+		return job{}, false
+	}
+	if req.typ == cmdDisc {
+		c.log.Debug("nbd: client disconnected")
+		return job{}, false
+	}
+	if req.typ == cmdWrite && req.length > c.limits.maxPayload {
+		// The payload cannot be skipped safely: a client this far off
+		// the limits it was given is not trusted to be in frame.
+		c.log.Warn("nbd: dropping connection: write payload above the advertised maximum",
+			"length", req.length, "max", c.limits.maxPayload)
+		return job{}, false
+	}
+	var weight int64
+	if (req.typ == cmdWrite || req.typ == cmdRead) && req.length <= c.limits.maxPayload {
+		weight = int64(req.length)
+	}
+	select {
+	case c.slots <- struct{}{}:
+	case <-c.ctx.Done():
+		return job{}, false
+	}
+	if err := c.bytes.Acquire(c.ctx, weight); err != nil {
+		<-c.slots
+		return job{}, false
+	}
+	var payload []byte
+	if req.typ == cmdWrite {
+		payload = c.srv.pool.get(int(req.length))
+		if _, err := io.ReadFull(c.br, payload); err != nil {
+			c.srv.pool.put(payload)
+			c.bytes.Release(weight)
+			<-c.slots
+			if !c.isShutdown() {
+				c.log.Info("nbd: reading write payload", "err", err)
+			}
+			return job{}, false
+		}
+	}
+	return job{req, payload, weight}, true
 }
 
 func (c *serverConn) handle(req request, payload []byte, weight int64) {
@@ -409,14 +430,20 @@ func (c *serverConn) replyFile(req *request, f *os.File, fileOff int64) {
 	if c.werr != nil {
 		return
 	}
+	// The buffered replies and this header go out with MSG_MORE: the
+	// kernel holds them for the data instead of waking the client for a
+	// 28-byte segment.
 	c.out = c.appendDataHeader(c.out, req)
-	if c.flushLocked(nil, nil); c.werr != nil {
-		return
+	err := sendMore(c.rawOut, c.out)
+	c.out = c.out[:0]
+	if err == nil {
+		err = sendFile(c.rawOut, f, fileOff, int64(req.length))
 	}
-	if err := sendFile(c.rawOut, f, fileOff, int64(req.length)); err != nil {
-		// The header promised the data: only hanging up is left (the
-		// spec's rule for an error after a successful reply header).
-		c.log.Warn("nbd: read failed after the reply header; dropping the connection",
+	if err != nil {
+		// Once the header is out the data is promised: only hanging up
+		// is left (the spec's rule for an error after a successful reply
+		// header).
+		c.log.Warn("nbd: read reply failed; dropping the connection",
 			"offset", req.offset, "length", req.length, "err", err)
 		c.werr = err
 		c.mu.Lock()

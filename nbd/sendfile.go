@@ -52,3 +52,33 @@ func sendFile(rc syscall.RawConn, f *os.File, off, n int64) error {
 	}
 	return nil
 }
+
+// sendMore writes b to the socket behind rc with MSG_MORE, so that it
+// leaves in the same segments as the data that follows.
+func sendMore(rc syscall.RawConn, b []byte) error {
+	var serr error
+	werr := rc.Write(func(fd uintptr) bool {
+		for len(b) > 0 {
+			n, e := unix.SendmsgN(int(fd), b, nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
+			if n > 0 {
+				b = b[n:]
+			}
+			switch {
+			case e == unix.EAGAIN:
+				return false
+			case e == unix.EINTR:
+			case e != nil:
+				serr = e
+				return true
+			}
+		}
+		return true
+	})
+	if serr == nil {
+		serr = werr
+	}
+	if serr != nil {
+		return fmt.Errorf("nbd: send: %w", serr)
+	}
+	return nil
+}
