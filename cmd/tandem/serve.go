@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/nbd"
 	"github.com/tandem-ha/tandem/nbd/backend"
 )
@@ -136,7 +137,7 @@ func (f serveFlags) config() (serveConfig, error) {
 		cfg.specs = append(cfg.specs, exportSpec{name: name, path: path})
 	}
 	if f.size != "" {
-		n, err := parseSize(f.size)
+		n, err := config.ParseSize(f.size)
 		if err != nil {
 			return cfg, fmt.Errorf("serve: --size: %w", err)
 		}

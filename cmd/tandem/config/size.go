@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -19,8 +19,9 @@ var sizeUnits = map[string]int64{
 	"p": 1 << 50, "pib": 1 << 50,
 }
 
-// parseSize reads a byte count such as 512, 64K, 100M, 10GiB or 1T.
-func parseSize(s string) (int64, error) {
+// ParseSize reads a byte count such as 512, 64K, 100M, 10GiB or 1T: the
+// sizes of the configuration file and of command-line flags such as serve --size.
+func ParseSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	i := 0
 	for i < len(t) && t[i] >= '0' && t[i] <= '9' {

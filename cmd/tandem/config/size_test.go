@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"strings"
@@ -26,9 +26,9 @@ func TestParseSize(t *testing.T) {
 		{" 4G ", 4 << 30},
 		{"8191P", 8191 << 50},
 	} {
-		got, err := parseSize(tc.in)
+		got, err := ParseSize(tc.in)
 		if err != nil || got != tc.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
 	}
 }
@@ -49,13 +49,13 @@ func TestParseSizeErrors(t *testing.T) {
 		{"8192P", "too large"},
 		{"99999999999999999999", "out of range"},
 	} {
-		_, err := parseSize(tc.in)
+		_, err := ParseSize(tc.in)
 		if err == nil {
-			t.Errorf("parseSize(%q) succeeded, want an error containing %q", tc.in, tc.wantErr)
+			t.Errorf("ParseSize(%q) succeeded, want an error containing %q", tc.in, tc.wantErr)
 			continue
 		}
 		if !strings.Contains(err.Error(), tc.wantErr) {
-			t.Errorf("parseSize(%q) error %q, want it to contain %q", tc.in, err, tc.wantErr)
+			t.Errorf("ParseSize(%q) error %q, want it to contain %q", tc.in, err, tc.wantErr)
 		}
 	}
 }
