@@ -1,0 +1,207 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+
+	"github.com/tandem-ha/tandem/replicate"
+)
+
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", d.handleStatus)
+	mux.HandleFunc("POST /v1/resources/{name}/promote", func(w http.ResponseWriter, req *http.Request) {
+		var body PromoteRequest
+		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return d.promote(ctx, r, body.Force) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/demote", func(w http.ResponseWriter, req *http.Request) {
+		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, d.demote(ctx, r) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/connect", func(w http.ResponseWriter, req *http.Request) {
+		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Connect(ctx) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/disconnect", func(w http.ResponseWriter, req *http.Request) {
+		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Disconnect(ctx) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/resync", func(w http.ResponseWriter, req *http.Request) {
+		var body ResyncRequest
+		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Resync(ctx, body.Full) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/verify", func(w http.ResponseWriter, req *http.Request) {
+		var body VerifyRequest
+		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return r.vol.Verify(ctx, body.Repair) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/resolve", func(w http.ResponseWriter, req *http.Request) {
+		var body ResolveRequest
+		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) {
+			if !body.DiscardMyData {
+				return nil, fmt.Errorf("%w: resolve needs discard_my_data: the node whose changes are thrown away runs it", errBadRequest)
+			}
+			return Done{true}, r.vol.Resolve(ctx, true)
+		})
+	})
+	return mux
+}
+
+var errBadRequest = errors.New("bad request")
+
+// Status is the node's status, as GET /v1/status returns it.
+func (d *Daemon) Status() NodeStatus {
+	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resources) == 0,
+		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}}
+	for _, r := range d.resources {
+		ns.Resources = append(ns.Resources, r.status(d.node.Name))
+	}
+	return ns
+}
+
+func (r *resource) status(node string) ResourceStatus {
+	rs := ResourceStatus{NBDListen: r.rp.NBDListen}
+	if r.vol == nil {
+		rs.Status = replicate.Status{
+			Resource: r.cfg.Name, Node: node, Peer: r.peer.Node,
+			Role: replicate.Secondary, Disk: replicate.Diskless, Conn: replicate.StandAlone,
+			PeerRole: replicate.RoleUnknown, PeerDisk: replicate.DiskUnknown,
+			Protocol: string(r.cfg.Protocol), Size: r.cfg.Size,
+		}
+		if r.downErr != nil {
+			rs.Error = r.downErr.Error()
+			rs.Reason = rs.Error
+		}
+		return rs
+	}
+	rs.Status = r.vol.Status()
+	rs.Up = true
+	rs.NBDServing = r.gate.primary.Load()
+	return rs
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, req *http.Request) {
+	ns := d.Status()
+	if name := req.URL.Query().Get("resource"); name != "" {
+		var one []ResourceStatus
+		for _, rs := range ns.Resources {
+			if rs.Resource == name {
+				one = append(one, rs)
+			}
+		}
+		if one == nil {
+			writeError(w, d.unknown(name))
+			return
+		}
+		ns.Resources = one
+	}
+	writeJSON(w, http.StatusOK, ns)
+}
+
+func (d *Daemon) unknown(name string) error {
+	var names []string
+	for _, r := range d.resources {
+		names = append(names, r.cfg.Name)
+	}
+	return fmt.Errorf("%w %q on node %s (resources here: %v)", ErrUnknownResource, name, d.node.Name, names)
+}
+
+// lookup returns the resource called name if it is up.
+func (d *Daemon) lookup(name string) (*resource, error) {
+	d.mu.Lock()
+	stopping := d.stopping
+	d.mu.Unlock()
+	if stopping {
+		return nil, ErrShuttingDown
+	}
+	for _, r := range d.resources {
+		if r.cfg.Name != name {
+			continue
+		}
+		if r.vol == nil {
+			return nil, fmt.Errorf("%s: %w: %v", name, ErrResourceDown, r.downErr)
+		}
+		return r, nil
+	}
+	return nil, d.unknown(name)
+}
+
+// op decodes the body into in (nil: none expected), runs fn on the named
+// resource with a context that ends when the client goes away or the
+// daemon stops, and writes its result or refusal.
+func (d *Daemon) op(w http.ResponseWriter, req *http.Request, in any, fn func(context.Context, *resource) (any, error)) {
+	if in != nil {
+		dec := json.NewDecoder(io.LimitReader(req.Body, 1<<16))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(in); err != nil && !errors.Is(err, io.EOF) {
+			writeError(w, fmt.Errorf("%w: %v", errBadRequest, err))
+			return
+		}
+	}
+	r, err := d.lookup(req.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	stop := context.AfterFunc(d.opCtx, cancel)
+	defer stop()
+	op := req.URL.Path[len("/v1/resources/"+r.cfg.Name+"/"):]
+	log := d.log.With("resource", r.cfg.Name, "op", op)
+	log.Info("admin request", "body", in)
+	out, err := fn(ctx, r)
+	if err != nil {
+		log.Warn("admin request refused", "err", err)
+		writeError(w, err)
+		return
+	}
+	log.Info("admin request done", "result", out)
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (d *Daemon) promote(ctx context.Context, r *resource, force bool) (replicate.PromoteResult, error) {
+	r.roleMu.Lock()
+	defer r.roleMu.Unlock()
+	res, err := r.vol.Promote(ctx, force)
+	if err != nil {
+		return res, err
+	}
+	r.gate.primary.Store(true)
+	if res.Discarded != "" {
+		d.log.Warn("forced promotion discarded data", "resource", r.cfg.Name, "discarded", res.Discarded, "epoch", res.Epoch)
+	}
+	d.log.Info("promoted: nbd export serving", "resource", r.cfg.Name, "epoch", res.Epoch, "nbd_listen", r.rp.NBDListen)
+	return res, nil
+}
+
+// demote closes the gate first, so no new request reaches a volume that is
+// about to refuse it, then lets the volume flush and step down.
+func (d *Daemon) demote(ctx context.Context, r *resource) error {
+	r.roleMu.Lock()
+	defer r.roleMu.Unlock()
+	r.gate.primary.Store(false)
+	if err := r.vol.Demote(ctx); err != nil {
+		r.gate.primary.Store(r.vol.Status().Role == replicate.Primary)
+		return err
+	}
+	d.log.Info("demoted: nbd export refuses I/O", "resource", r.cfg.Name)
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code, status := codeOf(err)
+	if errors.Is(err, errBadRequest) {
+		code, status = CodeBadRequest, http.StatusBadRequest
+	}
+	writeJSON(w, status, ErrorBody{Error: err.Error(), Code: code})
+}

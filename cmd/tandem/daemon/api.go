@@ -1,0 +1,130 @@
+package daemon
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/tandem-ha/tandem/replicate"
+)
+
+// The admin API: HTTP/1.1 with JSON bodies over the node's admin socket.
+// Paths and JSON keys are stable and documented in docs/operations.md.
+//
+//	GET  /v1/status                         NodeStatus
+//	GET  /v1/status?resource=NAME           NodeStatus with that resource only
+//	POST /v1/resources/NAME/promote         PromoteRequest -> replicate.PromoteResult
+//	POST /v1/resources/NAME/demote          {} -> Done
+//	POST /v1/resources/NAME/connect         {} -> Done
+//	POST /v1/resources/NAME/disconnect      {} -> Done
+//	POST /v1/resources/NAME/resync          ResyncRequest -> Done
+//	POST /v1/resources/NAME/verify          VerifyRequest -> replicate.VerifyReport
+//	POST /v1/resources/NAME/resolve         ResolveRequest -> Done
+//
+// A refusal is an ErrorBody with a Code from the list below and an HTTP
+// status: 400 bad request, 404 unknown resource, 409 refused by the
+// volume's state, 503 resource down or daemon stopping, 500 anything else.
+
+// NodeStatus is GET /v1/status.
+type NodeStatus struct {
+	Cluster   string           `json:"cluster"`
+	Node      string           `json:"node"`
+	Witness   bool             `json:"witness"`
+	Version   string           `json:"version"`
+	PID       int              `json:"pid"`
+	Resources []ResourceStatus `json:"resources"`
+}
+
+// ResourceStatus is one resource on this node: the volume's status, plus
+// whether it is up at all and whether its NBD export serves clients.
+type ResourceStatus struct {
+	replicate.Status
+	// Up: the volume is open. A resource that is down (no or corrupt
+	// metadata, a missing device) has Disk Diskless and Error says why.
+	Up    bool   `json:"up"`
+	Error string `json:"error,omitempty"`
+	// NBDListen is the listener its export is on; NBDServing is true
+	// while the export passes I/O (this node is Primary).
+	NBDListen  string `json:"nbd_listen"`
+	NBDServing bool   `json:"nbd_serving"`
+}
+
+// PromoteRequest is the body of promote.
+type PromoteRequest struct {
+	Force bool `json:"force"`
+}
+
+// ResyncRequest is the body of resync.
+type ResyncRequest struct {
+	Full bool `json:"full"`
+}
+
+// VerifyRequest is the body of verify.
+type VerifyRequest struct {
+	Repair bool `json:"repair"`
+}
+
+// ResolveRequest is the body of resolve.
+type ResolveRequest struct {
+	DiscardMyData bool `json:"discard_my_data"`
+}
+
+// Done is the reply of an operation that returns nothing else.
+type Done struct {
+	OK bool `json:"ok"`
+}
+
+// ErrorBody is every refusal.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// Error codes of ErrorBody; scripts branch on them.
+const (
+	CodeBadRequest      = "bad_request"
+	CodeUnknownResource = "unknown_resource"
+	CodeResourceDown    = "resource_down"
+	CodeShuttingDown    = "shutting_down"
+	CodeNotPrimary      = "not_primary"
+	CodePeerPrimary     = "peer_primary"
+	CodeNotUpToDate     = "not_up_to_date"
+	CodeNotConnected    = "not_connected"
+	CodeSplitBrain      = "split_brain"
+	CodeBusy            = "busy"
+	CodeClosed          = "closed"
+	CodeInternal        = "internal"
+)
+
+var (
+	// ErrUnknownResource: no such resource on this node.
+	ErrUnknownResource = errors.New("unknown resource")
+	// ErrResourceDown: the resource did not open (its status says why).
+	ErrResourceDown = errors.New("resource is down on this node")
+	// ErrShuttingDown: the daemon is stopping.
+	ErrShuttingDown = errors.New("the daemon is shutting down")
+)
+
+// codeOf maps an operation's error to its code and HTTP status.
+func codeOf(err error) (string, int) {
+	for _, c := range []struct {
+		err    error
+		code   string
+		status int
+	}{
+		{ErrUnknownResource, CodeUnknownResource, http.StatusNotFound},
+		{ErrResourceDown, CodeResourceDown, http.StatusServiceUnavailable},
+		{ErrShuttingDown, CodeShuttingDown, http.StatusServiceUnavailable},
+		{replicate.ErrNotPrimary, CodeNotPrimary, http.StatusConflict},
+		{replicate.ErrPeerPrimary, CodePeerPrimary, http.StatusConflict},
+		{replicate.ErrNotUpToDate, CodeNotUpToDate, http.StatusConflict},
+		{replicate.ErrNotConnected, CodeNotConnected, http.StatusConflict},
+		{replicate.ErrSplitBrain, CodeSplitBrain, http.StatusConflict},
+		{replicate.ErrBusy, CodeBusy, http.StatusConflict},
+		{replicate.ErrClosed, CodeClosed, http.StatusServiceUnavailable},
+	} {
+		if errors.Is(err, c.err) {
+			return c.code, c.status
+		}
+	}
+	return CodeInternal, http.StatusInternalServerError
+}

@@ -1,0 +1,458 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/nbd"
+	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/replicate/md"
+)
+
+// Options configure a Daemon.
+type Options struct {
+	// Config is the loaded, validated cluster configuration.
+	Config *config.Config
+	// Node is this node's name.
+	Node string
+	// Open opens a replicated volume (replicate.Open in the binary).
+	Open OpenFunc
+	// Logger receives structured logs (nil: discarded).
+	Logger *slog.Logger
+	// ShutdownTimeout bounds draining NBD and closing volumes (default 30 s).
+	ShutdownTimeout time.Duration
+	// ReconcileInterval is how often the NBD gates are reconciled with the
+	// volumes' roles (default 1 s).
+	ReconcileInterval time.Duration
+	// Version is reported in status.
+	Version string
+}
+
+// Daemon runs one node's resources. Start opens everything, Shutdown
+// takes it down in order; Run does both around a context.
+type Daemon struct {
+	opts Options
+	cfg  *config.Config
+	node *config.Node
+	log  *slog.Logger
+
+	resources []*resource // in configuration order
+	servers   []*nbdServer
+	admin     *adminListener
+	http      *http.Server
+	httpDone  chan struct{}
+
+	// opCtx is cancelled at shutdown: admin operations in flight (a
+	// verify) stop instead of holding the exit up.
+	opCtx    context.Context
+	opCancel context.CancelFunc
+
+	mu       sync.Mutex
+	stopping bool
+	stopOnce sync.Once
+	stopErr  error
+	bg       sync.WaitGroup
+}
+
+// resource is one local replica and what serves it.
+type resource struct {
+	cfg  *config.Resource
+	rp   *config.Replica
+	peer *config.Replica
+	gate *gate
+
+	storage *Storage
+	vol     Volume // nil while down
+	downErr error  // why it is down
+
+	roleMu sync.Mutex // promote, demote and reconcile
+}
+
+type nbdServer struct {
+	addr string
+	srv  *nbd.Server
+	l    net.Listener
+	done chan error
+}
+
+// New checks the options; nothing is opened until Start.
+func New(opts Options) (*Daemon, error) {
+	if opts.Config == nil || opts.Open == nil {
+		return nil, errors.New("daemon: Config and Open are required")
+	}
+	node, err := opts.Config.Node(opts.Node)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 30 * time.Second
+	}
+	if opts.ReconcileInterval <= 0 {
+		opts.ReconcileInterval = time.Second
+	}
+	d := &Daemon{opts: opts, cfg: opts.Config, node: node, log: opts.Logger.With("node", node.Name)}
+	for i := range d.cfg.Resources {
+		res := &d.cfg.Resources[i]
+		rp := res.Replica(node.Name)
+		if rp == nil {
+			continue
+		}
+		d.resources = append(d.resources, &resource{
+			cfg: res, rp: rp, peer: res.Peer(node.Name),
+			gate: newGate(res.Name, node.Name, res.Size, d.log),
+		})
+	}
+	return d, nil
+}
+
+// AdminSocket is the path of the admin API.
+func (d *Daemon) AdminSocket() string { return d.node.AdminSocket }
+
+// NBDAddrs are the addresses the NBD servers listen on, once started.
+func (d *Daemon) NBDAddrs() []string {
+	var out []string
+	for _, s := range d.servers {
+		if s.l.Addr().Network() == "unix" {
+			out = append(out, "unix:"+s.l.Addr().String())
+		} else {
+			out = append(out, s.l.Addr().String())
+		}
+	}
+	return out
+}
+
+// Start takes the admin socket (refusing if another daemon owns it),
+// opens every local resource (one that cannot be opened stays down, with
+// the reason in its status), starts the NBD servers and the admin API. An
+// error means nothing is left running.
+func (d *Daemon) Start(ctx context.Context) (err error) {
+	d.opCtx, d.opCancel = context.WithCancel(context.WithoutCancel(ctx))
+	al, err := listenAdmin(d.node.AdminSocket, d.log)
+	if err != nil {
+		d.opCancel()
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.admin = al
+	defer func() {
+		if err != nil {
+			d.shutdown(context.Background())
+		}
+	}()
+
+	if len(d.resources) == 0 {
+		d.log.Info("witness node: no replica here; the admin API runs, quorum voting comes with the cluster layer")
+	}
+	var secret []byte
+	if len(d.resources) > 0 {
+		if secret, err = readSecret(d.cfg.SecretFile); err != nil {
+			return fmt.Errorf("daemon: %w", err)
+		}
+	}
+	for _, r := range d.resources {
+		d.openResource(ctx, r, secret)
+	}
+	if err := d.startNBD(); err != nil {
+		return err
+	}
+	d.http = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	d.httpDone = make(chan struct{})
+	go func() {
+		defer close(d.httpDone)
+		if err := d.http.Serve(d.admin); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("admin API stopped", "err", err)
+		}
+	}()
+	d.bg.Add(1)
+	go d.reconcileLoop()
+	d.log.Info("daemon running", "admin_socket", d.node.AdminSocket, "resources", len(d.resources), "nbd", d.NBDAddrs())
+	return nil
+}
+
+func readSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("secret-file: %w", err)
+	}
+	// Trailing newlines are how editors and `echo` leave a file; both
+	// nodes read the same bytes either way.
+	b = bytes.TrimRight(b, "\r\n \t")
+	if len(b) < 16 {
+		return nil, fmt.Errorf("secret-file %s: %d bytes, at least 16 needed (e.g. head -c 32 /dev/urandom | base64 > %s)", path, len(b), path)
+	}
+	return b, nil
+}
+
+// openResource brings one resource up or records why it stays down. It
+// never writes metadata: missing or corrupt metadata is reported, not
+// reinitialised.
+func (d *Daemon) openResource(ctx context.Context, r *resource, secret []byte) {
+	log := d.log.With("resource", r.cfg.Name)
+	down := func(err error) {
+		r.downErr = err
+		log.Error("resource stays down", "err", err)
+		if r.storage != nil {
+			r.storage.Close()
+			r.storage = nil
+		}
+	}
+	s, err := OpenStorage(r.cfg, r.rp, OpenOptions{})
+	if err != nil {
+		down(err)
+		return
+	}
+	r.storage = s
+	if err := d.checkMetadata(r); err != nil {
+		down(err)
+		return
+	}
+	vcfg, err := d.volumeConfig(r, secret, log)
+	if err != nil {
+		down(err)
+		return
+	}
+	v, err := d.opts.Open(ctx, vcfg)
+	if err != nil {
+		down(fmt.Errorf("resource %s: opening the volume: %w", r.cfg.Name, err))
+		return
+	}
+	r.vol = v
+	r.gate.setVolume(v)
+	st := v.Status()
+	r.gate.primary.Store(st.Role == replicate.Primary)
+	log.Info("resource up", "role", st.Role, "disk", st.Disk, "connection", st.Conn, "listen", r.rp.Address, "peer", r.peer.Address)
+}
+
+// checkMetadata reads the metadata (without changing it) so that a missing
+// or corrupt one, or one of another resource, is named as such.
+func (d *Daemon) checkMetadata(r *resource) error {
+	name := r.cfg.Name
+	info, err := md.Dump(r.storage.Meta)
+	switch {
+	case errors.Is(err, md.ErrNoMetadata):
+		return fmt.Errorf("resource %s: %w: run tandem create-md %s --node %s, then restart the daemon", name, md.ErrNoMetadata, name, d.node.Name)
+	case errors.Is(err, md.ErrCorrupt), errors.Is(err, md.ErrVersion):
+		return fmt.Errorf("resource %s: metadata unusable, resource kept down (nothing was changed; inspect it with tandem dump-md %s): %w", name, name, err)
+	case err != nil:
+		return fmt.Errorf("resource %s: reading metadata: %w", name, err)
+	}
+	sb := info.Superblock
+	if sb.Cluster != d.cfg.Cluster || sb.Resource != name || sb.Node != d.node.Name || sb.Peer != r.peer.Node {
+		return fmt.Errorf("resource %s: the metadata belongs to cluster %q resource %q node %q (peer %q), not cluster %q resource %q node %q (peer %q): wrong device or meta path? (tandem create-md --force rewrites it, losing its state)",
+			name, sb.Cluster, sb.Resource, sb.Node, sb.Peer, d.cfg.Cluster, name, d.node.Name, r.peer.Node)
+	}
+	if sb.DataSize != r.cfg.Size {
+		return fmt.Errorf("resource %s: the metadata is for %d bytes of data, the configuration says size %d", name, sb.DataSize, r.cfg.Size)
+	}
+	return nil
+}
+
+func (d *Daemon) volumeConfig(r *resource, secret []byte, log *slog.Logger) (replicate.Config, error) {
+	c := replicate.Config{
+		Cluster:     d.cfg.Cluster,
+		Resource:    r.cfg.Name,
+		Node:        d.node.Name,
+		Peer:        r.peer.Node,
+		Secret:      secret,
+		Protocol:    string(r.cfg.Protocol),
+		Compression: string(r.cfg.Compression),
+		Listen:      r.rp.Address,
+		PeerAddress: r.peer.Address,
+		Data:        r.storage.Data,
+		Meta:        r.storage.Meta,
+		Resync: replicate.ResyncConfig{
+			MaxRate: r.cfg.Resync.MaxRate, AppShare: r.cfg.Resync.AppShare, Checksum: r.cfg.Resync.Checksum,
+		},
+		SplitBrain: string(r.cfg.SplitBrain),
+		Logger:     log,
+	}
+	if t := r.cfg.TLS; t != nil {
+		tc, err := linkTLS(t)
+		if err != nil {
+			return c, fmt.Errorf("resource %s: tls: %w", r.cfg.Name, err)
+		}
+		c.TLS = tc
+	}
+	return c, nil
+}
+
+// linkTLS is mutual TLS 1.3 between the two replicas, both checked
+// against the resource's CA.
+func linkTLS(t *config.TLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, err
+	}
+	pem, err := os.ReadFile(t.CA)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", t.CA)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
+}
+
+// startNBD starts one NBD server per distinct nbd-listen of this node,
+// with an export per resource on it.
+func (d *Daemon) startNBD() error {
+	var addrs []string
+	for _, r := range d.resources {
+		if !slices.Contains(addrs, r.rp.NBDListen) {
+			addrs = append(addrs, r.rp.NBDListen)
+		}
+	}
+	for _, addr := range addrs {
+		opts := nbd.Options{Logger: d.log.With("nbd_listen", addr)}
+		for _, r := range d.resources {
+			if r.rp.NBDListen == addr {
+				opts.Exports = append(opts.Exports, nbd.Export{
+					Name:        r.cfg.Name,
+					Description: fmt.Sprintf("tandem %s/%s on %s", d.cfg.Cluster, r.cfg.Name, d.node.Name),
+					Device:      r.gate,
+				})
+			}
+		}
+		srv, err := nbd.NewServer(opts)
+		if err != nil {
+			return fmt.Errorf("daemon: nbd %s: %w", addr, err)
+		}
+		l, err := nbd.Listen(addr)
+		if err != nil {
+			return fmt.Errorf("daemon: nbd: listening on %s: %w", addr, err)
+		}
+		s := &nbdServer{addr: addr, srv: srv, l: l, done: make(chan error, 1)}
+		go func() { s.done <- srv.Serve(l) }()
+		d.servers = append(d.servers, s)
+	}
+	return nil
+}
+
+// reconcileLoop keeps each gate's primary bit equal to the volume's role,
+// in case the volume changes role on its own.
+func (d *Daemon) reconcileLoop() {
+	defer d.bg.Done()
+	t := time.NewTicker(d.opts.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.opCtx.Done():
+			return
+		case <-t.C:
+		}
+		for _, r := range d.resources {
+			if r.vol == nil {
+				continue
+			}
+			r.roleMu.Lock()
+			p := r.vol.Status().Role == replicate.Primary
+			if r.gate.primary.Swap(p) != p {
+				d.log.Warn("nbd export follows a role change", "resource", r.cfg.Name, "primary", p)
+			}
+			r.roleMu.Unlock()
+		}
+	}
+}
+
+// Run starts the daemon, waits for ctx (SIGTERM, SIGINT) and shuts down.
+// ready, if not nil, runs once everything is up.
+func (d *Daemon) Run(ctx context.Context, ready func() error) error {
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	if ready != nil {
+		if err := ready(); err != nil {
+			d.Shutdown(context.Background())
+			return err
+		}
+	}
+	<-ctx.Done()
+	d.log.Info("signal received, shutting down", "timeout", d.opts.ShutdownTimeout)
+	return d.Shutdown(context.Background())
+}
+
+// Shutdown stops the NBD servers (finishing requests in flight), closes
+// every volume (flush, metadata clean), then the admin API, and removes
+// the socket. It is bounded by the shutdown timeout.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.ShutdownTimeout)
+	defer cancel()
+	d.shutdown(ctx)
+	if d.stopErr == nil {
+		d.log.Info("stopped")
+	}
+	return d.stopErr
+}
+
+func (d *Daemon) shutdown(ctx context.Context) {
+	d.stopOnce.Do(func() {
+		d.mu.Lock()
+		d.stopping = true
+		d.mu.Unlock()
+		if d.opCancel != nil {
+			d.opCancel()
+		}
+		var errs []error
+		for _, s := range d.servers {
+			if err := s.srv.Shutdown(ctx); err != nil {
+				d.log.Warn("nbd: graceful shutdown incomplete, closing", "addr", s.addr, "err", err)
+				s.srv.Close()
+				errs = append(errs, fmt.Errorf("nbd %s: %w", s.addr, err))
+			}
+			select {
+			case <-s.done:
+			case <-ctx.Done():
+			}
+		}
+		d.bg.Wait()
+		for _, r := range d.resources {
+			if r.vol != nil {
+				r.gate.setVolume(nil)
+				if err := r.vol.Close(ctx); err != nil {
+					d.log.Error("closing volume", "resource", r.cfg.Name, "err", err)
+					errs = append(errs, fmt.Errorf("resource %s: %w", r.cfg.Name, err))
+				} else {
+					d.log.Info("resource closed", "resource", r.cfg.Name)
+				}
+			}
+			if r.storage != nil {
+				if err := r.storage.Close(); err != nil {
+					errs = append(errs, fmt.Errorf("resource %s: %w", r.cfg.Name, err))
+				}
+			}
+		}
+		if d.http != nil {
+			if err := d.http.Shutdown(ctx); err != nil {
+				d.http.Close()
+			}
+			<-d.httpDone
+		}
+		if d.admin != nil {
+			d.admin.Close()
+		}
+		if len(errs) > 0 {
+			d.stopErr = fmt.Errorf("daemon: shutdown: %w", errors.Join(errs...))
+		}
+	})
+}

@@ -1,0 +1,26 @@
+package daemon
+
+import (
+	"context"
+
+	"github.com/tandem-ha/tandem/nbd"
+	"github.com/tandem-ha/tandem/replicate"
+)
+
+// Volume is what the daemon needs of a replicated volume: the methods of
+// *replicate.Volume (see replicate/api.go), so a fake can stand in for it.
+type Volume interface {
+	nbd.Device
+	Status() replicate.Status
+	Promote(ctx context.Context, force bool) (replicate.PromoteResult, error)
+	Demote(ctx context.Context) error
+	Connect(ctx context.Context) error
+	Disconnect(ctx context.Context) error
+	Resync(ctx context.Context, full bool) error
+	Verify(ctx context.Context, repair bool) (replicate.VerifyReport, error)
+	Resolve(ctx context.Context, discardMyData bool) error
+	Close(ctx context.Context) error
+}
+
+// OpenFunc opens a volume; the binary passes a wrapper of replicate.Open.
+type OpenFunc func(ctx context.Context, cfg replicate.Config) (Volume, error)
