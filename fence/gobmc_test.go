@@ -1,0 +1,113 @@
+package fence
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/bougou/go-ipmi/pkg/bmc"
+	"github.com/bougou/go-ipmi/pkg/hal/mock"
+	"github.com/bougou/go-ipmi/pkg/server"
+	"github.com/bougou/go-ipmi/pkg/transport/udp"
+)
+
+// goBMC starts go-ipmi's in-process BMC on a loopback port: it needs no
+// Debian package, so these tests run everywhere, and unlike ipmi_sim it
+// offers cipher suite 17. lie makes its chassis accept power changes and
+// ignore them.
+func goBMC(t *testing.T, on, lie bool) (port int, chassis *mock.Chassis) {
+	t.Helper()
+	h := mock.New()
+	chassis = h.Chassis().(*mock.Chassis)
+	chassis.On = on
+	if lie {
+		chassis.SetPowerHook = func(bool) error { return nil }
+	}
+	b := bmc.New(bmc.DeviceInfo{DeviceID: 32, IPMIVersion: 0x20, ManufacturerID: 0x000157, ProductID: 1}, [16]byte{1, 2, 3}, h)
+	u, err := b.Users.Add(2, simUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.SetPassword([]byte(simPassword))
+	u.Enabled = true
+	u.ChannelAccess[1] = bmc.UserChannelAccess{MaxPrivilege: bmc.PrivilegeLevelAdministrator, Enabled: true}
+	conn, err := udp.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := server.NewServer(b, conn)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		_ = srv.Close()
+		_ = conn.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("go-ipmi server did not stop")
+		}
+	})
+	return conn.LocalAddr().(*net.UDPAddr).Port, chassis
+}
+
+func goBMCMethod(t *testing.T, port, suite int, timeout time.Duration) *IPMI {
+	t.Helper()
+	m, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: port, Username: simUser, Password: simPassword,
+		CipherSuite: suite, Timeout: timeout, PollInterval: 20 * time.Millisecond, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func chassisOn(c *mock.Chassis) bool {
+	on, _ := c.PowerState(context.Background())
+	return on
+}
+
+func TestGoBMCCipherSuites(t *testing.T) {
+	for _, suite := range []int{3, 17} {
+		port, chassis := goBMC(t, true, false)
+		m := goBMCMethod(t, port, suite, 10*time.Second)
+		ctx := context.Background()
+		if st, err := m.Status(ctx); err != nil || st != StateOn {
+			t.Fatalf("suite %d: Status = %v, %v", suite, st, err)
+		}
+		if err := m.Off(ctx, Request{}); err != nil {
+			t.Fatalf("suite %d: Off: %v", suite, err)
+		}
+		if chassisOn(chassis) {
+			t.Fatalf("suite %d: Off succeeded, chassis still on", suite)
+		}
+		if err := m.On(ctx); err != nil || !chassisOn(chassis) {
+			t.Fatalf("suite %d: On: %v (chassis on: %v)", suite, err, chassisOn(chassis))
+		}
+	}
+}
+
+func TestGoBMCLyingChassis(t *testing.T) {
+	port, _ := goBMC(t, true, true)
+	m := goBMCMethod(t, port, 17, time.Second)
+	if err := m.Off(context.Background(), Request{}); !errors.Is(err, ErrNotConfirmed) {
+		t.Fatalf("Off through a chassis that ignores it: %v; want ErrNotConfirmed", err)
+	}
+}
+
+func TestGoBMCWrongPassword(t *testing.T) {
+	port, chassis := goBMC(t, true, false)
+	m, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: port, Username: simUser, Password: "wrong",
+		CipherSuite: 17, Timeout: 10 * time.Second, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Off(context.Background(), Request{}); !errors.Is(err, ErrAuth) {
+		t.Fatalf("Off with a wrong password: %v; want ErrAuth", err)
+	}
+	if !chassisOn(chassis) {
+		t.Fatal("a refused login switched the chassis off")
+	}
+}
