@@ -61,6 +61,8 @@ func newRootCmd(a *app) *cobra.Command {
 	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(newVersionCmd(a), newServeCmd(a), newAttachCmd(a), newDetachCmd(a))
+	root.AddCommand(newDaemonCmd(a), newCreateMDCmd(a), newDumpMDCmd(a))
+	root.AddCommand(adminCommands(a)...)
 	addConfigCommand(root, a) // the global --config flag and tandem config
 	return root
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
 	"github.com/tandem-ha/tandem/replicate"
 	"github.com/tandem-ha/tandem/replicate/md"
 )
@@ -20,13 +21,13 @@ func TestDaemonWiresResourcesToVolumes(t *testing.T) {
 	l.createMD(t, "alpha")
 	_, fs, _ := l.start(t, "alpha")
 
-	r0, r1 := fs.get("r0"), fs.get("r1")
+	r0, r1 := fs.Get("r0"), fs.Get("r1")
 	if r0 == nil || r1 == nil {
-		t.Fatalf("volumes opened: %v", fs.vols)
+		t.Fatalf("volumes opened: %d", fs.Len())
 	}
-	c := r0.cfg
+	c := r0.Cfg
 	if c.Cluster != "lab" || c.Node != "alpha" || c.Peer != "beta" || c.Listen != "127.0.0.1:17789" || c.PeerAddress != "127.0.0.1:17790" ||
-		c.Protocol != "C" || r1.cfg.Protocol != "A" || string(c.Secret) != "0123456789abcdef0123456789abcdef" || c.SplitBrain != "disconnect" {
+		c.Protocol != "C" || r1.Cfg.Protocol != "A" || string(c.Secret) != "0123456789abcdef0123456789abcdef" || c.SplitBrain != "disconnect" {
 		t.Errorf("r0 volume config: %+v", c)
 	}
 	if c.Data.Size() != labSize {
@@ -68,7 +69,7 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 	d, fs, logs := l.start(t, "alpha")
 	c := l.client("alpha")
 	ctx := t.Context()
-	v := fs.get("r0")
+	v := fs.Get("r0")
 	gate := d.resources[0].gate
 
 	buf := make([]byte, 4096)
@@ -83,7 +84,7 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 		t.Error("a secondary's export is not advertised read-only")
 	}
 
-	v.setRefuse("promote", replicate.ErrNotUpToDate)
+	v.Refuse("promote", replicate.ErrNotUpToDate)
 	_, err := c.Promote(ctx, "r0", false)
 	var ae *APIError
 	if !errors.As(err, &ae) || ae.Code != CodeNotUpToDate || !errors.Is(err, replicate.ErrNotUpToDate) {
@@ -92,7 +93,9 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 	if gate.primary.Load() {
 		t.Fatal("gate opened after a refused promotion")
 	}
-	v.set(func(f *fakeVolume) { f.promote = replicate.PromoteResult{Epoch: 8, Discarded: "the peer's newer data"} })
+	v.Set(func(f *daemontest.Volume) {
+		f.PromoteResult = replicate.PromoteResult{Epoch: 8, Discarded: "the peer's newer data"}
+	})
 	res, err := c.Promote(ctx, "r0", true)
 	if err != nil || res.Epoch != 8 || res.Discarded == "" {
 		t.Fatalf("forced promote: %+v %v", res, err)
@@ -107,8 +110,8 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 		t.Errorf("status after promote: %+v", ns.Resources[0])
 	}
 
-	v.set(func(f *fakeVolume) {
-		f.report = replicate.VerifyReport{ComparedBytes: labSize, Differing: []replicate.Range{{Offset: 4096, Length: 4096}}, Repaired: true}
+	v.Set(func(f *daemontest.Volume) {
+		f.Report = replicate.VerifyReport{ComparedBytes: labSize, Differing: []replicate.Range{{Offset: 4096, Length: 4096}}, Repaired: true}
 	})
 	rep, err := c.Verify(ctx, "r0", true)
 	if err != nil || len(rep.Differing) != 1 || rep.Differing[0].Offset != 4096 || !rep.Repaired {
@@ -129,15 +132,15 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 		t.Errorf("read after demote: %v", err)
 	}
 	want := []string{"promote", "promote-force", "verify-repair", "resync-full", "disconnect", "connect", "resolve", "demote"}
-	if got := v.callList(); !slices.Equal(got, want) {
+	if got := v.Calls(); !slices.Equal(got, want) {
 		t.Errorf("volume calls %v, want %v", got, want)
 	}
 	if err := c.Resolve(ctx, "r0", false); !errors.As(err, &ae) || ae.Code != CodeBadRequest {
 		t.Errorf("resolve without discard: %v", err)
 	}
 
-	v.setRefuse("promote", nil)
-	v.setRefuse("demote", errors.New("flush failed"))
+	v.Refuse("promote", nil)
+	v.Refuse("demote", errors.New("flush failed"))
 	if _, err := c.Promote(ctx, "r0", false); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +150,7 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 	if !gate.primary.Load() {
 		t.Error("a failed demotion left a primary's export closed")
 	}
-	v.setRefuse("verify", replicate.ErrNotConnected)
+	v.Refuse("verify", replicate.ErrNotConnected)
 	if _, err := c.Verify(ctx, "r0", false); !errors.Is(err, replicate.ErrNotConnected) {
 		t.Errorf("verify while not connected: %v", err)
 	}
@@ -158,10 +161,10 @@ func TestReconcileFollowsTheVolumesRole(t *testing.T) {
 	l := newLab(t)
 	l.createMD(t, "alpha")
 	d, fs, _ := l.start(t, "alpha")
-	v, g := fs.get("r1"), d.resources[1].gate
-	v.set(func(f *fakeVolume) { f.role = replicate.Primary })
+	v, g := fs.Get("r1"), d.resources[1].gate
+	v.Set(func(f *daemontest.Volume) { f.Role = replicate.Primary })
 	waitUntil(t, "the gate to open", func() bool { return g.primary.Load() })
-	v.set(func(f *fakeVolume) { f.role = replicate.Secondary })
+	v.Set(func(f *daemontest.Volume) { f.Role = replicate.Secondary })
 	waitUntil(t, "the gate to close", func() bool { return !g.primary.Load() })
 }
 
@@ -186,7 +189,7 @@ func TestResourceWithoutOrWithCorruptMetadataStaysDown(t *testing.T) {
 	before, _ := os.ReadFile(img)
 
 	_, fs, logs := l.start(t, "alpha")
-	if fs.get("r0") != nil || fs.get("r1") != nil {
+	if fs.Get("r0") != nil || fs.Get("r1") != nil {
 		t.Fatal("a volume was opened on missing or corrupt metadata")
 	}
 	ns, err := l.client("alpha").Status(t.Context(), "")
@@ -246,7 +249,7 @@ func TestAdminSocketOwnership(t *testing.T) {
 	}
 
 	// A second daemon for the node is refused, and does not disturb the first.
-	d2, _ := New(Options{Config: l.cfg, Node: "alpha", Open: (&fakes{}).open})
+	d2, _ := New(Options{Config: l.cfg, Node: "alpha", Open: fakeOpen(&daemontest.Fakes{})})
 	if err := d2.Start(t.Context()); !errors.Is(err, ErrDaemonRunning) {
 		t.Fatalf("second daemon: %v, want ErrDaemonRunning", err)
 	}
@@ -266,7 +269,7 @@ func TestAdminSocketOwnership(t *testing.T) {
 
 	// Something that is not a socket is never removed.
 	write(t, sock, "precious", 0o600)
-	d3, _ := New(Options{Config: l.cfg, Node: "alpha", Open: (&fakes{}).open})
+	d3, _ := New(Options{Config: l.cfg, Node: "alpha", Open: fakeOpen(&daemontest.Fakes{})})
 	if err := d3.Start(t.Context()); err == nil {
 		d3.Shutdown(context.Background())
 		t.Fatal("started over a regular file at the socket path")
@@ -288,7 +291,7 @@ func TestShutdownClosesVolumesAndReleasesDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"r0", "r1"} {
-		if calls := fs.get(name).callList(); !slices.Contains(calls, "close") {
+		if calls := fs.Get(name).Calls(); !slices.Contains(calls, "close") {
 			t.Errorf("%s: volume not closed: %v", name, calls)
 		}
 	}
@@ -304,7 +307,7 @@ func TestWitnessIdles(t *testing.T) {
 	if err != nil || !ns.Witness || len(ns.Resources) != 0 {
 		t.Fatalf("witness status: %+v %v", ns, err)
 	}
-	if len(fs.vols) != 0 {
+	if fs.Len() != 0 {
 		t.Error("a witness opened volumes")
 	}
 	contains(t, "logs", logs.String(), "witness node")
@@ -313,8 +316,8 @@ func TestWitnessIdles(t *testing.T) {
 func TestVolumeOpenFailureKeepsResourceDown(t *testing.T) {
 	l := newLab(t)
 	l.createMD(t, "alpha")
-	fs := &fakes{err: errors.New("address already in use")}
-	d, err := New(Options{Config: l.cfg, Node: "alpha", Open: fs.open})
+	fs := &daemontest.Fakes{Err: errors.New("address already in use")}
+	d, err := New(Options{Config: l.cfg, Node: "alpha", Open: fakeOpen(fs)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,23 +3,21 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
+	"github.com/tandem-ha/tandem/replicate"
 )
 
-const labSize = 1 << 20
+const labSize = daemontest.LabSize
 
-// lab is a configuration of alpha, beta and a witness on one host, with
-// r0 (internal metadata) and r1 (external metadata) sharing alpha's NBD
-// listener, and the files alpha and beta need.
+// lab is daemontest's lab with the daemon's helpers.
 type lab struct {
 	dir string
 	cfg *config.Config
@@ -27,89 +25,13 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	dir := t.TempDir()
-	l := &lab{dir: dir}
-	yaml := fmt.Sprintf(`cluster: lab
-secret-file: %[1]s/secret
-nodes:
-  - name: alpha
-    address: 127.0.0.1
-    admin-socket: %[1]s/alpha.sock
-    data-dir: %[1]s/alpha
-  - name: beta
-    address: 127.0.0.1
-    admin-socket: %[1]s/beta.sock
-    data-dir: %[1]s/beta
-  - name: witness
-    address: 127.0.0.1
-    admin-socket: %[1]s/witness.sock
-    data-dir: %[1]s/witness
-resources:
-  - name: r0
-    size: 1M
-    replicas:
-      alpha:
-        device: %[1]s/alpha-r0.img
-        address: 127.0.0.1:17789
-        nbd-listen: unix:%[1]s/alpha.nbd
-      beta:
-        device: %[1]s/beta-r0.img
-        address: 127.0.0.1:17790
-        nbd-listen: unix:%[1]s/beta.nbd
-  - name: r1
-    size: 1M
-    protocol: A
-    replicas:
-      alpha:
-        device: %[1]s/alpha-r1.img
-        meta: %[1]s/alpha-r1.md
-        address: 127.0.0.1:17791
-        nbd-listen: unix:%[1]s/alpha.nbd
-      beta:
-        device: %[1]s/beta-r1.img
-        meta: %[1]s/beta-r1.md
-        address: 127.0.0.1:17792
-        nbd-listen: unix:%[1]s/beta.nbd
-`, dir)
-	write(t, filepath.Join(dir, "tandem.yaml"), yaml, 0o644)
-	write(t, filepath.Join(dir, "secret"), "0123456789abcdef0123456789abcdef\n", 0o600)
-	cfg, err := config.Load(filepath.Join(dir, "tandem.yaml"))
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	l.cfg = cfg
-	meta, err := Layout(cfg.Resource("r0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{"alpha", "beta"} {
-		truncate(t, filepath.Join(dir, n+"-r0.img"), labSize+meta.MetaSize())
-		truncate(t, filepath.Join(dir, n+"-r1.img"), labSize)
-	}
-	if err := cfg.Validate("alpha"); err != nil {
-		t.Fatalf("lab config does not validate: %v", err)
-	}
-	return l
+	l := daemontest.NewLab(t)
+	return &lab{dir: l.Dir, cfg: l.Config}
 }
 
-func write(t *testing.T, path, s string, mode os.FileMode) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(s), mode); err != nil {
-		t.Fatal(err)
-	}
-}
+func write(t *testing.T, path, s string, mode os.FileMode) { daemontest.Write(t, path, s, mode) }
 
-func truncate(t *testing.T, path string, size int64) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-}
+func truncate(t *testing.T, path string, size int64) { daemontest.Truncate(t, path, size) }
 
 // createMD runs create-md for node's replicas of every resource.
 func (l *lab) createMD(t *testing.T, node string) {
@@ -141,11 +63,11 @@ func (l *logBuf) String() string {
 
 // start runs a daemon for node with fake volumes; it is shut down at the
 // end of the test.
-func (l *lab) start(t *testing.T, node string) (*Daemon, *fakes, *logBuf) {
+func (l *lab) start(t *testing.T, node string) (*Daemon, *daemontest.Fakes, *logBuf) {
 	t.Helper()
-	fs := &fakes{}
+	fs := &daemontest.Fakes{}
 	logs := &logBuf{}
-	d, err := New(Options{Config: l.cfg, Node: node, Open: fs.open, Version: "test",
+	d, err := New(Options{Config: l.cfg, Node: node, Open: fakeOpen(fs), Version: "test",
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ReconcileInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -182,4 +104,15 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s", what)
+}
+
+// fakeOpen adapts daemontest.Fakes to OpenFunc.
+func fakeOpen(fs *daemontest.Fakes) OpenFunc {
+	return func(ctx context.Context, cfg replicate.Config) (Volume, error) {
+		v, err := fs.Open(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
 }

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
+)
+
+// The admin commands talk to the running daemon of a node over its admin
+// socket (HTTP+JSON, root-only), found through the configuration: --node,
+// or the node named like this host.
+
+type adminFlags struct {
+	node   string
+	asJSON bool
+}
+
+func (f *adminFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.node, "node", "", "the node whose daemon to ask (default: the node named like this host)")
+	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print the reply (or the refusal) as JSON; keys in docs/operations.md")
+}
+
+// client finds the node's admin socket in the configuration.
+func (f *adminFlags) client(cmd *cobra.Command, what string) (*daemon.Client, error) {
+	_, n, err := loadForAdmin(configPath(cmd), f.node, what)
+	if err != nil {
+		return nil, err
+	}
+	return daemon.NewClient(n.AdminSocket, n.Name), nil
+}
+
+// oneResource is the Args check of the commands that take RESOURCE.
+func oneResource(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%s: want one RESOURCE, got %d arguments (the resources are listed by tandem status)", cmd.Name(), len(args))
+	}
+	return nil
+}
+
+// hint says what a refusal means and what to do about it.
+func hint(code, resource string) string {
+	switch code {
+	case daemon.CodeNotUpToDate:
+		return "the local data is not UpToDate; promote --force makes it Primary anyway and discards whatever the peer has that it lacks"
+	case daemon.CodePeerPrimary:
+		return fmt.Sprintf("the peer is Primary: demote it first (tandem demote %s on the peer)", resource)
+	case daemon.CodeNotPrimary:
+		return "this needs the Primary: run it there, or promote this node first"
+	case daemon.CodeNotConnected:
+		return fmt.Sprintf("the replicas are not connected: tandem connect %s, and check tandem status %s on both nodes", resource, resource)
+	case daemon.CodeSplitBrain:
+		return fmt.Sprintf("split brain: both replicas wrote while apart; on the node whose changes to throw away run tandem resolve %s --discard-my-data (docs/operations.md, Split brain)", resource)
+	case daemon.CodeBusy:
+		return fmt.Sprintf("a resync or verify is running: see tandem status %s", resource)
+	case daemon.CodeResourceDown:
+		return fmt.Sprintf("tandem status %s says why; fix it (e.g. tandem create-md) and restart the daemon", resource)
+	case daemon.CodeShuttingDown:
+		return "the daemon is stopping"
+	}
+	return ""
+}
+
+// adminError prints a refusal (as JSON with --json) and returns the error
+// that makes the exit status 1.
+func adminError(a *app, f *adminFlags, what, resource string, err error) error {
+	var ae *daemon.APIError
+	if !errors.As(err, &ae) {
+		if f.asJSON {
+			_ = printJSON(a.stdout, daemon.ErrorBody{Error: err.Error(), Code: "no_daemon"})
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if f.asJSON {
+		_ = printJSON(a.stdout, daemon.ErrorBody{Error: ae.Message, Code: ae.Code})
+	}
+	if h := hint(ae.Code, resource); h != "" {
+		return fmt.Errorf("%s %s refused: %s\n  %s", what, resource, ae.Message, h)
+	}
+	return fmt.Errorf("%s %s: %s", what, resource, ae.Message)
+}
+
+// simpleAdminCmd is a command RESOURCE whose reply is only "done".
+func simpleAdminCmd(a *app, use, short, long string, call func(ctx context.Context, c *daemon.Client, res string) error, done string) *cobra.Command {
+	var f adminFlags
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		Args:  oneResource,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			what := cmd.Name()
+			c, err := f.client(cmd, what)
+			if err != nil {
+				return err
+			}
+			if err := call(cmd.Context(), c, args[0]); err != nil {
+				return adminError(a, &f, what, args[0], err)
+			}
+			if f.asJSON {
+				return printJSON(a.stdout, daemon.Done{OK: true})
+			}
+			fmt.Fprintf(a.stdout, done+"\n", args[0])
+			return nil
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func newPromoteCmd(a *app) *cobra.Command {
+	var f adminFlags
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "promote RESOURCE [--force]",
+		Short: "Make this node Primary for a resource",
+		Long: `Make this node Primary for RESOURCE: its NBD export starts serving I/O and
+writes are replicated to the peer.
+
+Refused while the peer is Primary (demote it first), and while the local
+data is not UpToDate (Outdated, Inconsistent) or a split brain is pending.
+--force promotes anyway: it is how the first node of a new pair becomes the
+source of the initial sync, and how a lone survivor is brought up after
+losing its peer; the command prints what the promotion discards.`,
+		Example: "  tandem promote r0\n  tandem promote r0 --force   # says what it discards",
+		Args:    oneResource,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client(cmd, "promote")
+			if err != nil {
+				return err
+			}
+			res, err := c.Promote(cmd.Context(), args[0], force)
+			if err != nil {
+				return adminError(a, &f, "promote", args[0], err)
+			}
+			if f.asJSON {
+				return printJSON(a.stdout, res)
+			}
+			fmt.Fprintf(a.stdout, "%s: Primary (epoch %d)\n", args[0], res.Epoch)
+			if res.Discarded != "" {
+				fmt.Fprintf(a.stdout, "forced: discarded %s\n", res.Discarded)
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&force, "force", false, "promote even with data that is not UpToDate (prints what is discarded)")
+	return cmd
+}
+
+func newVerifyCmd(a *app) *cobra.Command {
+	var f adminFlags
+	var repair bool
+	cmd := &cobra.Command{
+		Use:   "verify RESOURCE [--repair]",
+		Short: "Compare both replicas online",
+		Long: `Compare the digests of both replicas of RESOURCE, block by block, while
+they stay in use, and print the ranges that differ. With --repair the
+differing ranges are marked out of sync and resynced from the Primary (or,
+between two Secondaries, from the side running verify). The command waits
+until the comparison is done; interrupting it stops the verify. It exits
+1 when the replicas differ and were not repaired.`,
+		Example: "  tandem verify r0\n  tandem verify r0 --repair",
+		Args:    oneResource,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client(cmd, "verify")
+			if err != nil {
+				return err
+			}
+			rep, err := c.Verify(cmd.Context(), args[0], repair)
+			if err != nil {
+				return adminError(a, &f, "verify", args[0], err)
+			}
+			if f.asJSON {
+				if err := printJSON(a.stdout, rep); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(a.stdout, "%s: compared %s, %s differ\n", args[0], humanBytes(rep.ComparedBytes), plural(len(rep.Differing), "range"))
+				for _, r := range rep.Differing {
+					fmt.Fprintf(a.stdout, "  offset %d length %d\n", r.Offset, r.Length)
+				}
+				if rep.Repaired && len(rep.Differing) > 0 {
+					fmt.Fprintln(a.stdout, "repaired: the differing ranges were resynced")
+				}
+			}
+			if len(rep.Differing) > 0 && !rep.Repaired {
+				return fmt.Errorf("verify %s: the replicas differ in %s; tandem verify %s --repair resyncs them", args[0], plural(len(rep.Differing), "range"), args[0])
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&repair, "repair", false, "resync the ranges that differ")
+	return cmd
+}
+
+func newResyncCmd(a *app) *cobra.Command {
+	var f adminFlags
+	var full bool
+	cmd := &cobra.Command{
+		Use:   "resync RESOURCE [--full]",
+		Short: "Resync this replica from the peer",
+		Long: `Make this node's replica of RESOURCE the sync target: the blocks marked
+out of sync (or, with --full, every block) are copied from the peer. Needs
+the replicas connected; progress shows in tandem status.`,
+		Example: "  tandem resync r0\n  tandem resync r0 --full",
+		Args:    oneResource,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client(cmd, "resync")
+			if err != nil {
+				return err
+			}
+			if err := c.Resync(cmd.Context(), args[0], full); err != nil {
+				return adminError(a, &f, "resync", args[0], err)
+			}
+			if f.asJSON {
+				return printJSON(a.stdout, daemon.Done{OK: true})
+			}
+			fmt.Fprintf(a.stdout, "%s: resync from the peer started (tandem status %s shows progress)\n", args[0], args[0])
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&full, "full", false, "copy every block, not only those marked out of sync")
+	return cmd
+}
+
+func newResolveCmd(a *app) *cobra.Command {
+	var f adminFlags
+	var discard bool
+	cmd := &cobra.Command{
+		Use:   "resolve RESOURCE --discard-my-data",
+		Short: "End a split brain by discarding this node's changes",
+		Long: `After a split brain (both replicas of RESOURCE wrote while apart, so
+neither overwrote the other and both stay StandAlone), run this on the node
+whose changes are to be thrown away: it becomes the sync target, its
+changes since the split are overwritten by the peer's, and the replicas
+connect and resync. It must not be Primary (demote it first). Then run
+tandem connect RESOURCE on the other node if it is StandAlone.`,
+		Example: "  tandem demote r0 && tandem resolve r0 --discard-my-data",
+		Args:    oneResource,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !discard {
+				return errors.New("resolve: --discard-my-data is required: run it on the node whose changes since the split are thrown away")
+			}
+			c, err := f.client(cmd, "resolve")
+			if err != nil {
+				return err
+			}
+			if err := c.Resolve(cmd.Context(), args[0], true); err != nil {
+				return adminError(a, &f, "resolve", args[0], err)
+			}
+			if f.asJSON {
+				return printJSON(a.stdout, daemon.Done{OK: true})
+			}
+			fmt.Fprintf(a.stdout, "%s: this node's changes are discarded; it resyncs from the peer\n", args[0])
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&discard, "discard-my-data", false, "throw away this node's changes since the split brain")
+	return cmd
+}
+
+// adminCommands are the commands that drive a running daemon.
+func adminCommands(a *app) []*cobra.Command {
+	return []*cobra.Command{
+		newStatusCmd(a),
+		newPromoteCmd(a),
+		simpleAdminCmd(a, "demote RESOURCE", "Make this node Secondary for a resource",
+			`Make this node Secondary for RESOURCE: its NBD export stops passing I/O
+(clients get EPERM), writes in flight finish and are flushed on both
+replicas first.`,
+			func(ctx context.Context, c *daemon.Client, res string) error { return c.Demote(ctx, res) }, "%s: Secondary"),
+		simpleAdminCmd(a, "connect RESOURCE", "Connect a resource's replication link",
+			`Start connecting RESOURCE's replication link to the peer (after disconnect,
+a refused peer or a split brain). On connect the replicas compare
+generations and resync what differs.`,
+			func(ctx context.Context, c *daemon.Client, res string) error { return c.Connect(ctx, res) }, "%s: connecting to the peer"),
+		simpleAdminCmd(a, "disconnect RESOURCE", "Disconnect a resource's replication link",
+			`Drop RESOURCE's replication link and stay StandAlone until tandem connect.
+A Primary keeps serving and records its writes in the out-of-sync bitmap.`,
+			func(ctx context.Context, c *daemon.Client, res string) error { return c.Disconnect(ctx, res) }, "%s: StandAlone"),
+		newResyncCmd(a),
+		newVerifyCmd(a),
+		newResolveCmd(a),
+	}
+}
