@@ -25,13 +25,13 @@ type CreateOptions struct {
 
 // Created is what CreateMetadata wrote.
 type Created struct {
-	Superblock md.Superblock
+	Superblock md.Superblock `json:"superblock"`
 	// Location says where the metadata is ("internal, at byte N of
 	// DEVICE" or the external file).
-	Location string
+	Location string `json:"location"`
 	// Warnings are things the admin should know (e.g. --new-blank on a
 	// device that already holds data).
-	Warnings []string
+	Warnings []string `json:"warnings"`
 }
 
 // ErrNotLocal: the node holds no replica of the resource.
