@@ -63,6 +63,7 @@ func newRootCmd(a *app) *cobra.Command {
 	root.AddCommand(newVersionCmd(a), newServeCmd(a), newAttachCmd(a), newDetachCmd(a))
 	root.AddCommand(newDaemonCmd(a), newCreateMDCmd(a), newDumpMDCmd(a))
 	root.AddCommand(adminCommands(a)...)
+	root.AddCommand(newVIPCmd(a))
 	addConfigCommand(root, a) // the global --config flag and tandem config
 	return root
 }

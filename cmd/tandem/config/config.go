@@ -121,6 +121,9 @@ type Resource struct {
 	// exists; it will read this.
 	PreferredPrimary string
 	Replicas         []Replica
+	// VIP is the resource's service address, held by its primary (nil:
+	// clients connect to a node's address). See vip.go.
+	VIP *VIP
 
 	lines lines
 }
@@ -145,6 +148,9 @@ type Replica struct {
 	Meta      string // MetaInternal or the path of an external metadata file
 	Address   string // host:port the replication link listens on and the peer dials
 	NBDListen string // host:port or unix:/path of the node's NBD server
+	// VIPInterface overrides the VIP's interface on this node ("" for the
+	// resource's vip.interface): interface names differ between machines.
+	VIPInterface string
 
 	lines lines
 }
@@ -328,6 +334,7 @@ type canonResource struct {
 	TLS               *canonTLS      `json:"tls,omitempty"`
 	PreferredPrimary  string         `json:"preferred-primary,omitempty"`
 	Replicas          []canonReplica `json:"replicas"`
+	VIP               *canonVIP      `json:"vip,omitempty"`
 }
 
 type canonTLS struct {
@@ -342,6 +349,8 @@ type canonReplica struct {
 	Meta      string `json:"meta"`
 	Address   string `json:"address"`
 	NBDListen string `json:"nbd-listen"`
+	// omitempty: files without VIPs keep the hash they had before VIPs.
+	VIPInterface string `json:"vip-interface,omitempty"`
 }
 
 func (c *Config) canonical() canonConfig {
@@ -361,8 +370,9 @@ func (c *Config) canonical() canonConfig {
 		if r.TLS != nil {
 			cr.TLS = &canonTLS{r.TLS.Cert, r.TLS.Key, r.TLS.CA}
 		}
+		cr.VIP = r.VIP.canonical()
 		for _, rp := range r.Replicas {
-			cr.Replicas = append(cr.Replicas, canonReplica{rp.Node, rp.Device, rp.Meta, rp.Address, rp.NBDListen})
+			cr.Replicas = append(cr.Replicas, canonReplica{rp.Node, rp.Device, rp.Meta, rp.Address, rp.NBDListen, rp.VIPInterface})
 		}
 		slices.SortFunc(cr.Replicas, func(a, b canonReplica) int { return strings.Compare(a.Node, b.Node) })
 		cc.Resources = append(cc.Resources, cr)

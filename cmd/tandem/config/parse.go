@@ -25,10 +25,10 @@ var (
 	topKeys      = []string{"cluster", "secret-file", "nodes", "resources"}
 	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
-		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "replicas"}
+		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "replicas", "vip"}
 	resyncKeys  = []string{"max-rate", "app-share", "checksum"}
 	tlsKeys     = []string{"cert", "key", "ca"}
-	replicaKeys = []string{"device", "meta", "address", "nbd-listen"}
+	replicaKeys = []string{"device", "meta", "address", "nbd-listen", "vip-interface"}
 )
 
 // keyHome says where a key belongs, for the hint on a key put at the wrong level.
@@ -40,6 +40,7 @@ var keyHome = func() map[string]string {
 	}{
 		{"resources[N].replicas.NODE", replicaKeys},
 		{"resources[N].tls", tlsKeys},
+		{"resources[N].vip", vipKeys},
 		{"resources[N].resync", resyncKeys},
 		{"resources[N]", resourceKeys},
 		{"nodes[N]", nodeKeys},
@@ -339,6 +340,9 @@ func (d *decoder) resource(n *yaml.Node, path string) Resource {
 	if e, ok := f["replicas"]; ok {
 		r.Replicas = d.replicas(e, path+".replicas")
 	}
+	if e, ok := f["vip"]; ok {
+		r.VIP = d.vip(e, path+".vip")
+	}
 	return r
 }
 
@@ -455,6 +459,9 @@ func (d *decoder) replicas(e entry, path string) []Replica {
 		}
 		if e, ok := f["nbd-listen"]; ok {
 			rp.NBDListen = d.listen(e, p+".nbd-listen")
+		}
+		if e, ok := f["vip-interface"]; ok {
+			rp.VIPInterface = d.interfaceName(e, p+".vip-interface")
 		}
 		out = append(out, rp)
 	}

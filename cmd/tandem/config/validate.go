@@ -112,6 +112,7 @@ func (c *Config) check(ps *problems) {
 	}
 	c.checkDevices(ps, nodes)
 	c.checkListeners(ps, nodes)
+	c.checkVIPs(ps)
 }
 
 // checkFields covers, for a Config built in code, the per-key rules that
@@ -393,6 +394,7 @@ func (c *Config) checkLocal(ps *problems, name string) {
 			checkTLS(ps, r, fmt.Sprintf("resources[%d].tls", i))
 		}
 	}
+	c.checkLocalVIPs(ps, name)
 }
 
 func checkSecret(ps *problems, file string, line int) {

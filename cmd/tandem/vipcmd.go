@@ -1,0 +1,159 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/vip"
+)
+
+func newVIPCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vip",
+		Short: "Service addresses (VIPs) of the resources",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(newVIPStatusCmd(a))
+	return cmd
+}
+
+const vipStatusLong = `Show which of this node's configured VIPs it holds, by looking at its
+interfaces: no daemon is needed, so it also tells what a stopped or crashed
+daemon left behind.
+
+The node is --node, or else the node named like this host; its VIPs are
+those of the resources it holds a replica of, each on its interface
+(vip-interface of the replica, else vip.interface). STATE is one of
+
+  held                     the address is on the interface
+  not held                 it is not
+  held as ADDR/LEN         on the interface, with another prefix length
+  no interface IFACE       the interface does not exist on this host
+
+and "also on IFACE" when the address sits on another interface as well
+(neighbours may reach it there: remove it). The exit status is 1 when an
+interface is missing or could not be read.`
+
+func newVIPStatusCmd(a *app) *cobra.Command {
+	var node string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "status",
+		Short:   "Show which configured VIPs this node holds",
+		Long:    vipStatusLong,
+		Example: "  tandem vip status\n  tandem --config ./lab.yaml vip status --node alpha --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runVIPStatus(a, configPath(cmd), node, asJSON)
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "the node to report on (default: the node named like this host)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	return cmd
+}
+
+// vipStatusJSON is the --json form; its field names are an interface.
+type vipStatusJSON struct {
+	Node string         `json:"node"`
+	VIPs []vipEntryJSON `json:"vips"`
+}
+
+type vipEntryJSON struct {
+	Resource  string   `json:"resource"`
+	Address   string   `json:"address"`
+	Interface string   `json:"interface"`
+	Held      bool     `json:"held"`
+	Prefix    string   `json:"prefix,omitempty"`    // as found, when held
+	Elsewhere []string `json:"elsewhere,omitempty"` // other interfaces with the address
+	Error     string   `json:"error,omitempty"`
+}
+
+func runVIPStatus(a *app, path, nodeName string, asJSON bool) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		if ps := config.Problems(err); len(ps) > 0 {
+			for _, p := range ps {
+				fmt.Fprintln(a.stderr, p)
+			}
+			return fmt.Errorf("vip status: %s in %s (see tandem config validate)", plural(len(ps), "problem"), path)
+		}
+		return fmt.Errorf("vip status: %w", err)
+	}
+	n, err := cfg.LocalNode(nodeName)
+	if err != nil {
+		return fmt.Errorf("vip status: %w", err)
+	}
+	var names []string
+	var cfgs []vip.Config
+	for i := range cfg.Resources {
+		if c, ok := cfg.Resources[i].VIPFor(n.Name); ok {
+			names = append(names, cfg.Resources[i].Name)
+			cfgs = append(cfgs, c)
+		}
+	}
+	states := vip.Status(cfgs)
+
+	out := vipStatusJSON{Node: n.Name, VIPs: []vipEntryJSON{}}
+	var failed []string
+	for i, st := range states {
+		e := vipEntryJSON{Resource: names[i], Address: st.Config.Address.String(), Interface: st.Config.Interface,
+			Held: st.Held, Elsewhere: st.Elsewhere}
+		if st.Held {
+			e.Prefix = st.Prefix.String()
+		}
+		if st.Err != nil {
+			e.Error = st.Err.Error()
+			failed = append(failed, fmt.Sprintf("%s: %v", names[i], st.Err))
+		}
+		out.VIPs = append(out.VIPs, e)
+	}
+
+	if asJSON {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return fmt.Errorf("vip status: %w", err)
+		}
+	} else if len(states) == 0 {
+		fmt.Fprintf(a.stdout, "node %s has no VIPs (no resource it holds a replica of has a vip)\n", n.Name)
+	} else {
+		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "RESOURCE\tVIP\tINTERFACE\tSTATE")
+		for i, st := range states {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", names[i], st.Config.Address, st.Config.Interface, vipState(st))
+		}
+		if err := tw.Flush(); err != nil {
+			return fmt.Errorf("vip status: %w", err)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("vip status: %s", strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+func vipState(st vip.State) string {
+	var s string
+	switch {
+	case errors.Is(st.Err, vip.ErrNoInterface):
+		s = "no interface " + st.Config.Interface
+	case st.Err != nil:
+		s = "unknown (" + st.Err.Error() + ")"
+	case st.Held && st.Prefix != st.Config.Address:
+		s = "held as " + st.Prefix.String()
+	case st.Held:
+		s = "held"
+	default:
+		s = "not held"
+	}
+	if len(st.Elsewhere) > 0 {
+		s += ", also on " + strings.Join(st.Elsewhere, ", ")
+	}
+	return s
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/tools/testenv"
+)
+
+// vipConfig: alpha puts both VIPs on IFACE, beta on a link that does not
+// exist; wit holds no replica.
+const vipConfig = `cluster: lab
+secret-file: /etc/tandem/secret
+nodes:
+  - {name: alpha, address: 192.0.2.11}
+  - {name: beta, address: 192.0.2.12}
+  - {name: wit, address: 192.0.2.13}
+resources:
+  - name: db
+    size: 1M
+    vip: {address: 198.51.100.100/24, interface: IFACE}
+    replicas:
+      alpha: {device: /dev/vg0/db, address: "192.0.2.11:7789", nbd-listen: "[::]:10809"}
+      beta: {device: /dev/vg0/db, address: "192.0.2.12:7789", nbd-listen: "[::]:10809", vip-interface: nosuch0}
+  - name: web
+    size: 1M
+    vip: {address: "2001:db8::100/64", interface: IFACE}
+    replicas:
+      alpha: {device: /dev/vg0/web, address: "192.0.2.11:7790", nbd-listen: "[::]:10809"}
+      beta: {device: /dev/vg0/web, address: "192.0.2.12:7790", nbd-listen: "[::]:10809", vip-interface: nosuch0}
+`
+
+func writeVIPConfig(t *testing.T, iface string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tandem.yaml")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(vipConfig, "IFACE", iface)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Without root: the addresses are nowhere here, so nothing is held; a
+// missing interface is reported and fails the command; a witness has none.
+func TestVIPStatusNotHeld(t *testing.T) {
+	path := writeVIPConfig(t, "lo")
+	out, errOut, err := execute(t, "--config", path, "vip", "status", "--node", "alpha")
+	if err != nil {
+		t.Fatalf("err %v, stderr %q", err, errOut)
+	}
+	for _, want := range []string{"RESOURCE  VIP                INTERFACE  STATE\n",
+		"db        198.51.100.100/24  lo         not held\n", "web       2001:db8::100/64   lo         not held\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout %q lacks %q", out, want)
+		}
+	}
+
+	out, _, err = execute(t, "--config", path, "vip", "status", "--node", "beta", "--json")
+	if err == nil || !strings.Contains(err.Error(), "db: vip: no such interface: nosuch0") {
+		t.Errorf("missing interface: err %v", err)
+	}
+	var st vipStatusJSON
+	if jerr := json.Unmarshal([]byte(out), &st); jerr != nil {
+		t.Fatalf("--json output %q: %v", out, jerr)
+	}
+	if st.Node != "beta" || len(st.VIPs) != 2 || st.VIPs[0].Interface != "nosuch0" || st.VIPs[0].Held || st.VIPs[0].Error == "" {
+		t.Errorf("beta's status: %+v", st)
+	}
+
+	out, _, err = execute(t, "--config", path, "vip", "status", "--node", "wit")
+	if err != nil || out != "node wit has no VIPs (no resource it holds a replica of has a vip)\n" {
+		t.Errorf("witness: %q, %v", out, err)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte(strings.Replace(vipConfig, "198.51.100.100/24", "198.51.100.0/24", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, err = execute(t, "--config", bad, "vip", "status", "--node", "alpha")
+	if err == nil || !strings.Contains(errOut, "bad.yaml:10: resources[0].vip.address: 198.51.100.0/24 is the network address") {
+		t.Errorf("invalid file: err %v, stderr %q", err, errOut)
+	}
+}
+
+// The built binary, run as the lab runs a node (ip netns exec), in a
+// namespace of its own whose link holds one of the two VIPs and whose
+// loopback has the other one by mistake.
+func TestVIPStatusInNamespace(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "ip")
+	bin := testenv.BuildTandem(t)
+	ns := fmt.Sprintf("tandem-vipst-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
+	testenv.Run(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		if _, stderr, err := testenv.RunErr("ip", "netns", "del", ns); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns, err, stderr)
+		}
+	})
+	for _, args := range [][]string{
+		{"link", "add", "vip0", "type", "veth", "peer", "name", "vip1"}, // this kernel has no dummy links
+		{"link", "set", "vip0", "up"},
+		{"link", "set", "lo", "up"},
+		{"addr", "add", "198.51.100.100/25", "dev", "vip0"},
+		{"addr", "add", "2001:db8::100/128", "dev", "lo"},
+	} {
+		testenv.Run(t, "ip", append([]string{"-n", ns}, args...)...)
+	}
+	path := writeVIPConfig(t, "vip0")
+	out := testenv.Run(t, "ip", "netns", "exec", ns, bin, "--config", path, "vip", "status", "--node", "alpha", "--json")
+	var st vipStatusJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("--json output %q: %v", out, err)
+	}
+	want := vipStatusJSON{Node: "alpha", VIPs: []vipEntryJSON{
+		{Resource: "db", Address: "198.51.100.100/24", Interface: "vip0", Held: true, Prefix: "198.51.100.100/25"},
+		{Resource: "web", Address: "2001:db8::100/64", Interface: "vip0", Elsewhere: []string{"lo"}},
+	}}
+	if fmt.Sprint(st) != fmt.Sprint(want) {
+		t.Errorf("status\n got %+v\nwant %+v", st, want)
+	}
+	out = testenv.Run(t, "ip", "netns", "exec", ns, bin, "--config", path, "vip", "status", "--node", "alpha")
+	for _, s := range []string{"held as 198.51.100.100/25", "not held, also on lo"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("table %q lacks %q", out, s)
+		}
+	}
+}
