@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/tandem-ha/tandem/nbd"
@@ -89,6 +90,15 @@ var (
 	ErrClosed = errors.New("replicate: closed")
 	// ErrStaleEpoch: a message from an older epoch (a deposed primary).
 	ErrStaleEpoch = errors.New("replicate: message from an older epoch")
+	// ErrIsPrimary: the operation needs this node to be secondary (become
+	// a sync target, discard its data, be marked outdated).
+	ErrIsPrimary = errors.New("replicate: this node is primary")
+	// ErrDiskFailed: the local disk returned an I/O error; the replica is
+	// detached (disk state Failed) until the volume is reopened.
+	ErrDiskFailed = errors.New("replicate: local disk failed")
+	// ErrPeerLost: the peer went away before it confirmed an operation
+	// that needs it (verify, resync).
+	ErrPeerLost = errors.New("replicate: connection to the peer lost")
 )
 
 // Config is what a volume needs; the daemon builds it from the cluster
@@ -105,6 +115,16 @@ type Config struct {
 	Listen      string // host:port this side accepts the link on
 	PeerAddress string // host:port of the peer's listener
 	TLS         *tls.Config
+	// Listener, when set, is used instead of listening on Listen (tests
+	// listen on port 0 first to learn both addresses). Close closes it.
+	Listener net.Listener
+
+	// Link timing; zero values take the defaults (DefaultPingInterval,
+	// DefaultPingTimeout, DefaultConnectTimeout, DefaultRetryMax).
+	PingInterval   time.Duration // a Ping goes out this often
+	PingTimeout    time.Duration // nothing received for this long: the link is dead
+	ConnectTimeout time.Duration // bounds the handshake and the session setup
+	RetryMax       time.Duration // the dial backoff grows up to this
 
 	// Data is the local data area; production uses nbd/backend.File (FUA,
 	// punched holes, sendfile), tests disk.Device over a disk.Mem.

@@ -1,0 +1,18 @@
+package replicate
+
+// kill stops a volume the way kill -9 stops the daemon: no flush, no
+// Disconnect, no clean metadata close. The disks stay as they are.
+func (v *Volume) kill() {
+	v.closed.Store(true)
+	v.cancel()
+	_ = v.ln.Close()
+	v.mu.Lock()
+	v.standalone = true
+	l := v.sess
+	v.mu.Unlock()
+	if l != nil {
+		l.end("killed", false)
+		<-l.done
+	}
+	v.wg.Wait()
+}

@@ -1,0 +1,958 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tandem-ha/tandem/nbd"
+	"github.com/tandem-ha/tandem/replicate/md"
+	"github.com/tandem-ha/tandem/replicate/wire"
+)
+
+// tlogLimit bounds the transfer log: past it the primary asks the peer
+// for a flush, so that a crash of the peer costs a bounded resync.
+const (
+	tlogLimit      = 1024
+	tlogBytesLimit = 64 << 20
+)
+
+// bitmapChunk is the bitmap exchanged per frame on connect.
+const bitmapChunk = 256 << 10
+
+// errStandAlone marks setup failures after which this side stays
+// StandAlone (split brain, a size mismatch, a refusal by the peer): they
+// need an admin, retrying would only repeat them.
+var errStandAlone = errors.New("replicate: staying StandAlone")
+
+// errProtocol: the peer sent something that makes no sense here.
+var errProtocol = errors.New("replicate: link protocol violation")
+
+// waiter is an operation waiting for the peer's answer.
+type waiter struct {
+	need wire.MsgType
+	ch   chan result
+}
+
+type result struct {
+	err     error
+	payload []byte
+}
+
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
+
+// tlogEntry is a write sent to the peer and not yet covered by a flush
+// the peer confirmed (the transfer log): if the link dies, its bits are
+// set, since the peer may have lost it.
+type tlogEntry struct {
+	seq    uint64
+	off, n int64
+}
+
+// link is one session with the peer over an authenticated connection.
+type link struct {
+	v      *Volume
+	c      *wire.Conn
+	leader bool
+	start  time.Time
+	peer   peerState // as announced at setup
+	rord   *order    // the writes received, applied in the peer's order
+	active atomic.Bool
+
+	lastRecv atomic.Int64 // since start, ns
+	pingBusy atomic.Bool
+
+	pendMu     sync.Mutex
+	pending    map[uint64]*waiter
+	tlog       []tlogEntry
+	tlogHead   int
+	tlogBytes  int64
+	tlogFlush  bool
+	dead       bool
+	endOnce    sync.Once
+	why        string
+	stop       chan struct{} // closed by end
+	done       chan struct{} // closed when torn down
+	applying   sync.WaitGroup
+	background sync.WaitGroup // resync and verify loops
+
+	// target side of a resync: bytes applied since the data and the
+	// bitmap were last flushed.
+	rsMu        sync.Mutex
+	rsUnflushed int64
+	// source side: bytes cleared since the bitmap was last flushed.
+	srcCleared atomic.Int64
+}
+
+func newLink(v *Volume, c *wire.Conn, leader bool) *link {
+	return &link{
+		v: v, c: c, leader: leader, start: time.Now(), rord: newOrder(),
+		pending: make(map[uint64]*waiter), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+}
+
+func (l *link) since() int64 { return int64(time.Since(l.start)) }
+
+// end closes the connection (after a Disconnect when orderly); the reader
+// then fails and tears the session down.
+func (l *link) end(why string, orderly bool) {
+	l.endOnce.Do(func() {
+		l.pendMu.Lock()
+		l.why = why
+		l.pendMu.Unlock()
+		close(l.stop)
+		if orderly {
+			_ = l.c.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
+			_ = l.c.Write(wire.Frame{Type: wire.Disconnect, Epoch: l.v.epoch.Load()})
+		}
+		_ = l.c.Close()
+	})
+}
+
+// queueLocked registers f (an answer of type need, and for a write its
+// range in the transfer log when off >= 0) and queues it. The caller
+// holds v.seqMu, so frames go out in sequence order. ok is false when the
+// frame did not go out and no answer will come.
+func (l *link) queueLocked(f wire.Frame, need wire.MsgType, off, n int64) (w *waiter, ok bool) {
+	l.pendMu.Lock()
+	if l.dead || !l.active.Load() {
+		l.pendMu.Unlock()
+		return nil, false
+	}
+	if need != 0 {
+		w = waiterPool.Get().(*waiter)
+		w.need = need
+		l.pending[f.Seq] = w
+	}
+	trigger := false
+	if off >= 0 {
+		l.tlog = append(l.tlog, tlogEntry{seq: f.Seq, off: off, n: n})
+		l.tlogBytes += n
+		if (len(l.tlog)-l.tlogHead >= tlogLimit || l.tlogBytes >= tlogBytesLimit) && !l.tlogFlush {
+			l.tlogFlush, trigger = true, true
+		}
+	}
+	l.pendMu.Unlock()
+	f.Epoch = l.v.epoch.Load()
+	if err := l.c.Queue(f); err != nil {
+		l.end(fmt.Sprintf("sending to the peer: %v", err), false)
+		return w, w != nil // the teardown answers w
+	}
+	if trigger {
+		go l.flushTlog()
+	}
+	return w, true
+}
+
+// flush sends what is queued.
+func (l *link) flush() {
+	if err := l.c.Flush(); err != nil {
+		l.end(fmt.Sprintf("sending to the peer: %v", err), false)
+	}
+}
+
+// wait returns the answer to w (nil), ErrPeerLost, or ctx's error.
+func (l *link) wait(ctx context.Context, w *waiter) error {
+	_, err := l.waitPayload(ctx, w)
+	return err
+}
+
+func (l *link) waitPayload(ctx context.Context, w *waiter) ([]byte, error) {
+	select {
+	case r := <-w.ch:
+		waiterPool.Put(w)
+		return r.payload, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err() // w is answered later and dropped
+	}
+}
+
+// flushTlog asks the peer for a flush so the transfer log stays short.
+func (l *link) flushTlog() {
+	defer func() {
+		l.pendMu.Lock()
+		l.tlogFlush = false
+		l.pendMu.Unlock()
+	}()
+	l2, w := l.v.peerFlushStart()
+	if w != nil {
+		_ = l2.wait(context.Background(), w)
+	}
+}
+
+// deliver hands an acknowledgement to its waiter.
+func (l *link) deliver(f wire.Frame) {
+	l.pendMu.Lock()
+	if f.Type == wire.Flushed {
+		// Everything sent before the flush is on the peer's disk.
+		for l.tlogHead < len(l.tlog) && l.tlog[l.tlogHead].seq < f.Seq {
+			l.tlogBytes -= l.tlog[l.tlogHead].n
+			l.tlogHead++
+		}
+		if l.tlogHead > 256 && l.tlogHead*2 > len(l.tlog) {
+			n := copy(l.tlog, l.tlog[l.tlogHead:])
+			l.tlog = l.tlog[:n]
+			l.tlogHead = 0
+		}
+	}
+	w := l.pending[f.Seq]
+	if w != nil && w.need == f.Type {
+		delete(l.pending, f.Seq)
+	} else {
+		w = nil
+	}
+	l.pendMu.Unlock()
+	if w != nil {
+		w.ch <- result{payload: f.Payload}
+	}
+}
+
+// teardown ends the session: no frame is registered any more, every
+// write the peer may not have is marked out of sync (durably), and only
+// then are the waiters told the peer is gone.
+func (l *link) teardown() {
+	v := l.v
+	l.end("", false)
+	l.active.Store(false)
+	v.seqMu.Lock()
+	if v.cur == l {
+		v.cur = nil
+	}
+	v.seqMu.Unlock()
+	l.pendMu.Lock()
+	l.dead = true
+	entries := l.tlog[l.tlogHead:]
+	pend := l.pending
+	l.pending = nil
+	why := l.why
+	l.pendMu.Unlock()
+	for _, e := range entries {
+		v.bm.Set(e.off, e.n)
+	}
+	if len(entries) > 0 {
+		if err := v.bm.FlushAll(); err != nil {
+			v.log.Error("replicate: writing the bitmap after losing the peer", "err", err)
+		}
+	}
+	for _, w := range pend {
+		w.ch <- result{err: ErrPeerLost}
+	}
+	l.applying.Wait()
+	l.background.Wait()
+	v.mu.Lock()
+	if v.sess == l {
+		v.sess = nil
+		v.peer = nil
+		v.resync, v.verify = nil, nil
+		if v.standalone {
+			v.conn = StandAlone
+		} else {
+			v.conn = Connecting
+		}
+		if why != "" {
+			v.reason = why
+		}
+	}
+	v.mu.Unlock()
+	v.log.Info("replicate: link to the peer down", "peer", v.cfg.Peer, "reason", why)
+	close(l.done)
+	v.wake()
+}
+
+// run is the receive loop of an established session.
+func (l *link) run() {
+	defer l.teardown()
+	l.lastRecv.Store(l.since())
+	go l.pinger()
+	for {
+		f, err := l.c.Read()
+		if err != nil {
+			if isEOF(err) {
+				l.end("the connection was closed", false)
+			} else {
+				l.end(fmt.Sprintf("reading from the peer: %v", err), false)
+			}
+			return
+		}
+		l.lastRecv.Store(l.since())
+		if err := l.handle(f); err != nil {
+			if !errors.Is(err, errPeerDisconnected) {
+				l.v.log.Warn("replicate: dropping the link", "err", err)
+			}
+			l.end(err.Error(), !errors.Is(err, errPeerDisconnected))
+			return
+		}
+	}
+}
+
+var errPeerDisconnected = errors.New("the peer disconnected")
+
+// pinger sends Pings and declares the link dead when nothing came for
+// PingTimeout.
+func (l *link) pinger() {
+	v := l.v
+	t := time.NewTicker(v.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		if idle := time.Duration(l.since() - l.lastRecv.Load()); idle > v.cfg.PingTimeout {
+			l.end(fmt.Sprintf("the peer did not answer for %s", idle.Round(time.Millisecond)), false)
+			return
+		}
+		if !l.pingBusy.Swap(true) {
+			go func() {
+				_ = l.c.Write(wire.Frame{Type: wire.Ping, Epoch: v.epoch.Load()})
+				l.pingBusy.Store(false)
+			}()
+		}
+	}
+}
+
+// handle processes one frame of an established session.
+func (l *link) handle(f wire.Frame) error {
+	v := l.v
+	switch f.Type {
+	case wire.Write, wire.Trim, wire.Zero, wire.ResyncData, wire.ResyncRequest, wire.Flush, wire.VerifyRequest:
+		if e := v.epoch.Load(); f.Epoch < e {
+			return fmt.Errorf("%w: %s seq %d from epoch %d, this node is at epoch %d", ErrStaleEpoch, f.Type, f.Seq, f.Epoch, e)
+		}
+		if f.Type != wire.Flush && f.Type != wire.VerifyRequest && v.primary.Load() {
+			return fmt.Errorf("%w: the peer sends %s to a primary", errProtocol, f.Type)
+		}
+		return l.downstream(f)
+	case wire.Received, wire.Written, wire.Flushed, wire.VerifyDigest:
+		l.deliver(f)
+	case wire.Ping:
+		go func() { _ = l.c.Write(wire.Frame{Type: wire.Pong, Seq: f.Seq, Epoch: v.epoch.Load()}) }()
+	case wire.Pong:
+	case wire.State:
+		return l.onState(f)
+	case wire.Disconnect:
+		return errPeerDisconnected
+	default:
+		return fmt.Errorf("%w: unexpected %s", errProtocol, f.Type)
+	}
+	return nil
+}
+
+// downstream dispatches an operation from the peer: overlapping ones are
+// applied in sequence order, the rest concurrently.
+func (l *link) downstream(f wire.Frame) error {
+	v := l.v
+	off, n := int64(f.Offset), int64(f.Length)
+	if f.Type == wire.Flush {
+		l.applying.Add(1)
+		go l.applyFlush(f.Seq)
+		return nil
+	}
+	if n <= 0 || off < 0 || off > v.size-n {
+		return fmt.Errorf("%w: %s of %d bytes at %d on %d bytes", errProtocol, f.Type, n, off, v.size)
+	}
+	if (f.Type == wire.Write || f.Type == wire.ResyncData) && int64(len(f.Payload)) != n {
+		return fmt.Errorf("%w: %s announces %d bytes and carries %d", errProtocol, f.Type, n, len(f.Payload))
+	}
+	sp := &span{seq: f.Seq, off: off, end: off + n}
+	l.rord.add(sp)
+	if l.peer.Proto == 'B' && f.Flags&wire.FlagFUA == 0 && (f.Type == wire.Write || f.Type == wire.Trim || f.Type == wire.Zero) {
+		go func() { _ = l.c.Write(wire.Frame{Type: wire.Received, Seq: f.Seq, Epoch: v.epoch.Load()}) }()
+	}
+	l.applying.Add(1)
+	go l.apply(f, sp)
+	return nil
+}
+
+func (l *link) apply(f wire.Frame, sp *span) {
+	defer l.applying.Done()
+	v := l.v
+	l.rord.waitBefore(sp.seq, sp.off, sp.end)
+	off, n := sp.off, sp.end-sp.off
+	fua := f.Flags&wire.FlagFUA != 0
+	var err error
+	var payload []byte
+	switch f.Type {
+	case wire.Write, wire.ResyncData:
+		err = v.data.WriteAt(v.ctx, f.Payload, off, fua)
+	case wire.Trim:
+		err = v.data.Trim(v.ctx, off, n, fua)
+	case wire.Zero:
+		var zf nbd.ZeroFlags
+		if len(f.Payload) > 0 {
+			zf = nbd.ZeroFlags(f.Payload[0]) & nbd.ZeroNoHole
+		}
+		if fua {
+			zf |= nbd.ZeroFUA
+		}
+		err = v.data.Zero(v.ctx, off, n, zf)
+	case wire.VerifyRequest:
+		buf := make([]byte, n)
+		if err = v.data.ReadAt(v.ctx, buf, off); err == nil {
+			payload = digests(buf, v.gran)
+		}
+	}
+	if err == nil && (f.Type == wire.ResyncData || f.Type == wire.ResyncRequest) {
+		v.bm.Clear(off, n)
+		err = l.resyncApplied(n)
+	}
+	l.rord.remove(sp)
+	if err != nil {
+		if v.ctx.Err() == nil {
+			_ = v.diskFailed("applying "+f.Type.String()+" from the peer", err)
+			go l.end(fmt.Sprintf("the local disk failed: %v", err), true)
+		}
+		return
+	}
+	switch {
+	case f.Type == wire.VerifyRequest:
+		_ = l.c.Write(wire.Frame{Type: wire.VerifyDigest, Seq: f.Seq, Epoch: v.epoch.Load(), Offset: f.Offset, Length: f.Length, Payload: payload})
+	case f.Type == wire.ResyncData, fua, l.peer.Proto == 'C' && f.Type != wire.ResyncRequest:
+		_ = l.c.Write(wire.Frame{Type: wire.Written, Seq: f.Seq, Epoch: v.epoch.Load()})
+	}
+}
+
+// resyncApplied makes resync progress durable now and then on a sync
+// target: data first, then the cleared bits, so that a crash never finds
+// a clear bit over data that did not reach the disk.
+func (l *link) resyncApplied(n int64) error {
+	l.rsMu.Lock()
+	defer l.rsMu.Unlock()
+	l.rsUnflushed += n
+	if l.rsUnflushed < 32<<20 {
+		return nil
+	}
+	l.rsUnflushed = 0
+	if err := l.v.data.Flush(l.v.ctx); err != nil {
+		return err
+	}
+	return l.v.bm.FlushAll()
+}
+
+func (l *link) applyFlush(seq uint64) {
+	defer l.applying.Done()
+	v := l.v
+	l.rord.waitBefore(seq, 0, math.MaxInt64)
+	if err := v.data.Flush(v.ctx); err != nil {
+		if v.ctx.Err() == nil {
+			_ = v.diskFailed("flush for the peer", err)
+			go l.end(fmt.Sprintf("the local disk failed: %v", err), true)
+		}
+		return
+	}
+	_ = l.c.Write(wire.Frame{Type: wire.Flushed, Seq: seq, Epoch: v.epoch.Load()})
+}
+
+// onState handles State messages during a session.
+func (l *link) onState(f wire.Frame) error {
+	v := l.v
+	switch f.Offset {
+	case stateUpdate:
+		ps, err := parseState(f.Payload)
+		if err != nil {
+			return err
+		}
+		if ps.Role == Primary && v.primary.Load() {
+			v.mu.Lock()
+			v.standalone = true
+			v.mu.Unlock()
+			return fmt.Errorf("%w: both nodes are primary; demote one, then resolve", ErrSplitBrain)
+		}
+		if ps.Role == Primary {
+			if e := v.epoch.Load(); ps.Epoch < e {
+				return fmt.Errorf("%w: the peer became primary at epoch %d, this node knows epoch %d", ErrStaleEpoch, ps.Epoch, e)
+			}
+			if err := v.adoptEpoch(ps.Epoch); err != nil {
+				return err
+			}
+		}
+		v.mu.Lock()
+		if v.sess == l {
+			v.peer = &ps
+		}
+		v.mu.Unlock()
+	case stateResyncBegin:
+		return l.beginTarget(false)
+	case stateResyncDone:
+		ps, err := parseState(f.Payload)
+		if err != nil {
+			return err
+		}
+		return l.finishTarget(ps)
+	case stateVerifyBegin, stateVerifyEnd:
+		v.mu.Lock()
+		if v.sess == l && (v.conn == Connected || v.conn == VerifyTarget) {
+			v.conn = map[bool]ConnState{true: VerifyTarget, false: Connected}[f.Offset == stateVerifyBegin]
+		}
+		v.mu.Unlock()
+	default:
+		return fmt.Errorf("%w: State kind %d during a session", errProtocol, f.Offset)
+	}
+	return nil
+}
+
+// adoptEpoch records a newer epoch learnt from the peer.
+func (v *Volume) adoptEpoch(e uint64) error {
+	if e <= v.epoch.Load() {
+		return nil
+	}
+	if err := v.meta.Update(func(s *md.Superblock) { s.Epoch = max(s.Epoch, e) }); err != nil {
+		return fmt.Errorf("replicate: recording epoch %d: %w", e, err)
+	}
+	v.epoch.Store(e)
+	return nil
+}
+
+// beginTarget makes this side a sync target: Inconsistent, durably,
+// before any resync data lands.
+func (l *link) beginTarget(full bool) error {
+	v := l.v
+	if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.Consistent }); err != nil {
+		return fmt.Errorf("replicate: becoming sync target: %w", err)
+	}
+	p := newProgress(full, v.cfg.Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+	v.mu.Lock()
+	if v.sess == l {
+		v.conn, v.resync = SyncTarget, p
+	}
+	v.mu.Unlock()
+	v.announce()
+	return nil
+}
+
+// finishTarget ends a resync on the target: the data is flushed, the
+// bitmap cleared and written, and the source's generations taken.
+func (l *link) finishTarget(src peerState) error {
+	v := l.v
+	l.applying.Wait() // every resync write before the marker is acknowledged already; be sure
+	if err := v.data.Flush(v.ctx); err != nil {
+		return fmt.Errorf("replicate: finishing resync: %w", err)
+	}
+	v.bm.Clear(0, v.size)
+	if err := v.bm.FlushAll(); err != nil {
+		return fmt.Errorf("replicate: finishing resync: %w", err)
+	}
+	g := src.Gen
+	g.Bitmap = 0
+	if err := v.meta.Update(func(s *md.Superblock) {
+		s.Gen = genToMD(g)
+		s.Flags = s.Flags&^(md.Outdated|md.FullSyncNeeded|md.CrashedPrimary|md.PeerOutdated) | md.Consistent
+	}); err != nil {
+		return fmt.Errorf("replicate: finishing resync: %w", err)
+	}
+	v.mu.Lock()
+	if v.sess == l {
+		v.conn, v.resync = Connected, nil
+	}
+	v.mu.Unlock()
+	v.log.Info("replicate: resync finished, UpToDate", "peer", v.cfg.Peer)
+	v.announce()
+	return nil
+}
+
+// ---- connection management ----
+
+func (v *Volume) wireConfig(dialer bool) wire.Config {
+	return wire.Config{
+		Cluster: v.cfg.Cluster, Resource: v.cfg.Resource, LocalNode: v.cfg.Node, PeerNode: v.cfg.Peer,
+		Secret: v.cfg.Secret, TLS: v.cfg.TLS, Dialer: dialer, Compression: v.cfg.Compression,
+		Timeout: v.cfg.ConnectTimeout, Logger: v.log,
+	}
+}
+
+func (v *Volume) acceptLoop() {
+	defer v.wg.Done()
+	for {
+		nc, err := v.ln.Accept()
+		if err != nil {
+			if v.ctx.Err() != nil {
+				return
+			}
+			v.log.Warn("replicate: accepting the peer", "err", err)
+			select {
+			case <-v.ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		v.wg.Add(1)
+		go func() {
+			defer v.wg.Done()
+			c, err := wire.Handshake(v.ctx, nc, v.wireConfig(false))
+			if err != nil {
+				v.linkError(err)
+				return
+			}
+			v.adopt(c)
+		}()
+	}
+}
+
+func (v *Volume) dialLoop() {
+	defer v.wg.Done()
+	const first = 50 * time.Millisecond
+	backoff := first
+	sleep := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-v.ctx.Done():
+			return false
+		case <-v.kick:
+		case <-t.C:
+		}
+		return true
+	}
+	for v.ctx.Err() == nil {
+		if !v.needConn() {
+			if !sleep(v.cfg.RetryMax) {
+				return
+			}
+			continue
+		}
+		c, err := wire.Dial(v.ctx, v.cfg.PeerAddress, v.wireConfig(true))
+		if err == nil && v.adopt(c) {
+			backoff = first
+			continue
+		}
+		if err != nil {
+			v.linkError(err)
+		}
+		if !sleep(backoff) {
+			return
+		}
+		backoff = min(backoff*2, v.cfg.RetryMax)
+	}
+}
+
+func (v *Volume) needConn() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !v.standalone && v.sess == nil && !v.closed.Load()
+}
+
+// linkError records why the last attempt failed, for Status.
+func (v *Volume) linkError(err error) {
+	if v.ctx.Err() != nil {
+		return
+	}
+	if errors.Is(err, wire.ErrAuth) || errors.Is(err, wire.ErrRefused) || errors.Is(err, wire.ErrCluster) ||
+		errors.Is(err, wire.ErrResource) || errors.Is(err, wire.ErrPeer) || errors.Is(err, wire.ErrVersion) {
+		v.log.Warn("replicate: link refused", "err", err)
+	} else {
+		v.log.Debug("replicate: link attempt failed", "err", err)
+	}
+	v.mu.Lock()
+	if v.sess == nil && !v.standalone {
+		v.reason = err.Error()
+	}
+	v.mu.Unlock()
+}
+
+// adopt decides whether an authenticated connection becomes the session.
+// The node with the smaller name decides: it takes the first connection
+// that completes while it has no session and sends its hello on it; it
+// sends Disconnect on any other. The other node waits for that first
+// frame, so both always use the same connection. It returns whether a
+// session ran on c.
+func (v *Volume) adopt(c *wire.Conn) bool {
+	leader := v.cfg.Node < v.cfg.Peer
+	if leader {
+		v.mu.Lock()
+		if v.sess != nil || v.standalone || v.closed.Load() {
+			v.mu.Unlock()
+			_ = c.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
+			_ = c.Write(wire.Frame{Type: wire.Disconnect})
+			_ = c.Close()
+			return false
+		}
+		l := newLink(v, c, true)
+		v.sess = l
+		v.mu.Unlock()
+		return v.runSession(l, nil)
+	}
+	_ = c.NetConn().SetReadDeadline(time.Now().Add(v.cfg.ConnectTimeout))
+	f, err := c.Read()
+	if err != nil || f.Type != wire.State || f.Offset != stateHello {
+		_ = c.Close()
+		return false
+	}
+	v.mu.Lock()
+	if v.standalone || v.closed.Load() {
+		v.mu.Unlock()
+		_ = c.Close()
+		return false
+	}
+	old := v.sess
+	l := newLink(v, c, false)
+	v.sess = l
+	v.mu.Unlock()
+	if old != nil {
+		// The leader chose a new connection: it has given up the old one.
+		old.end("the peer opened a new connection", false)
+		<-old.done
+		v.mu.Lock()
+		v.sess = l
+		v.mu.Unlock()
+	}
+	return v.runSession(l, &f)
+}
+
+// runSession sets the session up and runs it until it ends.
+func (v *Volume) runSession(l *link, first *wire.Frame) bool {
+	d, err := l.setup(first)
+	if err != nil {
+		why := err.Error()
+		standalone := errors.Is(err, errStandAlone) || errors.Is(err, ErrSplitBrain)
+		l.end(why, true)
+		v.mu.Lock()
+		if v.sess == l {
+			v.sess = nil
+			v.peer = nil
+			v.reason = why
+			if standalone {
+				v.standalone = true
+			}
+			if v.standalone {
+				v.conn = StandAlone
+			} else {
+				v.conn = Connecting
+			}
+		}
+		v.mu.Unlock()
+		if standalone {
+			v.log.Error("replicate: not connecting to the peer", "reason", why)
+		} else {
+			v.log.Warn("replicate: session setup failed", "reason", why)
+		}
+		close(l.done)
+		return false
+	}
+	v.log.Info("replicate: connected to the peer", "peer", v.cfg.Peer, "decision", d.String())
+	if d.IsSource() {
+		l.background.Add(1)
+		go l.resyncSource(d == SourceFull)
+	}
+	l.run()
+	return true
+}
+
+// setup runs the start of a session: the State exchange, the decision,
+// the bitmap exchange and what the decision asks for. Application writes
+// wait meanwhile (they would change what was announced), bounded by the
+// connect timeout.
+func (l *link) setup(first *wire.Frame) (Sync, error) {
+	v := l.v
+	nc := l.c.NetConn()
+	if err := nc.SetDeadline(time.Now().Add(v.cfg.ConnectTimeout)); err != nil {
+		return 0, err
+	}
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	if v.closed.Load() {
+		return 0, ErrClosed
+	}
+	local := v.localState()
+	hello := wire.Frame{Type: wire.State, Offset: stateHello, Epoch: local.Epoch, Payload: local.marshal()}
+	var pf wire.Frame
+	if l.leader {
+		if err := l.c.Write(hello); err != nil {
+			return 0, fmt.Errorf("replicate: sending state: %w", err)
+		}
+		f, err := l.expect(stateHello)
+		if err != nil {
+			return 0, err
+		}
+		pf = f
+	} else {
+		pf = *first
+		if err := l.c.Write(hello); err != nil {
+			return 0, fmt.Errorf("replicate: sending state: %w", err)
+		}
+	}
+	peer, err := parseState(pf.Payload)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", errStandAlone, err)
+	}
+	l.peer = peer
+
+	d, why := decideSession(local, peer, v.cfg.SplitBrain)
+	refuse := func(format string, args ...any) {
+		if why == "" {
+			why = fmt.Sprintf(format, args...)
+		}
+	}
+	var standalone bool = true
+	switch {
+	case peer.Size != local.Size || peer.Gran != local.Gran:
+		refuse("the peer's data area is %d bytes at bitmap granularity %d, this node's %d at %d", peer.Size, peer.Gran, local.Size, local.Gran)
+	case peer.Role == Primary && local.Role == Primary:
+		refuse("both nodes are primary (split brain); demote one, then resolve")
+	case peer.Role == Primary && peer.Epoch < local.Epoch:
+		refuse("%v: the peer is primary at epoch %d, this node knows epoch %d (a deposed primary)", ErrStaleEpoch, peer.Epoch, local.Epoch)
+		standalone = false
+	case local.Role == Primary && local.Epoch < peer.Epoch:
+		refuse("%v: this node is primary at epoch %d, the peer knows epoch %d: this node was deposed", ErrStaleEpoch, local.Epoch, peer.Epoch)
+		standalone = false
+	case local.Role == Primary && d.IsTarget():
+		refuse("this node is primary but would be the sync target (its data is older than the peer's); demote it")
+	case peer.Role == Primary && d.IsSource():
+		refuse("the peer is primary but would be the sync target")
+	}
+	if why != "" && (d != SplitBrain && d != Unrelated && d != NeedAdmin) {
+		d = NeedAdmin
+	}
+	if why == "" && (d == SplitBrain || d == Unrelated || d == NeedAdmin) {
+		why = d.String()
+	}
+	// Both sides say what they concluded: two nodes that disagree (other
+	// policies in their configurations) must not both act.
+	mine := []byte{byte(d)}
+	if why != "" {
+		mine = append([]byte{255}, why...)
+	}
+	if err := l.c.Write(wire.Frame{Type: wire.State, Offset: stateDecision, Epoch: local.Epoch, Payload: mine}); err != nil {
+		return 0, fmt.Errorf("replicate: sending the decision: %w", err)
+	}
+	df, err := l.expect(stateDecision)
+	if err != nil {
+		return 0, err
+	}
+	if why != "" {
+		if standalone {
+			return 0, fmt.Errorf("%w: %s", errStandAlone, why)
+		}
+		return 0, errors.New(why)
+	}
+	switch {
+	case len(df.Payload) > 0 && df.Payload[0] == 255:
+		if bytes.Contains(df.Payload[1:], []byte(ErrStaleEpoch.Error())) {
+			return 0, fmt.Errorf("the peer refused: %s", df.Payload[1:])
+		}
+		return 0, fmt.Errorf("%w: the peer refused: %s", errStandAlone, df.Payload[1:])
+	case len(df.Payload) != 1 || Sync(df.Payload[0]) != d.mirror():
+		return 0, fmt.Errorf("%w: this node decided %s, the peer %v (different split-brain policies?)", errStandAlone, d, df.Payload)
+	}
+	if err := v.adoptEpoch(peer.Epoch); err != nil {
+		return 0, err
+	}
+	switch d {
+	case SourceFull, TargetFull:
+		v.bm.Set(0, v.size)
+		if err := v.bm.FlushAll(); err != nil {
+			return 0, err
+		}
+	case SourceBitmap, TargetBitmap:
+		if err := l.exchangeBitmaps(); err != nil {
+			return 0, err
+		}
+	case InSync:
+		if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.PeerOutdated | md.CrashedPrimary }); err != nil {
+			return 0, err
+		}
+	}
+	if d.IsTarget() {
+		if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.Consistent }); err != nil {
+			return 0, fmt.Errorf("replicate: becoming sync target: %w", err)
+		}
+	}
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		return 0, err
+	}
+	v.degMu.Lock()
+	v.degraded, v.rotated = false, false
+	v.degMu.Unlock()
+	v.seqMu.Lock()
+	v.cur = l
+	l.active.Store(true)
+	v.seqMu.Unlock()
+	v.mu.Lock()
+	v.peer = &peer
+	v.want = wantNone
+	v.reason = ""
+	switch {
+	case d.IsSource():
+		v.conn = SyncSource
+	case d.IsTarget():
+		v.conn = SyncTarget
+		v.resync = newProgress(d == TargetFull, v.cfg.Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+	default:
+		v.conn = Connected
+	}
+	v.mu.Unlock()
+	return d, nil
+}
+
+// expect reads the next frame of the setup, which must be State of kind.
+func (l *link) expect(kind uint64) (wire.Frame, error) {
+	f, err := l.c.Read()
+	if err != nil {
+		return f, fmt.Errorf("replicate: reading the peer's state: %w", err)
+	}
+	if f.Type == wire.Disconnect {
+		return f, errors.New("replicate: the peer closed the session during setup")
+	}
+	if f.Type != wire.State || f.Offset != kind {
+		return f, fmt.Errorf("%w: %w: %s (kind %d) during setup, expected State kind %d", errStandAlone, errProtocol, f.Type, f.Offset, kind)
+	}
+	return f, nil
+}
+
+// exchangeBitmaps sends this side's bitmap (its non-zero chunks, then an
+// end marker) while reading the peer's, and takes the union.
+func (l *link) exchangeBitmaps() error {
+	v := l.v
+	mine := v.bm.Bytes()
+	total := uint32(len(mine))
+	errc := make(chan error, 1)
+	go func() {
+		for off := 0; off < len(mine); off += bitmapChunk {
+			c := mine[off:min(off+bitmapChunk, len(mine))]
+			if allZero(c) {
+				continue
+			}
+			if err := l.c.Queue(wire.Frame{Type: wire.BitmapChunk, Offset: uint64(off), Length: total, Payload: c}); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- l.c.Write(wire.Frame{Type: wire.BitmapChunk, Offset: uint64(total), Length: total})
+	}()
+	theirs := make([]byte, len(mine))
+	for {
+		f, err := l.c.Read()
+		if err != nil {
+			return fmt.Errorf("replicate: reading the peer's bitmap: %w", err)
+		}
+		if f.Type != wire.BitmapChunk || f.Length != total || f.Offset > uint64(total) || f.Offset+uint64(len(f.Payload)) > uint64(total) {
+			return fmt.Errorf("%w: %w: bad bitmap frame %s offset %d length %d (this bitmap has %d bytes)", errStandAlone, errProtocol, f.Type, f.Offset, f.Length, total)
+		}
+		if f.Offset == uint64(total) && len(f.Payload) == 0 {
+			break
+		}
+		copy(theirs[f.Offset:], f.Payload)
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("replicate: sending the bitmap: %w", err)
+	}
+	if err := v.bm.Union(theirs); err != nil {
+		return err
+	}
+	return v.bm.FlushAll()
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}

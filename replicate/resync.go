@@ -1,0 +1,371 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tandem-ha/tandem/replicate/md"
+	"github.com/tandem-ha/tandem/replicate/wire"
+)
+
+const (
+	// resyncChunk is the most one resync frame carries.
+	resyncChunk = 256 << 10
+	// resyncWindow is how many chunks may await the target's ack.
+	resyncWindow = 8
+	// maxResyncGranularity: a chunk must hold whole bitmap bits, or a bit
+	// could never be cleared.
+	maxResyncGranularity = 16 << 20
+	// digestSize: SHA-256 truncated; collisions stay far out of reach for
+	// comparing two replicas of the same block.
+	digestSize = 16
+)
+
+// progress tracks a resync or verify.
+type progress struct {
+	full, checksum bool
+	total          int64
+	start          time.Time
+	done           atomic.Int64 // verify: bytes compared
+	sent           atomic.Int64
+}
+
+func newProgress(full, checksum bool, total int64, now time.Time) *progress {
+	return &progress{full: full, checksum: checksum, total: total, start: now}
+}
+
+// snapshot computes the public view; left < 0 means "from done" (verify),
+// otherwise it is what the bitmap still marks (resync).
+func (p *progress) snapshot(now time.Time, left int64) Progress {
+	done := p.done.Load()
+	if left >= 0 {
+		left = min(left, p.total)
+		done = p.total - left
+	} else {
+		left = p.total - done
+	}
+	out := Progress{Full: p.full, Checksum: p.checksum, TotalBytes: p.total, DoneBytes: done, LeftBytes: left, SentBytes: p.sent.Load()}
+	if p.total > 0 {
+		out.Percent = float64(done) * 100 / float64(p.total)
+	} else {
+		out.Percent = 100
+	}
+	if el := now.Sub(p.start).Seconds(); el > 0 {
+		out.Rate = float64(done) / el
+		if out.Rate > 0 {
+			out.ETASeconds = float64(left) / out.Rate
+		}
+	}
+	return out
+}
+
+// digests returns the truncated SHA-256 of every granule of b.
+func digests(b []byte, gran int64) []byte {
+	out := make([]byte, 0, (int64(len(b))+gran-1)/gran*digestSize)
+	for off := int64(0); off < int64(len(b)); off += gran {
+		sum := sha256.Sum256(b[off:min(off+gran, int64(len(b)))])
+		out = append(out, sum[:digestSize]...)
+	}
+	return out
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, resyncChunk); return &b }}
+
+func getBuf(n int64) *[]byte {
+	if n > resyncChunk {
+		b := make([]byte, n)
+		return &b
+	}
+	return bufPool.Get().(*[]byte)
+}
+
+func putBuf(b *[]byte) {
+	if cap(*b) == resyncChunk {
+		bufPool.Put(b)
+	}
+}
+
+// readOrdered reads [off, off+n) at a point of the ordered stream and
+// queues the frame mk builds from it, all under seqMu: the read sees
+// every earlier write and none of the later ones, and the peer handles
+// the frame at the same point of its order. So a resync read can never
+// carry older data over a newer application write.
+func (l *link) readOrdered(off, n int64, mk func(seq uint64, data []byte) wire.Frame, need wire.MsgType, keep bool) (*waiter, []byte, error) {
+	v := l.v
+	b := getBuf(n)
+	buf := (*b)[:n]
+	v.sending.Add(1)
+	v.seqMu.Lock()
+	v.nextSeq++
+	seq := v.nextSeq
+	v.ord.waitBefore(seq, off, off+n)
+	err := v.data.ReadAt(v.ctx, buf, off)
+	var w *waiter
+	ok := false
+	if err == nil {
+		w, ok = l.queueLocked(mk(seq, buf), need, -1, 0)
+	}
+	v.seqMu.Unlock()
+	if v.sending.Add(-1) == 0 {
+		l.flush()
+	}
+	var out []byte
+	if keep && err == nil {
+		out = append([]byte(nil), buf...)
+	}
+	putBuf(b)
+	if err != nil {
+		return nil, nil, v.diskFailed("resync read", err)
+	}
+	if !ok {
+		return nil, nil, ErrPeerLost
+	}
+	return w, out, nil
+}
+
+// queueInSync tells the target that a range is equal on both sides.
+func (l *link) queueInSync(off, n int64) {
+	v := l.v
+	v.sending.Add(1)
+	v.seqMu.Lock()
+	v.nextSeq++
+	l.queueLocked(wire.Frame{Type: wire.ResyncRequest, Seq: v.nextSeq, Offset: uint64(off), Length: uint32(n)}, 0, -1, 0)
+	v.seqMu.Unlock()
+	if v.sending.Add(-1) == 0 {
+		l.flush()
+	}
+}
+
+// resyncSource runs a resync as source on an established link.
+func (l *link) resyncSource(full bool) {
+	defer l.background.Done()
+	v := l.v
+	p := newProgress(full, v.cfg.Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+	v.mu.Lock()
+	if v.sess != l {
+		v.mu.Unlock()
+		return
+	}
+	v.resync, v.conn = p, SyncSource
+	v.mu.Unlock()
+	v.log.Info("replicate: resync started as source", "bytes", p.total, "full", full, "checksum", p.checksum)
+	err := l.runResync(p)
+	if err == nil {
+		err = l.finishSource()
+	}
+	v.mu.Lock()
+	if v.sess == l && v.resync == p {
+		v.resync = nil
+		if err == nil {
+			v.conn = Connected
+		}
+	}
+	v.mu.Unlock()
+	if err != nil {
+		v.log.Warn("replicate: resync interrupted", "err", err, "left", v.bm.OutOfSyncBytes())
+		return
+	}
+	v.log.Info("replicate: resync finished as source", "sent", p.sent.Load())
+}
+
+func (l *link) runResync(p *progress) error {
+	v := l.v
+	ctl := newRateController(v.cfg.Resync, v.now())
+	sem := make(chan struct{}, resyncWindow)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	fail := func(err error) { failed.CompareAndSwap(nil, err) }
+	chunk := max(int64(resyncChunk), v.gran)
+	cursor := int64(0)
+	for {
+		if err, _ := failed.Load().(error); err != nil {
+			wg.Wait()
+			return err
+		}
+		select {
+		case <-l.stop:
+			wg.Wait()
+			return ErrPeerLost
+		default:
+		}
+		off, n, ok := v.bm.NextSet(cursor)
+		if !ok {
+			wg.Wait()
+			if err, _ := failed.Load().(error); err != nil {
+				return err
+			}
+			if _, _, again := v.bm.NextSet(0); !again {
+				return nil
+			}
+			cursor = 0
+			continue
+		}
+		n = min(n, chunk)
+		cursor = off + n
+		if d := ctl.delay(v.now(), n, v.appBytes.Load()); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-l.stop:
+				t.Stop()
+				wg.Wait()
+				return ErrPeerLost
+			case <-t.C:
+			}
+		}
+		sem <- struct{}{}
+		ctl.sent(v.now(), n)
+		wg.Add(1)
+		if p.checksum {
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := l.resyncChecksum(off, n, p); err != nil {
+					fail(err)
+				}
+			}()
+			continue
+		}
+		w, _, err := l.readOrdered(off, n, func(seq uint64, b []byte) wire.Frame {
+			return wire.Frame{Type: wire.ResyncData, Seq: seq, Offset: uint64(off), Length: uint32(n), Payload: b}
+		}, wire.Written, false)
+		if err != nil {
+			<-sem
+			wg.Done()
+			fail(err)
+			continue
+		}
+		p.sent.Add(n)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := l.wait(v.ctx, w); err != nil {
+				fail(err)
+				return
+			}
+			l.cleared(off, n)
+		}()
+	}
+}
+
+// cleared clears source bits the target confirmed, writing the bitmap
+// now and then so a restart does not redo everything.
+func (l *link) cleared(off, n int64) {
+	v := l.v
+	v.bm.Clear(off, n)
+	if l.srcCleared.Add(n) >= 32<<20 {
+		l.srcCleared.Store(0)
+		if err := v.bm.FlushAll(); err != nil {
+			v.log.Warn("replicate: writing the bitmap during resync", "err", err)
+		}
+	}
+}
+
+// resyncChecksum compares digests of a chunk first and sends only the
+// granules that differ.
+func (l *link) resyncChecksum(off, n int64, p *progress) error {
+	v := l.v
+	w, local, err := l.readOrdered(off, n, func(seq uint64, _ []byte) wire.Frame {
+		return wire.Frame{Type: wire.VerifyRequest, Seq: seq, Offset: uint64(off), Length: uint32(n)}
+	}, wire.VerifyDigest, true)
+	if err != nil {
+		return err
+	}
+	mine := digests(local, v.gran)
+	theirs, err := l.waitPayload(v.ctx, w)
+	if err != nil {
+		return err
+	}
+	if len(theirs) != len(mine) {
+		return fmt.Errorf("%w: %d digest bytes for %d bytes at %d, expected %d", errProtocol, len(theirs), n, off, len(mine))
+	}
+	for _, r := range compareDigests(mine, theirs, off, n, v.gran) {
+		if !r.differ {
+			v.bm.Clear(r.off, r.n)
+			l.queueInSync(r.off, r.n)
+			continue
+		}
+		w, _, err := l.readOrdered(r.off, r.n, func(seq uint64, b []byte) wire.Frame {
+			return wire.Frame{Type: wire.ResyncData, Seq: seq, Offset: uint64(r.off), Length: uint32(r.n), Payload: b}
+		}, wire.Written, false)
+		if err != nil {
+			return err
+		}
+		p.sent.Add(r.n)
+		if err := l.wait(v.ctx, w); err != nil {
+			return err
+		}
+		l.cleared(r.off, r.n)
+	}
+	return nil
+}
+
+type digestRun struct {
+	off, n int64
+	differ bool
+}
+
+// compareDigests splits [off, off+n) into runs of granules that are equal
+// or differ.
+func compareDigests(mine, theirs []byte, off, n, gran int64) []digestRun {
+	var runs []digestRun
+	for i := 0; i*digestSize < len(mine); i++ {
+		d := !bytes.Equal(mine[i*digestSize:(i+1)*digestSize], theirs[i*digestSize:(i+1)*digestSize])
+		o := off + int64(i)*gran
+		ln := min(gran, off+n-o)
+		if k := len(runs) - 1; k >= 0 && runs[k].differ == d && runs[k].off+runs[k].n == o {
+			runs[k].n += ln
+			continue
+		}
+		runs = append(runs, digestRun{off: o, n: ln, differ: d})
+	}
+	return runs
+}
+
+// finishSource ends a resync on the source: the bitmap's base generation
+// goes to the history, and the target takes this side's generations.
+func (l *link) finishSource() error {
+	v := l.v
+	if err := v.meta.Update(func(s *md.Superblock) {
+		g := genFromMD(s.Gen)
+		g.pushHistory(g.Bitmap)
+		g.Bitmap = 0
+		s.Gen = genToMD(g)
+		s.Flags &^= md.PeerOutdated | md.CrashedPrimary
+	}); err != nil {
+		return fmt.Errorf("replicate: finishing resync: %w", err)
+	}
+	if err := v.bm.FlushAll(); err != nil {
+		return fmt.Errorf("replicate: finishing resync: %w", err)
+	}
+	st := v.localState()
+	return l.c.Write(wire.Frame{Type: wire.State, Offset: stateResyncDone, Epoch: st.Epoch, Payload: st.marshal()})
+}
+
+// startResyncSource starts a resync from this side on an established,
+// idle link (after a verify with repair) and waits for it.
+func (l *link) startResyncSource(ctx context.Context) error {
+	v := l.v
+	if err := l.c.Write(wire.Frame{Type: wire.State, Offset: stateResyncBegin, Epoch: v.epoch.Load()}); err != nil {
+		return fmt.Errorf("replicate: starting resync: %w", err)
+	}
+	l.background.Add(1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.resyncSource(false)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if v.bm.Dirty() {
+		return fmt.Errorf("replicate: repair resync did not finish: %w", ErrPeerLost)
+	}
+	return nil
+}

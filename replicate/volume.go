@@ -1,0 +1,903 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tandem-ha/tandem/nbd"
+	"github.com/tandem-ha/tandem/replicate/md"
+	"github.com/tandem-ha/tandem/replicate/wire"
+)
+
+// Link timing defaults.
+const (
+	DefaultPingInterval   = time.Second
+	DefaultPingTimeout    = 5 * time.Second
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultRetryMax       = 5 * time.Second
+)
+
+// Volume is a replicated volume: an nbd.Device whose writes, on the
+// primary, go to the local data area and to the peer per the configured
+// protocol, plus the control operations of the daemon and the cluster
+// layer. It opens Secondary and Connecting.
+type Volume struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	data  nbd.Device
+	meta  *md.Meta
+	bm    *md.Bitmap
+	size  int64
+	gran  int64
+	proto byte
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	ln     net.Listener
+	wg     sync.WaitGroup
+	kick   chan struct{} // wakes the dialer
+
+	// ioMu: application writes hold it shared; role changes, the
+	// session setup and Close hold it exclusively, so that they see no
+	// write half done.
+	ioMu    sync.RWMutex
+	primary atomic.Bool
+	failed  atomic.Bool
+	closed  atomic.Bool
+	epoch   atomic.Uint64
+
+	// seqMu orders: it hands out sequence numbers and queues frames on
+	// the link in that order, so the peer receives them in sequence.
+	seqMu   sync.Mutex
+	nextSeq uint64
+	cur     *link // the link writes go to (nil: none); guarded by seqMu
+	sending atomic.Int32
+	ord     *order // the primary's own writes in flight
+
+	// degMu guards the bookkeeping of one absence of the peer.
+	degMu    sync.Mutex
+	degraded bool // OnDegraded ran
+	rotated  bool // the generations moved
+
+	appBytes atomic.Int64 // application bytes, for the rate controller
+
+	mu         sync.Mutex
+	sess       *link // the session being set up or running
+	conn       ConnState
+	standalone bool
+	reason     string
+	peer       *peerState
+	want       uint8
+	resync     *progress
+	verify     *progress
+}
+
+// Open opens the metadata on cfg.Meta (it must have been created with
+// md.Create for this resource), listens for the peer and starts
+// connecting. The volume starts Secondary.
+func Open(ctx context.Context, cfg Config) (*Volume, error) {
+	if err := checkConfig(&cfg); err != nil {
+		return nil, err
+	}
+	meta, err := md.Open(cfg.Meta)
+	if err != nil {
+		return nil, fmt.Errorf("replicate: %s: opening metadata: %w", cfg.Resource, err)
+	}
+	fail := func(err error) (*Volume, error) {
+		_ = meta.Close(false)
+		return nil, err
+	}
+	sb := meta.Superblock()
+	for _, n := range []struct{ what, have, want string }{
+		{"cluster", sb.Cluster, cfg.Cluster}, {"resource", sb.Resource, cfg.Resource},
+		{"node", sb.Node, cfg.Node}, {"peer", sb.Peer, cfg.Peer},
+	} {
+		if n.have != "" && n.have != n.want {
+			return fail(fmt.Errorf("replicate: %s: the metadata belongs to %s %q, the configuration says %q", cfg.Resource, n.what, n.have, n.want))
+		}
+	}
+	if sb.Granularity > maxResyncGranularity {
+		return fail(fmt.Errorf("replicate: %s: bitmap granularity %d is above the %d a resync chunk can carry", cfg.Resource, sb.Granularity, maxResyncGranularity))
+	}
+	if cfg.Data.Size() < sb.DataSize {
+		return fail(fmt.Errorf("replicate: %s: the data area has %d bytes, the metadata describes %d", cfg.Resource, cfg.Data.Size(), sb.DataSize))
+	}
+	v := &Volume{
+		cfg: cfg, log: cfg.Logger, now: cfg.Now, data: cfg.Data, meta: meta, bm: meta.Bitmap(),
+		size: sb.DataSize, gran: sb.Granularity, proto: cfg.Protocol[0],
+		kick: make(chan struct{}, 1), ord: newOrder(), conn: Connecting,
+	}
+	v.epoch.Store(sb.Epoch)
+	meta.SetDataSync(v.syncData)
+	// A primary that went down without Close may have written what it
+	// never acknowledged: say so, for the decision on connect.
+	if !meta.Recovery().WasClean && sb.Flags.Has(md.WasPrimary) {
+		if err := meta.Update(func(s *md.Superblock) { s.Flags = s.Flags&^md.WasPrimary | md.CrashedPrimary }); err != nil {
+			return fail(fmt.Errorf("replicate: %s: %w", cfg.Resource, err))
+		}
+		v.log.Warn("replicate: this node crashed as primary; its unacknowledged writes will be rolled back from the peer", "extents", len(meta.RecoveredExtents()))
+	}
+	ln := cfg.Listener
+	if ln == nil {
+		var lc net.ListenConfig
+		if ln, err = lc.Listen(ctx, "tcp", cfg.Listen); err != nil {
+			return fail(fmt.Errorf("replicate: %s: listening for the peer: %w", cfg.Resource, err))
+		}
+	}
+	v.ln = ln
+	v.ctx, v.cancel = context.WithCancel(context.Background())
+	v.wg.Add(2)
+	go v.acceptLoop()
+	go v.dialLoop()
+	return v, nil
+}
+
+func checkConfig(cfg *Config) error {
+	var errs []string
+	switch cfg.Protocol {
+	case "":
+		cfg.Protocol = "C"
+	case "A", "B", "C":
+	default:
+		errs = append(errs, fmt.Sprintf("protocol %q is not A, B or C", cfg.Protocol))
+	}
+	switch cfg.SplitBrain {
+	case "":
+		cfg.SplitBrain = "disconnect"
+	case "disconnect", "discard-zero-changes", "discard-younger-primary":
+	default:
+		errs = append(errs, fmt.Sprintf("split-brain policy %q is not disconnect, discard-zero-changes or discard-younger-primary", cfg.SplitBrain))
+	}
+	if _, err := wire.ParseCodec(cfg.Compression); err != nil {
+		errs = append(errs, err.Error())
+	}
+	if cfg.Data == nil || cfg.Meta == nil {
+		errs = append(errs, "data and metadata areas are required")
+	}
+	if cfg.Listener == nil && cfg.Listen == "" {
+		errs = append(errs, "no listen address")
+	}
+	if cfg.PeerAddress == "" {
+		errs = append(errs, "no peer address")
+	}
+	if cfg.Node == "" || cfg.Peer == "" || cfg.Node == cfg.Peer {
+		errs = append(errs, fmt.Sprintf("node %q and peer %q must be two different names", cfg.Node, cfg.Peer))
+	}
+	if len(cfg.Secret) < wire.MinSecretLen {
+		errs = append(errs, fmt.Sprintf("the shared secret has %d bytes, at least %d are needed", len(cfg.Secret), wire.MinSecretLen))
+	}
+	if cfg.Resync.AppShare < 0 || cfg.Resync.AppShare > 1 || cfg.Resync.MaxRate < 0 {
+		errs = append(errs, "resync app share must be within 0..1 and the rate not negative")
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("replicate: %s: invalid configuration: %s", cfg.Resource, strings.Join(errs, "; "))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Logger = cfg.Logger.With("resource", cfg.Resource)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.PingInterval, DefaultPingInterval)
+	def(&cfg.PingTimeout, DefaultPingTimeout)
+	def(&cfg.ConnectTimeout, DefaultConnectTimeout)
+	def(&cfg.RetryMax, DefaultRetryMax)
+	return nil
+}
+
+// errNotPrimary maps to EPERM for NBD clients.
+var errNotPrimary = fmt.Errorf("%w (%w)", ErrNotPrimary, nbd.ErrReadOnly)
+
+// eio wraps a disk error so that NBD clients see EIO whatever the cause.
+func eio(what string, err error) error {
+	return fmt.Errorf("replicate: %s: %w: %w (%w)", what, ErrDiskFailed, err, syscall.EIO)
+}
+
+// Size is the size of the data area.
+func (v *Volume) Size() int64 { return v.size }
+
+// Features are the data area's, minus what the volume does not replicate
+// (fast zero, extents, cache); writes are always possible at the NBD
+// level, since the role can change while a client is connected.
+func (v *Volume) Features() nbd.Features {
+	f := v.data.Features()
+	return nbd.Features{
+		Flush: true, FUA: true, Trim: f.Trim, Zero: true, MultiConn: true,
+		Rotational: f.Rotational, MinBlock: f.MinBlock, PreferredBlock: f.PreferredBlock, MaxBlock: f.MaxBlock,
+	}
+}
+
+// ReadAt serves reads locally, on the primary only.
+func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.readable(); err != nil {
+		return err
+	}
+	if err := v.data.ReadAt(ctx, p, off); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return v.diskFailed("read", err)
+	}
+	v.appBytes.Add(int64(len(p)))
+	return nil
+}
+
+// FileRange lets the NBD server send large reads with sendfile when the
+// data area is a file and this node is primary.
+func (v *Volume) FileRange(off, length int64) (*os.File, int64, bool) {
+	fs, ok := v.data.(nbd.FileSource)
+	if !ok || v.readable() != nil {
+		return nil, 0, false
+	}
+	v.appBytes.Add(length)
+	return fs.FileRange(off, length)
+}
+
+func (v *Volume) readable() error {
+	switch {
+	case v.closed.Load():
+		return fmt.Errorf("%w (%w)", ErrClosed, nbd.ErrShutdown)
+	case !v.primary.Load():
+		return errNotPrimary
+	case v.failed.Load():
+		return eio("read", errors.New("the local disk failed earlier"))
+	}
+	return nil
+}
+
+// admit takes the shared I/O lock for an application write.
+func (v *Volume) admit() error {
+	v.ioMu.RLock()
+	if err := v.readable(); err != nil {
+		v.ioMu.RUnlock()
+		return err
+	}
+	return nil
+}
+
+// WriteAt replicates a write.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	var flags uint8
+	if fua {
+		flags = wire.FlagFUA
+	}
+	return v.write(ctx, wire.Frame{Type: wire.Write, Flags: flags, Offset: uint64(off), Length: uint32(len(p)), Payload: p}, int64(len(p)), 0)
+}
+
+// Trim replicates a discard.
+func (v *Volume) Trim(ctx context.Context, off, length int64, fua bool) error {
+	return v.splitRange(off, length, func(o, n int64) error {
+		var flags uint8
+		if fua {
+			flags = wire.FlagFUA
+		}
+		return v.write(ctx, wire.Frame{Type: wire.Trim, Flags: flags, Offset: uint64(o), Length: uint32(n)}, n, 0)
+	})
+}
+
+// Zero replicates a write of zeroes. A fast zero is refused (the volume
+// does not advertise it).
+func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
+	if flags&nbd.ZeroFast != 0 {
+		return nbd.ErrNotSupported
+	}
+	return v.splitRange(off, length, func(o, n int64) error {
+		var ff uint8
+		if flags&nbd.ZeroFUA != 0 {
+			ff = wire.FlagFUA
+		}
+		return v.write(ctx, wire.Frame{Type: wire.Zero, Flags: ff, Offset: uint64(o), Length: uint32(n), Payload: []byte{uint8(flags & nbd.ZeroNoHole)}}, n, flags&nbd.ZeroNoHole)
+	})
+}
+
+// maxRangeOp bounds one replicated trim or zero: a frame's Length is 32
+// bits, and the activity log takes a bounded number of extents at once.
+const maxRangeOp = 64 << 20
+
+func (v *Volume) splitRange(off, length int64, fn func(o, n int64) error) error {
+	for length > 0 {
+		n := min(length, maxRangeOp-off%maxRangeOp)
+		if err := fn(off, n); err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+// spanPool and the waiter pool keep the write path free of allocations
+// of its own.
+var spanPool = sync.Pool{New: func() any { return new(span) }}
+
+// write is the primary's write path: activity log, then the local write
+// and the frame to the peer concurrently, then the acknowledgement the
+// protocol asks for. A write the peer did not confirm is recorded in the
+// bitmap, and the first of those after the peer left waits for
+// OnDegraded and the generation change.
+func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.ZeroFlags) error {
+	if err := v.admit(); err != nil {
+		return err
+	}
+	defer v.ioMu.RUnlock()
+	off := int64(f.Offset)
+	release, err := v.meta.Begin(ctx, off, n)
+	if err != nil {
+		return fmt.Errorf("replicate: %s: activity log: %w (%w)", v.cfg.Resource, err, syscall.EIO)
+	}
+	defer release()
+
+	fua := f.Flags&wire.FlagFUA != 0
+	var need wire.MsgType
+	switch {
+	case fua || v.proto == 'C':
+		need = wire.Written
+	case v.proto == 'B':
+		need = wire.Received
+	}
+	sp := spanPool.Get().(*span)
+	sp.off, sp.end = off, off+n
+	v.sending.Add(1)
+	v.seqMu.Lock()
+	v.nextSeq++
+	sp.seq = v.nextSeq
+	v.ord.add(sp)
+	l := v.cur
+	var w *waiter
+	sent := false
+	if l != nil {
+		f.Seq = sp.seq
+		w, sent = l.queueLocked(f, need, off, n)
+	}
+	v.seqMu.Unlock()
+	if v.sending.Add(-1) == 0 && l != nil {
+		l.flush()
+	}
+
+	v.ord.waitBefore(sp.seq, sp.off, sp.end)
+	var lerr error
+	switch f.Type {
+	case wire.Write:
+		lerr = v.data.WriteAt(ctx, f.Payload, off, fua)
+	case wire.Trim:
+		lerr = v.data.Trim(ctx, off, n, fua)
+	case wire.Zero:
+		zf := zflags
+		if fua {
+			zf |= nbd.ZeroFUA
+		}
+		lerr = v.data.Zero(ctx, off, n, zf)
+	}
+	v.ord.remove(sp)
+	spanPool.Put(sp)
+	if lerr != nil {
+		v.bm.Set(off, n)
+		if w != nil {
+			go func() { <-w.ch }() // the ack or the link's end still comes
+		}
+		if ctx.Err() != nil {
+			return lerr
+		}
+		return v.diskFailed(f.Type.String(), lerr)
+	}
+	v.appBytes.Add(n)
+
+	perr := errPeerAbsent
+	if sent {
+		perr = nil
+		if w != nil {
+			perr = l.wait(ctx, w)
+		}
+	}
+	if perr != nil {
+		v.bm.Set(off, n)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return v.ensureDegraded(ctx)
+	}
+	return nil
+}
+
+var errPeerAbsent = errors.New("replicate: no peer")
+
+// ensureDegraded runs, once per absence of the peer, what must happen
+// before a write is acknowledged without it: OnDegraded (the cluster
+// layer marks the peer outdated), then the generation change, durably.
+func (v *Volume) ensureDegraded(ctx context.Context) error {
+	v.degMu.Lock()
+	defer v.degMu.Unlock()
+	if v.degraded {
+		return nil
+	}
+	if v.cfg.OnDegraded != nil {
+		if err := v.cfg.OnDegraded(ctx); err != nil {
+			return fmt.Errorf("replicate: %s: the peer is away and the degraded hook failed, refusing to acknowledge without it: %w (%w)", v.cfg.Resource, err, syscall.EIO)
+		}
+	}
+	if err := v.rotateLocked(); err != nil {
+		return err
+	}
+	v.degraded = true
+	v.log.Warn("replicate: writing without the peer", "peer", v.cfg.Peer)
+	return nil
+}
+
+// rotateLocked starts a new data history without the peer: the current
+// generation becomes the bitmap's base (if the bitmap is not recording
+// already) and a fresh one is drawn. Called with degMu held.
+func (v *Volume) rotateLocked() error {
+	if v.rotated {
+		return nil
+	}
+	err := v.meta.Update(func(sb *md.Superblock) {
+		g := genFromMD(sb.Gen)
+		if g.Bitmap == 0 {
+			g.Bitmap = g.Current
+		} else {
+			g.pushHistory(g.Current)
+		}
+		g.Current = md.NewGeneration()
+		sb.Gen = genToMD(g)
+		sb.Flags |= md.PeerOutdated
+	})
+	if err != nil {
+		return fmt.Errorf("replicate: %s: recording the new generation: %w (%w)", v.cfg.Resource, err, syscall.EIO)
+	}
+	v.rotated = true
+	return nil
+}
+
+// diskFailed detaches the local disk after an I/O error.
+func (v *Volume) diskFailed(what string, err error) error {
+	if !v.failed.Swap(true) {
+		v.log.Error("replicate: local disk failed; the replica is detached", "op", what, "err", err)
+		v.announce()
+	}
+	return eio(what, err)
+}
+
+// Flush is a barrier on both replicas: everything acknowledged before it
+// is durable on both (or, without the peer, locally and in the bitmap).
+func (v *Volume) Flush(ctx context.Context) error {
+	if v.closed.Load() {
+		return fmt.Errorf("%w (%w)", ErrClosed, nbd.ErrShutdown)
+	}
+	if !v.primary.Load() {
+		if err := v.data.Flush(ctx); err != nil {
+			return v.diskFailed("flush", err)
+		}
+		return nil
+	}
+	if v.failed.Load() {
+		return eio("flush", errors.New("the local disk failed earlier"))
+	}
+	return v.flushBoth(ctx)
+}
+
+func (v *Volume) flushBoth(ctx context.Context) error {
+	l, w := v.peerFlushStart()
+	if err := v.data.Flush(ctx); err != nil {
+		if w != nil {
+			go func() { <-w.ch }()
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		return v.diskFailed("flush", err)
+	}
+	if w == nil {
+		return nil
+	}
+	if err := l.wait(ctx, w); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// The writes it covered are in the bitmap (the link's end set
+		// their bits); what is left is the degraded acknowledgement.
+		return v.ensureDegraded(ctx)
+	}
+	return nil
+}
+
+// peerFlushStart queues a Flush to the peer after every frame sent so
+// far; w is nil without a link.
+func (v *Volume) peerFlushStart() (*link, *waiter) {
+	v.sending.Add(1)
+	v.seqMu.Lock()
+	v.nextSeq++
+	l := v.cur
+	var w *waiter
+	if l != nil {
+		w, _ = l.queueLocked(wire.Frame{Type: wire.Flush, Seq: v.nextSeq}, wire.Flushed, -1, 0)
+	}
+	v.seqMu.Unlock()
+	if v.sending.Add(-1) == 0 && l != nil {
+		l.flush()
+	}
+	return l, w
+}
+
+// syncData is the metadata's data sync (before it forgets extents): the
+// local data, and the peer's when this node sends it writes.
+func (v *Volume) syncData() error {
+	// Not v.ctx: Close flushes through here after ending it.
+	if err := v.data.Flush(context.Background()); err != nil {
+		return err
+	}
+	if v.primary.Load() {
+		if l, w := v.peerFlushStart(); w != nil {
+			// Not confirmed: the link's end has set the bits of every
+			// write the peer may not have, before w is answered.
+			_ = l.wait(context.Background(), w)
+		}
+	}
+	return nil
+}
+
+// diskState derives the local disk state.
+func (v *Volume) diskState(sb md.Superblock) DiskState {
+	switch {
+	case v.failed.Load():
+		return Failed
+	case !sb.Flags.Has(md.Consistent) || sb.Flags.Has(md.FullSyncNeeded):
+		return Inconsistent
+	case sb.Flags.Has(md.Outdated):
+		return Outdated
+	}
+	return UpToDate
+}
+
+func (v *Volume) role() Role {
+	if v.primary.Load() {
+		return Primary
+	}
+	return Secondary
+}
+
+// localState is what this side announces.
+func (v *Volume) localState() peerState {
+	sb := v.meta.Superblock()
+	v.mu.Lock()
+	want := v.want
+	v.mu.Unlock()
+	return peerState{
+		Role: v.role(), Disk: v.diskState(sb), Want: want, Flags: sb.Flags, Epoch: v.epoch.Load(),
+		Size: v.size, Gran: v.gran, Gen: genFromMD(sb.Gen), DirtyBits: v.bm.Count(), PromotedAt: sb.PromotedAt,
+		Proto: v.proto,
+	}
+}
+
+// Status is a snapshot of the volume.
+func (v *Volume) Status() Status {
+	sb := v.meta.Superblock()
+	st := Status{
+		Resource: v.cfg.Resource, Node: v.cfg.Node, Peer: v.cfg.Peer,
+		Role: v.role(), Disk: v.diskState(sb), Protocol: v.cfg.Protocol,
+		Epoch: v.epoch.Load(), Generations: genFromMD(sb.Gen), OutOfSync: v.bm.OutOfSyncBytes(), Size: v.size,
+		PeerRole: RoleUnknown, PeerDisk: DiskUnknown,
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st.Conn, st.Reason = v.conn, v.reason
+	if v.peer != nil {
+		st.PeerRole, st.PeerDisk = v.peer.Role, v.peer.Disk
+	}
+	if v.resync != nil {
+		p := v.resync.snapshot(v.now(), v.bm.OutOfSyncBytes())
+		st.Resync = &p
+	}
+	if v.verify != nil {
+		p := v.verify.snapshot(v.now(), -1)
+		st.Verify = &p
+	}
+	return st
+}
+
+// announce tells the peer about a change of role, disk state or epoch.
+func (v *Volume) announce() {
+	v.mu.Lock()
+	l := v.sess
+	v.mu.Unlock()
+	if l != nil && l.active.Load() {
+		_ = l.c.Write(wire.Frame{Type: wire.State, Offset: stateUpdate, Epoch: v.epoch.Load(), Payload: v.localState().marshal()})
+	}
+}
+
+// Promote makes this node primary. It refuses when the peer is primary
+// or the local data is not UpToDate, unless forced; a forced promotion
+// says what it gives up. Every promotion moves to a new epoch, recorded
+// in the superblock, and a promotion without the peer starts a new
+// generation at once (so that a crashed primary coming back is a sync
+// target, even before the first write here).
+func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error) {
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	if v.closed.Load() {
+		return PromoteResult{}, ErrClosed
+	}
+	if v.primary.Load() {
+		return PromoteResult{Epoch: v.epoch.Load()}, nil
+	}
+	if v.failed.Load() {
+		return PromoteResult{}, fmt.Errorf("replicate: %s: promote: %w", v.cfg.Resource, ErrDiskFailed)
+	}
+	var discarded []string
+	v.mu.Lock()
+	peer, conn, sess := v.peer, v.conn, v.sess
+	v.mu.Unlock()
+	if peer != nil && peer.Role == Primary {
+		if !force {
+			return PromoteResult{}, fmt.Errorf("replicate: %s: promote: %s: %w", v.cfg.Resource, v.cfg.Peer, ErrPeerPrimary)
+		}
+		discarded = append(discarded, fmt.Sprintf("%s is primary too: disconnected from it; both sides now write independently (split brain), and one side's writes will be discarded when it is resolved", v.cfg.Peer))
+	}
+	sb := v.meta.Superblock()
+	if ds := v.diskState(sb); ds != UpToDate {
+		if !force {
+			return PromoteResult{}, fmt.Errorf("replicate: %s: promote: the local data is %s: %w", v.cfg.Resource, ds, ErrNotUpToDate)
+		}
+		switch ds {
+		case Outdated:
+			discarded = append(discarded, "the local data is Outdated: the writes the peer made since it was last in sync with this node are discarded")
+		default:
+			discarded = append(discarded, fmt.Sprintf("the local data is %s (an incomplete image, %d bytes out of sync): it is declared complete as it is", ds, v.bm.OutOfSyncBytes()))
+		}
+	}
+	dropped := false
+	if force && sess != nil && (conn == SyncTarget || (peer != nil && peer.Role == Primary)) {
+		// Not waiting for the teardown: a session being set up waits for
+		// ioMu, which this holds.
+		v.dropSession(sess, "forced promotion", true, false)
+		dropped = true
+	}
+	v.seqMu.Lock()
+	connected := v.cur != nil && !dropped
+	v.seqMu.Unlock()
+	epoch := v.epoch.Load()
+	if peer != nil {
+		epoch = max(epoch, peer.Epoch)
+	}
+	epoch++
+	v.degMu.Lock()
+	var rerr error
+	if !connected {
+		rerr = v.rotateLocked()
+	}
+	v.degMu.Unlock()
+	if rerr != nil {
+		return PromoteResult{}, rerr
+	}
+	err := v.meta.Update(func(s *md.Superblock) {
+		s.Epoch = epoch
+		s.PromotedAt = v.now().UnixNano()
+		s.Flags |= md.WasPrimary
+		if force {
+			s.Flags = s.Flags&^(md.Outdated|md.FullSyncNeeded) | md.Consistent
+		}
+	})
+	if err != nil {
+		return PromoteResult{}, fmt.Errorf("replicate: %s: promote: %w", v.cfg.Resource, err)
+	}
+	v.epoch.Store(epoch)
+	v.primary.Store(true)
+	v.announce()
+	res := PromoteResult{Epoch: epoch, Discarded: strings.Join(discarded, "; ")}
+	v.log.Info("replicate: promoted", "epoch", epoch, "force", force, "discarded", res.Discarded)
+	return res, nil
+}
+
+// Demote makes this node secondary, after flushing on both replicas.
+func (v *Volume) Demote(ctx context.Context) error {
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	if !v.primary.Load() {
+		return nil
+	}
+	if !v.failed.Load() {
+		if err := v.flushBoth(ctx); err != nil {
+			return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
+		}
+	}
+	if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.WasPrimary }); err != nil {
+		return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
+	}
+	v.primary.Store(false)
+	v.announce()
+	v.log.Info("replicate: demoted")
+	return nil
+}
+
+// Outdate marks the local data Outdated (the cluster layer does it when
+// the authority record says the peer wrote without this node). Refused on
+// the primary.
+func (v *Volume) Outdate(ctx context.Context) error {
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	if v.primary.Load() {
+		return fmt.Errorf("replicate: %s: outdate: %w", v.cfg.Resource, ErrIsPrimary)
+	}
+	if err := v.meta.Update(func(s *md.Superblock) {
+		if s.Flags.Has(md.Consistent) {
+			s.Flags |= md.Outdated
+		}
+	}); err != nil {
+		return fmt.Errorf("replicate: %s: outdate: %w", v.cfg.Resource, err)
+	}
+	v.announce()
+	return nil
+}
+
+// Connect leaves StandAlone and starts connecting to the peer.
+func (v *Volume) Connect(ctx context.Context) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	v.mu.Lock()
+	v.standalone = false
+	if v.sess == nil {
+		v.conn, v.reason = Connecting, ""
+	}
+	v.mu.Unlock()
+	v.wake()
+	return nil
+}
+
+// Disconnect closes the link and stays StandAlone until Connect.
+func (v *Volume) Disconnect(ctx context.Context) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	v.mu.Lock()
+	l := v.sess
+	v.mu.Unlock()
+	if l != nil {
+		v.dropSession(l, "disconnected by the administrator", true, true)
+	}
+	v.mu.Lock()
+	v.standalone, v.conn, v.reason = true, StandAlone, "disconnected by the administrator"
+	v.mu.Unlock()
+	return nil
+}
+
+// dropSession ends a session with an orderly Disconnect and, with wait,
+// waits until it is torn down; standalone keeps this side from
+// reconnecting.
+func (v *Volume) dropSession(l *link, why string, standalone, wait bool) {
+	v.mu.Lock()
+	if standalone {
+		v.standalone = true
+		v.reason = why
+	}
+	v.mu.Unlock()
+	l.end(why, true)
+	if wait {
+		<-l.done
+	}
+}
+
+// Resync makes this side the target of a resync from the peer: of
+// everything (full, DRBD's invalidate) or of what the union of both
+// bitmaps marks. Refused on the primary and while a resync or verify
+// runs. It returns once the request is recorded; Status shows the
+// resync.
+func (v *Volume) Resync(ctx context.Context, full bool) error {
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	if v.primary.Load() {
+		return fmt.Errorf("replicate: %s: resync: demote first, a primary cannot be a sync target: %w", v.cfg.Resource, ErrIsPrimary)
+	}
+	v.mu.Lock()
+	busy := v.resync != nil || v.verify != nil
+	l := v.sess
+	v.mu.Unlock()
+	if busy {
+		return fmt.Errorf("replicate: %s: resync: %w", v.cfg.Resource, ErrBusy)
+	}
+	want := wantTargetBitmap
+	if full {
+		want = wantTargetFull
+		v.bm.Set(0, v.size)
+		if err := v.bm.FlushAll(); err != nil {
+			return fmt.Errorf("replicate: %s: resync: %w", v.cfg.Resource, err)
+		}
+		if err := v.meta.Update(func(s *md.Superblock) { s.Flags = s.Flags&^md.Consistent | md.FullSyncNeeded }); err != nil {
+			return fmt.Errorf("replicate: %s: resync: %w", v.cfg.Resource, err)
+		}
+	}
+	v.mu.Lock()
+	v.want = want
+	v.mu.Unlock()
+	if l != nil {
+		v.dropSession(l, "restarting the session for a resync", false, false)
+	}
+	return v.Connect(ctx)
+}
+
+// Resolve ends a split brain: discardMyData makes this side the victim,
+// the target of a resync of the union of both bitmaps (a full sync if
+// the histories are unrelated); without it this side is the survivor and
+// just reconnects (the victim's admin runs Resolve with discardMyData).
+func (v *Volume) Resolve(ctx context.Context, discardMyData bool) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	if discardMyData {
+		if v.primary.Load() {
+			return fmt.Errorf("replicate: %s: resolve: demote the victim first: %w", v.cfg.Resource, ErrIsPrimary)
+		}
+		v.mu.Lock()
+		v.want = wantDiscard
+		v.mu.Unlock()
+	}
+	return v.Connect(ctx)
+}
+
+// Close drains application I/O, flushes, ends the link with an orderly
+// Disconnect and closes the metadata cleanly. It does not close the data
+// and metadata areas, which the caller owns.
+func (v *Volume) Close(ctx context.Context) error {
+	if v.closed.Swap(true) {
+		return ErrClosed
+	}
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	var errs []error
+	if v.primary.Load() && !v.failed.Load() {
+		if err := v.flushBoth(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	v.mu.Lock()
+	v.standalone, v.conn, v.reason = true, StandAlone, "closed"
+	l := v.sess
+	v.mu.Unlock()
+	v.cancel()
+	_ = v.ln.Close()
+	if l != nil {
+		l.end("closing", true)
+		<-l.done
+	}
+	v.wg.Wait()
+	if err := v.meta.Close(!v.failed.Load()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("replicate: %s: close: %w", v.cfg.Resource, err)
+	}
+	return nil
+}
+
+// wake makes the dialer try now.
+func (v *Volume) wake() {
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
+
+// isEOF reports an orderly end of the stream.
+func isEOF(err error) bool { return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) }

@@ -1,0 +1,195 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/nbd"
+)
+
+// workload runs writers goroutines of n random operations each (writes
+// of 512 B to 64 KiB, some FUA, trims, zeroes, flushes) and fails the
+// test on any error.
+func workload(t *testing.T, v *Volume, writers, n int, seed uint64) {
+	t.Helper()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errc := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(seed, uint64(w)))
+			for i := range n {
+				ln := int64(512 * (1 + r.IntN(128)))
+				off := r.Int64N(v.Size()-ln) / 512 * 512
+				var err error
+				switch k := r.IntN(20); {
+				case k == 0:
+					err = v.Flush(ctx)
+				case k == 1:
+					err = v.Trim(ctx, off, ln, false)
+				case k == 2:
+					err = v.Zero(ctx, off, ln, nbd.ZeroNoHole)
+				default:
+					p := make([]byte, ln)
+					for j := range p {
+						p[j] = byte(w*31 + i + j/512)
+					}
+					err = v.WriteAt(ctx, p, off, k == 3)
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+}
+
+func TestProtocolsReplicasIdentical(t *testing.T) {
+	for _, proto := range []string{"A", "B", "C"} {
+		t.Run(proto, func(t *testing.T) {
+			p := newPair(t, pairOpts{protocol: proto, blank: true, compression: map[string]string{"A": "s2", "B": "zstd", "C": "off"}[proto]})
+			p.waitConnected(10 * time.Second)
+			mustPromote(t, p.a, false)
+			workload(t, p.a.v, 8, 150, 1)
+			if err := p.a.v.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			p.waitConnected(5 * time.Second)
+			p.identical()
+			if n := p.a.degraded.Load(); n != 0 {
+				t.Fatalf("OnDegraded called %d times with the peer connected", n)
+			}
+			if s := p.a.v.Status(); s.Generations.Bitmap != 0 || s.Role != Primary || s.PeerRole != Secondary {
+				t.Fatalf("status after a connected workload: %+v", s)
+			}
+		})
+	}
+}
+
+func TestOverlappingWritesOneOrder(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 1 << 20})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	// Jitter on both disks, so that concurrent writes would land in any
+	// order if nothing ordered them.
+	for _, n := range []*testNode{p.a, p.b} {
+		n.data.SetFault(func(op string, off, ln int64) error {
+			if op == "write" {
+				time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+			}
+			return nil
+		})
+	}
+	// Rounds of 16 concurrent overlapping writes of different sizes;
+	// whichever wins locally must win remotely, checked after each round.
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(7, 8))
+	for round := range 40 {
+		var wg sync.WaitGroup
+		for w := range 16 {
+			off := int64(r.IntN(8)) * 2048
+			ln := int64(2048 * (1 + r.IntN(4)))
+			buf := make([]byte, ln)
+			for j := range buf {
+				buf[j] = byte(round*16 + w)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := p.a.v.WriteAt(ctx, buf, off, false); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if err := p.a.v.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		p.identical()
+	}
+}
+
+func TestSecondaryRefusesApplicationIO(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	err := p.b.v.WriteAt(context.Background(), make([]byte, 4096), 0, false)
+	if !errors.Is(err, ErrNotPrimary) || !errors.Is(err, nbd.ErrReadOnly) {
+		t.Fatalf("write on a secondary: %v, want ErrNotPrimary wrapping nbd.ErrReadOnly (EPERM)", err)
+	}
+	if err := p.b.v.ReadAt(context.Background(), make([]byte, 4096), 0); !errors.Is(err, ErrNotPrimary) {
+		t.Fatalf("read on a secondary: %v", err)
+	}
+}
+
+func TestPromoteRefusals(t *testing.T) {
+	p := newPair(t, pairOpts{}) // not blank: both Inconsistent
+	waitFor(t, 10*time.Second, "StandAlone (both Inconsistent)", func() bool { return p.a.v.Status().Conn == StandAlone })
+	if _, err := p.a.v.Promote(context.Background(), false); !errors.Is(err, ErrNotUpToDate) {
+		t.Fatalf("promote Inconsistent: %v, want ErrNotUpToDate", err)
+	}
+	r := mustPromote(t, p.a, true)
+	if r.Discarded == "" || r.Epoch != 1 {
+		t.Fatalf("forced promotion: %+v, want a Discarded text and epoch 1", r)
+	}
+	// The forced side is now consistent: the initial full sync runs.
+	if err := p.a.v.Connect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.v.Connect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(20 * time.Second)
+	p.identical()
+	if _, err := p.b.v.Promote(context.Background(), false); !errors.Is(err, ErrPeerPrimary) {
+		t.Fatalf("promote with the peer primary: %v, want ErrPeerPrimary", err)
+	}
+	if err := p.a.v.Demote(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "peer role Secondary", func() bool { return p.b.v.Status().PeerRole == Secondary })
+	r = mustPromote(t, p.b, false)
+	if r.Epoch != 2 || r.Discarded != "" {
+		t.Fatalf("switchover promotion: %+v, want epoch 2 and nothing discarded", r)
+	}
+	waitFor(t, 5*time.Second, "epoch 2 on the secondary", func() bool { return p.a.v.Status().Epoch == 2 })
+	if sb := p.b.v.meta.Superblock(); sb.Epoch != 2 {
+		t.Fatalf("superblock epoch %d, want 2", sb.Epoch)
+	}
+}
+
+func TestLocalWriteErrorFailsDisk(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	p.a.data.SetFault(func(op string, off, n int64) error {
+		if op == "write" {
+			return syscall.EIO
+		}
+		return nil
+	})
+	err := p.a.v.WriteAt(context.Background(), make([]byte, 4096), 8192, false)
+	if !errors.Is(err, syscall.EIO) || !errors.Is(err, ErrDiskFailed) {
+		t.Fatalf("write on a failing disk: %v, want EIO", err)
+	}
+	if s := p.a.v.Status(); s.Disk != Failed {
+		t.Fatalf("disk state %s after an I/O error, want Failed", s.Disk)
+	}
+	p.a.data.SetFault(nil)
+	if err := p.a.v.WriteAt(context.Background(), make([]byte, 4096), 0, false); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write after the disk failed: %v, want EIO (detached)", err)
+	}
+	waitFor(t, 5*time.Second, "the peer sees Failed", func() bool { return p.b.v.Status().PeerDisk == Failed })
+}
