@@ -69,11 +69,14 @@ func testMove(t *testing.T, s *segment, addr string) {
 	if got := c.neighbour(t, ip); !sameMAC(got, a.mac) {
 		t.Fatalf("before b's claim, c's entry is %v, want still a's %v", got, a.mac)
 	}
+	start := time.Now()
 	if err := vb.Claim(ctx); err != nil {
 		t.Fatalf("b claims: %v", err)
 	}
+	claim := time.Since(start)
 	took := c.waitNeighbour(t, ip, b.mac)
-	t.Logf("c's neighbour entry named b %v after b's claim returned", took)
+	t.Logf("b's claim took %v (%d probes of %v); c's neighbour entry named b %v after it returned",
+		claim, cfg.Probe.Count, cfg.Probe.Interval, took)
 	if got := c.dial(t, target); got != "b" {
 		t.Fatalf("after the move c reached %q, want b", got)
 	}
