@@ -269,8 +269,7 @@ func (h *host) waitNeighbour(t *testing.T, ip netip.Addr, mac net.HardwareAddr) 
 // vipOn makes a VIP for host h with fast probes, torn down at cleanup.
 func (h *host) vipOn(t *testing.T, cfg Config, opts ...Option) *VIP {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", h.name)
-	v, err := New(cfg, append([]Option{WithNetns(h.ns), WithLogger(log)}, opts...)...)
+	v, err := New(cfg, append([]Option{WithNetns(h.ns), WithLogger(testLogger(t, h.name))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,6 +284,10 @@ func (h *host) holds(t *testing.T, p netip.Prefix) bool {
 		t.Fatal(err)
 	}
 	return a != nil
+}
+
+func testLogger(t *testing.T, host string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", host)
 }
 
 // testWriter sends log lines to t.Log, so they show with the test that

@@ -37,7 +37,8 @@ those of the resources it holds a replica of, each on its interface
   no interface IFACE       the interface does not exist on this host
 
 and "also on IFACE" when the address sits on another interface as well
-(neighbours may reach it there: remove it). The exit status is 1 when an
+(neighbours may reach it there: remove it). Rows are in the order of the
+resource names. The exit status is 1 when an
 interface is missing or could not be read.`
 
 func newVIPStatusCmd(a *app) *cobra.Command {
@@ -89,15 +90,11 @@ func runVIPStatus(a *app, path, nodeName string, asJSON bool) error {
 	if err != nil {
 		return fmt.Errorf("vip status: %w", err)
 	}
-	var names []string
-	var cfgs []vip.Config
-	for i := range cfg.Resources {
-		if c, ok := cfg.Resources[i].VIPFor(n.Name); ok {
-			names = append(names, cfg.Resources[i].Name)
-			cfgs = append(cfgs, c)
-		}
+	set, err := vip.NewSet(cfg.VIPs(n.Name))
+	if err != nil {
+		return fmt.Errorf("vip status: %w", err) // config.Load has checked what NewSet does
 	}
-	states := vip.Status(cfgs)
+	names, states := set.Resources(), set.Status()
 
 	out := vipStatusJSON{Node: n.Name, VIPs: []vipEntryJSON{}}
 	var failed []string

@@ -40,6 +40,18 @@ func (r *Resource) VIPFor(node string) (vip.Config, bool) {
 	return c, true
 }
 
+// VIPs returns node's VIPs by resource (those of the resources it holds a
+// replica of), ready for vip.NewSet.
+func (c *Config) VIPs(node string) map[string]vip.Config {
+	out := map[string]vip.Config{}
+	for i := range c.Resources {
+		if v, ok := c.Resources[i].VIPFor(node); ok {
+			out[c.Resources[i].Name] = v
+		}
+	}
+	return out
+}
+
 func (d *decoder) vip(e entry, path string) *VIP {
 	v := &VIP{Announce: vip.DefaultAnnounce(), Probe: vip.DefaultProbe(), lines: lines{}}
 	f, ok := d.mapping(e.val, path, vipKeys, v.lines)

@@ -94,6 +94,13 @@ func TestParseVIP(t *testing.T) {
 		}
 	}
 
+	if vs := cfg.VIPs("beta"); len(vs) != 2 || vs["db"] != want || vs["web"] != w6 {
+		t.Errorf("VIPs(beta) = %+v", vs)
+	}
+	if vs := cfg.VIPs("gamma"); len(vs) != 0 {
+		t.Errorf("VIPs(gamma) = %+v", vs)
+	}
+
 	plain, err := Parse("tandem.yaml", []byte(base))
 	if err != nil {
 		t.Fatal(err)
