@@ -1,8 +1,6 @@
 package config
 
 import (
-	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -122,11 +120,7 @@ func TestParseVIP(t *testing.T) {
 
 func TestParseVIPProblems(t *testing.T) {
 	addr := "      address: 198.51.100.100/24\n"
-	for _, tc := range []struct {
-		name  string
-		edits []string
-		want  []want
-	}{
+	runProblemCases(t, vipBase, []problemCase{
 		{"typo in a vip key", []string{"      announce-count: 3\n", "      anounce-count: 3 #A\n"},
 			[]want{{"#A", "resources[0].vip.anounce-count", `did you mean "announce-count"?`}}},
 		{"unknown vip key", []string{"      announce-count: 3\n", "      colour: red #A\n"},
@@ -179,34 +173,7 @@ func TestParseVIPProblems(t *testing.T) {
 			[]want{{"#A", "resources[1].replicas.beta.nbd-listen", "does not accept connections to the VIP 2001:db8::100"}}},
 		{"vip as a list", []string{"    vip:\n", "    vip: #A\n      - 198.51.100.100/24\n", addr, "", "      interface: eth0\n", "", "      announce-count: 3\n", "", "      announce-interval: 20ms\n", "", "      announce-repeat-count: 2\n", "", "      announce-repeat-after: 2s\n", "", "      probe-count: 4\n", "", "      probe-interval: 250ms\n", ""},
 			[]want{{"      - 198", "resources[0].vip", "want a mapping of keys, found a list"}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			text := vipBase
-			for i := 0; i+1 < len(tc.edits); i += 2 {
-				if !strings.Contains(text, tc.edits[i]) {
-					t.Fatalf("edit %d: %q is not in the file", i/2, tc.edits[i])
-				}
-				text = strings.Replace(text, tc.edits[i], tc.edits[i+1], 1)
-			}
-			cfg, err := Parse("tandem.yaml", []byte(text))
-			if err == nil || cfg != nil {
-				t.Fatalf("Parse succeeded, want %d problems", len(tc.want))
-			}
-			if !errors.Is(err, ErrInvalid) {
-				t.Errorf("error does not wrap ErrInvalid: %v", err)
-			}
-			got := Problems(err)
-			if len(got) != len(tc.want) {
-				t.Fatalf("got %d problems, want %d:\n%v", len(got), len(tc.want), err)
-			}
-			for i, w := range tc.want {
-				prefix := fmt.Sprintf("tandem.yaml:%d: %s: ", lineOf(t, text, w.mark), w.path)
-				if msg := got[i].Error(); !strings.HasPrefix(msg, prefix) || !strings.Contains(msg, w.substr) || got[i].Fix == "" {
-					t.Errorf("problem %d:\n  got  %s\n  want %s...%s (and a fix)", i, msg, prefix, w.substr)
-				}
-			}
-		})
-	}
+	})
 }
 
 // Validating as a node checks that its VIP interfaces exist on this host.
