@@ -215,6 +215,25 @@ func (v *VIP) Held() (bool, error) {
 	return st.Held, st.Err
 }
 
+// WaitAnnounced blocks until the repeat of the announcement that the last
+// Claim scheduled has been sent (or stopped by Release or Close), or ctx
+// ends. A short-lived caller (tandem vip claim) uses it so that its exit
+// does not cut the repeat.
+func (v *VIP) WaitAnnounced(ctx context.Context) error {
+	v.mu.Lock()
+	done := v.repeat
+	v.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Close stops a pending repeat of the announcement and leaves the address as
 // it is (the daemon releases explicitly on shutdown; a crash leaves it, and
 // fencing takes care of that).

@@ -1,6 +1,7 @@
 package vip
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"testing"
@@ -207,6 +208,11 @@ func TestAnnounceCounts(t *testing.T) {
 	if n := countGARPs(300 * time.Millisecond); n != 3 {
 		t.Fatalf("C saw %d gratuitous ARPs after the claim, want 3", n)
 	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := vb.WaitAnnounced(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitAnnounced before the repeat was due: %v, want DeadlineExceeded", err)
+	}
 	select {
 	case tick <- time.Now():
 	case <-time.After(waitBound):
@@ -214,6 +220,9 @@ func TestAnnounceCounts(t *testing.T) {
 	}
 	if len(asked) != 1 || asked[0] != time.Hour {
 		t.Fatalf("repeat delays asked: %v, want [1h]", asked)
+	}
+	if err := vb.WaitAnnounced(ctx); err != nil {
+		t.Fatalf("waiting for the repeat: %v", err)
 	}
 	if n := countGARPs(300 * time.Millisecond); n != 2 {
 		t.Fatalf("C saw %d gratuitous ARPs in the repeat, want 2", n)

@@ -19,8 +19,125 @@ func newVIPCmd(a *app) *cobra.Command {
 		Short: "Service addresses (VIPs) of the resources",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newVIPStatusCmd(a))
+	cmd.AddCommand(newVIPStatusCmd(a), newVIPClaimCmd(a), newVIPReleaseCmd(a))
 	return cmd
+}
+
+const vipClaimLong = `Claim a resource's VIP on this node by hand: probe that no other host
+answers for the address, add it to the interface, announce it (gratuitous
+ARP or unsolicited neighbour advertisements), and wait for the configured
+second burst before exiting (Ctrl-C stops waiting; the address stays).
+
+Refused, with nothing changed, when another host answers for the address:
+the error names the MAC that answered. Claiming an address this node
+already holds announces it again.
+
+The cluster layer claims and releases VIPs itself on promotion and
+demotion. By hand, claim only after the old holder is fenced or demoted and
+its VIP released, and release it here before demoting. Needs root.`
+
+func newVIPClaimCmd(a *app) *cobra.Command {
+	var node string
+	cmd := &cobra.Command{
+		Use:     "claim RESOURCE",
+		Short:   "Claim a resource's VIP on this node (probe, add, announce)",
+		Long:    vipClaimLong,
+		Example: "  tandem vip claim db\n  tandem --config ./lab.yaml vip claim db --node beta",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := loadVIP(a, configPath(cmd), node, args[0])
+			if err != nil {
+				return fmt.Errorf("vip claim: %w", err)
+			}
+			defer v.Close()
+			c := v.Config()
+			if err := v.Claim(cmd.Context()); err != nil {
+				return fmt.Errorf("vip claim %s: %w", args[0], err)
+			}
+			fmt.Fprintf(a.stdout, "claimed %s on %s for %s; announced %d times\n", c.Address, c.Interface, args[0], c.Announce.Count)
+			if c.Announce.RepeatCount > 0 {
+				if err := v.WaitAnnounced(cmd.Context()); err != nil {
+					fmt.Fprintf(a.stdout, "not waiting for the second burst (%v); the address stays claimed\n", err)
+					return nil
+				}
+				fmt.Fprintf(a.stdout, "announced %d more times after %v\n", c.Announce.RepeatCount, c.Announce.RepeatAfter)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "the node to claim it as (default: the node named like this host)")
+	return cmd
+}
+
+func newVIPReleaseCmd(a *app) *cobra.Command {
+	var node string
+	cmd := &cobra.Command{
+		Use:   "release RESOURCE",
+		Short: "Remove a resource's VIP from this node",
+		Long: `Remove a resource's VIP from its interface on this node. Releasing an
+address this node does not hold is not an error. Needs root.`,
+		Example: "  tandem vip release db",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := loadVIP(a, configPath(cmd), node, args[0])
+			if err != nil {
+				return fmt.Errorf("vip release: %w", err)
+			}
+			defer v.Close()
+			if err := v.Release(cmd.Context()); err != nil {
+				return fmt.Errorf("vip release %s: %w", args[0], err)
+			}
+			c := v.Config()
+			fmt.Fprintf(a.stdout, "released %s from %s for %s (it is not on this node now)\n", c.Address, c.Interface, args[0])
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "the node to release it as (default: the node named like this host)")
+	return cmd
+}
+
+// loadVIP reads the file and returns the resource's VIP as the local node
+// uses it.
+func loadVIP(a *app, path, nodeName, resource string) (*vip.VIP, error) {
+	cfg, err := loadConfigFor(a, path)
+	if err != nil {
+		return nil, err
+	}
+	n, err := cfg.LocalNode(nodeName)
+	if err != nil {
+		return nil, err
+	}
+	r := cfg.Resource(resource)
+	if r == nil {
+		var names []string
+		for _, r := range cfg.Resources {
+			names = append(names, r.Name)
+		}
+		return nil, fmt.Errorf("no resource %q in %s (resources: %s)", resource, path, strings.Join(names, ", "))
+	}
+	c, ok := r.VIPFor(n.Name)
+	switch {
+	case r.VIP == nil:
+		return nil, fmt.Errorf("resource %s has no vip in %s", resource, path)
+	case !ok:
+		return nil, fmt.Errorf("node %s holds no replica of %s, so it never holds its VIP", n.Name, resource)
+	}
+	return vip.New(c, vip.WithLogger(a.log))
+}
+
+// loadConfigFor loads the file, printing each problem on stderr.
+func loadConfigFor(a *app, path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		if ps := config.Problems(err); len(ps) > 0 {
+			for _, p := range ps {
+				fmt.Fprintln(a.stderr, p)
+			}
+			return nil, fmt.Errorf("%s in %s (see tandem config validate)", plural(len(ps), "problem"), path)
+		}
+		return nil, err
+	}
+	return cfg, nil
 }
 
 const vipStatusLong = `Show which of this node's configured VIPs it holds, by looking at its
@@ -76,14 +193,8 @@ type vipEntryJSON struct {
 }
 
 func runVIPStatus(a *app, path, nodeName string, asJSON bool) error {
-	cfg, err := config.Load(path)
+	cfg, err := loadConfigFor(a, path)
 	if err != nil {
-		if ps := config.Problems(err); len(ps) > 0 {
-			for _, p := range ps {
-				fmt.Fprintln(a.stderr, p)
-			}
-			return fmt.Errorf("vip status: %s in %s (see tandem config validate)", plural(len(ps), "problem"), path)
-		}
 		return fmt.Errorf("vip status: %w", err)
 	}
 	n, err := cfg.LocalNode(nodeName)

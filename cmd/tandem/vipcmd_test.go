@@ -12,16 +12,19 @@ import (
 	"github.com/tandem-ha/tandem/tools/testenv"
 )
 
-// vipConfig: alpha puts both VIPs on IFACE, beta on a link that does not
-// exist; wit holds no replica.
-const vipConfig = `cluster: lab
+// vipHead: two data nodes and a witness, before the resources.
+const vipHead = `cluster: lab
 secret-file: /etc/tandem/secret
 nodes:
   - {name: alpha, address: 192.0.2.11}
   - {name: beta, address: 192.0.2.12}
   - {name: wit, address: 192.0.2.13}
 resources:
-  - name: db
+`
+
+// vipConfig: alpha puts both VIPs on IFACE, beta on a link that does not
+// exist; wit holds no replica.
+const vipConfig = vipHead + `  - name: db
     size: 1M
     vip: {address: 198.51.100.100/24, interface: IFACE}
     replicas:
@@ -93,13 +96,7 @@ func TestVIPStatusInNamespace(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "ip")
 	bin := testenv.BuildTandem(t)
-	ns := fmt.Sprintf("tandem-vipst-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
-	testenv.Run(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() {
-		if _, stderr, err := testenv.RunErr("ip", "netns", "del", ns); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", ns, err, stderr)
-		}
-	})
+	ns := netnsAdd(t, "vipst")
 	for _, args := range [][]string{
 		{"link", "add", "vip0", "type", "veth", "peer", "name", "vip1"}, // this kernel has no dummy links
 		{"link", "set", "vip0", "up"},
@@ -127,5 +124,106 @@ func TestVIPStatusInNamespace(t *testing.T) {
 		if !strings.Contains(out, s) {
 			t.Errorf("table %q lacks %q", out, s)
 		}
+	}
+}
+
+// claimConfig: db's VIP on vip0 on both nodes, with a quick second burst.
+const claimConfig = vipHead + `  - name: db
+    size: 1M
+    vip: {address: 198.51.100.100/24, interface: vip0, announce-repeat-after: 200ms}
+    replicas:
+      alpha: {device: /dev/vg0/db, address: "192.0.2.11:7789", nbd-listen: "[::]:10809"}
+      beta: {device: /dev/vg0/db, address: "192.0.2.12:7789", nbd-listen: "[::]:10809"}
+`
+
+// netnsAdd makes a named network namespace, deleted at cleanup; the name
+// carries the pid and the time so that parallel runs cannot collide.
+func netnsAdd(t *testing.T, role string) string {
+	t.Helper()
+	ns := fmt.Sprintf("tandem-%s-%d-%d", role, os.Getpid(), time.Now().UnixNano()%1e9)
+	testenv.Run(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		if _, stderr, err := testenv.RunErr("ip", "netns", "del", ns); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns, err, stderr)
+		}
+	})
+	return ns
+}
+
+// Moving a VIP by hand between two nodes, each in its own namespace, joined
+// by a veth pair: beta's claim is refused while alpha holds the address
+// (naming alpha's MAC), alpha releases, beta claims and waits for the
+// second burst, release is idempotent.
+func TestVIPClaimReleaseCLI(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "ip")
+	bin := testenv.BuildTandem(t)
+	nsA, nsB := netnsAdd(t, "vipa"), netnsAdd(t, "vipb")
+	// Both ends are created straight in their namespaces: nothing appears
+	// in the root namespace.
+	testenv.Run(t, "ip", "link", "add", "vip0", "netns", nsA, "type", "veth", "peer", "name", "vip0", "netns", nsB)
+	for _, ns := range []string{nsA, nsB} {
+		testenv.Run(t, "ip", "-n", ns, "link", "set", "vip0", "up")
+	}
+	var links []struct {
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal([]byte(testenv.Run(t, "ip", "-n", nsA, "-j", "link", "show", "vip0")), &links); err != nil || len(links) != 1 {
+		t.Fatalf("alpha's MAC: %v %v", links, err)
+	}
+	macA := links[0].Address
+	path := filepath.Join(t.TempDir(), "tandem.yaml")
+	if err := os.WriteFile(path, []byte(claimConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tandem := func(ns, node string, args ...string) (string, string, error) {
+		all := append([]string{"netns", "exec", ns, bin, "--config", path}, args...)
+		return testenv.RunErr("ip", append(all, "--node", node)...)
+	}
+
+	// Carrier comes a moment after both ends are up; bounded wait.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, errOut, err := tandem(nsA, "alpha", "vip", "claim", "db")
+		if err == nil {
+			if !strings.Contains(out, "claimed 198.51.100.100/24 on vip0 for db; announced 5 times\n") {
+				t.Errorf("alpha's claim said %q", out)
+			}
+			break
+		}
+		if !strings.Contains(errOut, "interface down") || time.Now().After(deadline) {
+			t.Fatalf("alpha's claim: %v\n%s%s", err, out, errOut)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	_, errOut, err := tandem(nsB, "beta", "vip", "claim", "db")
+	if err == nil || !strings.Contains(errOut, macA+" answered an ARP probe") || !strings.Contains(errOut, "in use") {
+		t.Fatalf("beta's claim while alpha holds the VIP: err %v, stderr %q; want a refusal naming %s", err, errOut, macA)
+	}
+	if out, _, _ := tandem(nsB, "beta", "vip", "status"); !strings.Contains(out, "not held") {
+		t.Fatalf("beta after the refused claim: %q", out)
+	}
+
+	for range 2 { // the second release finds nothing to do
+		if out, errOut, err := tandem(nsA, "alpha", "vip", "release", "db"); err != nil || !strings.Contains(out, "released 198.51.100.100/24 from vip0 for db") {
+			t.Fatalf("alpha's release: %v %q %q", err, out, errOut)
+		}
+	}
+	out, errOut, err := tandem(nsB, "beta", "vip", "claim", "db")
+	if err != nil || !strings.Contains(out, "claimed 198.51.100.100/24 on vip0") || !strings.Contains(out, "announced 5 more times after 200ms") {
+		t.Fatalf("beta's claim after alpha's release: %v\n%s%s", err, out, errOut)
+	}
+	if out, _, _ := tandem(nsB, "beta", "vip", "status"); !strings.Contains(out, "db        198.51.100.100/24  vip0       held") {
+		t.Fatalf("beta's status after its claim: %q", out)
+	}
+	if out, _, _ := tandem(nsA, "alpha", "vip", "status"); !strings.Contains(out, "not held") {
+		t.Fatalf("alpha's status after beta's claim: %q", out)
+	}
+	if _, errOut, err := tandem(nsB, "wit", "vip", "claim", "db"); err == nil || !strings.Contains(errOut, "node wit holds no replica of db") {
+		t.Errorf("the witness claiming: %v %q", err, errOut)
+	}
+	if _, errOut, err := tandem(nsB, "beta", "vip", "claim", "nosuch"); err == nil || !strings.Contains(errOut, `no resource "nosuch"`) {
+		t.Errorf("an unknown resource: %v %q", err, errOut)
 	}
 }
