@@ -33,7 +33,8 @@ DEPS := nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
 	nbdsh:python3-libnbd nbdkit:nbdkit qemu-img:qemu-utils qemu-io:qemu-utils \
 	fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
 	lsblk:util-linux mountpoint:util-linux losetup:mount mount:mount \
-	umount:mount sha256sum:coreutils strace:strace ip:iproute2 gcc:gcc
+	umount:mount sha256sum:coreutils strace:strace ip:iproute2 gcc:gcc \
+	ipmi_sim:openipmi ipmitool:ipmitool fence_ipmilan:fence-agents
 
 .PHONY: help deps build test bench demo lint fuzz clean check-go
 

@@ -79,7 +79,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		errs = append(errs, fmt.Errorf("timeout %v is negative", cfg.Timeout))
 	}
 	for k, v := range cfg.Options {
-		if err := checkAgentOption(k, v); err != nil {
+		if err := CheckAgentOption(k, v); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -92,9 +92,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	return &Agent{cfg: cfg}, nil
 }
 
-// checkAgentOption refuses what would not survive the stdin protocol, or
-// would override what tandem writes itself.
-func checkAgentOption(k, v string) error {
+// CheckAgentOption refuses an option that would not survive the stdin
+// protocol, or would override what tandem writes itself (action, plug).
+func CheckAgentOption(k, v string) error {
 	switch {
 	case k == "" || strings.ContainsAny(k, "=\n\r \t"):
 		return fmt.Errorf("option key %q: want a word without '=', spaces or line breaks", k)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ha/tandem/fence/fencetest"
 	"github.com/tandem-ha/tandem/tools/testenv"
 )
 
@@ -23,7 +24,7 @@ func scriptAgent(t *testing.T, body string) (path, dir string) {
 	t.Helper()
 	dir = t.TempDir()
 	path = filepath.Join(dir, "fence_test")
-	write(t, path, fmt.Sprintf("#!/bin/sh\nd=%q\n%s", dir, body), 0o755)
+	fencetest.WriteFile(t, path, fmt.Sprintf("#!/bin/sh\nd=%q\n%s", dir, body), 0o755)
 	return path, dir
 }
 
@@ -74,7 +75,7 @@ func TestAgentProtocol(t *testing.T) {
 		want    State
 		wantErr bool
 	}{{"0", StateOn, false}, {"2", StateOff, false}, {"1", StateUnknown, true}, {"3", StateUnknown, true}} {
-		write(t, filepath.Join(dir, "code-status"), c.code, 0o644)
+		fencetest.WriteFile(t, filepath.Join(dir, "code-status"), c.code, 0o644)
 		st, err := a.Status(ctx)
 		if st != c.want || (err != nil) != c.wantErr {
 			t.Errorf("status with exit %s = %v, %v; want %v, error %v", c.code, st, err, c.want, c.wantErr)
@@ -86,7 +87,7 @@ func TestAgentProtocol(t *testing.T) {
 	// Off, on and reboot: 0 success, anything else failure (2 too).
 	for _, action := range []Action{ActionOff, ActionOn, ActionReboot} {
 		for _, code := range []string{"1", "2"} {
-			write(t, filepath.Join(dir, "code-"+string(action)), code, 0o644)
+			fencetest.WriteFile(t, filepath.Join(dir, "code-"+string(action)), code, 0o644)
 			var err error
 			switch action {
 			case ActionOff:
@@ -109,7 +110,7 @@ func TestAgentProtocol(t *testing.T) {
 func TestAgentPasswordFile(t *testing.T) {
 	path, dir := scriptAgent(t, recordingAgent)
 	pw := filepath.Join(dir, "pw")
-	write(t, pw, "from-file\n", 0o600)
+	fencetest.WriteFile(t, pw, "from-file\n", 0o600)
 	a, err := NewAgent(AgentConfig{Path: path, PasswordFile: pw, Options: map[string]string{"ip": "h"}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +203,7 @@ func alive(pid int) bool {
 func TestAgentNotRunnable(t *testing.T) {
 	dir := t.TempDir()
 	noexec := filepath.Join(dir, "fence_noexec")
-	write(t, noexec, "#!/bin/sh\nexit 0\n", 0o644)
+	fencetest.WriteFile(t, noexec, "#!/bin/sh\nexit 0\n", 0o644)
 	for _, p := range []string{filepath.Join(dir, "absent"), noexec} {
 		a, err := NewAgent(AgentConfig{Path: p, Log: testLogger(t)})
 		if err != nil {
@@ -247,10 +248,10 @@ func fenceIPMILan(t *testing.T, s *sim) *Agent {
 		t.Fatal(err)
 	}
 	pw := filepath.Join(t.TempDir(), "pw")
-	write(t, pw, simPassword+"\n", 0o600)
+	fencetest.WriteFile(t, pw, simPassword+"\n", 0o600)
 	a, err := NewAgent(AgentConfig{
 		Path: path,
-		Options: map[string]string{"ip": "127.0.0.1", "ipport": strconv.Itoa(s.port), "username": simUser,
+		Options: map[string]string{"ip": "127.0.0.1", "ipport": strconv.Itoa(s.Port), "username": simUser,
 			"lanplus": "1", "cipher": "3", "power_wait": "0"},
 		PasswordFile: pw,
 		Timeout:      30 * time.Second,
@@ -272,7 +273,7 @@ func TestAgentFenceIPMILan(t *testing.T) {
 	if err := a.Off(ctx, Request{}); err != nil {
 		t.Fatalf("fence_ipmilan off: %v", err)
 	}
-	if !s.victimDead(t) {
+	if !s.VictimDead() {
 		t.Fatal("fence_ipmilan off succeeded, victim alive")
 	}
 	if st, err := a.Status(ctx); err != nil || st != StateOff {
@@ -285,7 +286,7 @@ func TestAgentFenceIPMILan(t *testing.T) {
 	if err := a.On(ctx); err != nil {
 		t.Fatalf("fence_ipmilan on: %v", err)
 	}
-	if got := ipmitoolStatus(t, s); got != "on" {
+	if got := s.IpmitoolStatus(t); got != "on" {
 		t.Fatalf("ipmitool says %s after fence_ipmilan on", got)
 	}
 }

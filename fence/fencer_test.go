@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tandem-ha/tandem/fence/fencetest"
 )
 
 // fakeMethod answers from fields, and counts calls.
@@ -142,7 +144,7 @@ func TestFencerStatusAndTest(t *testing.T) {
 // second fence_ipmilan against a working ipmi_sim, the third manual.
 func TestFencerFallbackToAgent(t *testing.T) {
 	s := startSim(t, false)
-	deadBMC, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: blackHole(t), Username: simUser, Password: simPassword,
+	deadBMC, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: fencetest.BlackHole(t), Username: simUser, Password: simPassword,
 		Timeout: time.Second, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +160,7 @@ func TestFencerFallbackToAgent(t *testing.T) {
 	if res.Level != 2 || len(res.Attempts) != 2 || res.Attempts[0].OK || !errors.Is(res.Attempts[0].Err(), ErrUnreachable) {
 		t.Fatalf("result %+v", res)
 	}
-	if !s.victimDead(t) {
+	if !s.VictimDead() {
 		t.Fatal("fenced through the agent, but the victim is alive")
 	}
 	if d := res.Attempts[0].Duration; d < time.Second {

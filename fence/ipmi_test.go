@@ -3,31 +3,13 @@ package fence
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/tandem-ha/tandem/tools/testenv"
+	"github.com/tandem-ha/tandem/fence/fencetest"
 )
-
-// ipmitoolStatus asks ipmitool, the reference client, for the power state,
-// as a cross-check of what go-ipmi reads.
-func ipmitoolStatus(t *testing.T, s *sim) string {
-	t.Helper()
-	testenv.RequireTool(t, "ipmitool")
-	out := testenv.Run(t, "ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", fmt.Sprint(s.port),
-		"-U", simUser, "-P", simPassword, "chassis", "power", "status")
-	switch {
-	case strings.Contains(out, "Chassis Power is on"):
-		return "on"
-	case strings.Contains(out, "Chassis Power is off"):
-		return "off"
-	}
-	t.Fatalf("ipmitool chassis power status: unexpected output %q", out)
-	return ""
-}
 
 func TestIPMIOffConfirmed(t *testing.T) {
 	s := startSim(t, false)
@@ -36,34 +18,34 @@ func TestIPMIOffConfirmed(t *testing.T) {
 	if st, err := m.Status(ctx); err != nil || st != StateOn {
 		t.Fatalf("Status before off = %v, %v; want on", st, err)
 	}
-	if got := ipmitoolStatus(t, s); got != "on" {
+	if got := s.IpmitoolStatus(t); got != "on" {
 		t.Fatalf("ipmitool says %s before off, go-ipmi says on", got)
 	}
 	if err := m.Off(ctx, Request{}); err != nil {
 		t.Fatalf("Off: %v", err)
 	}
-	if !s.victimDead(t) {
+	if !s.VictimDead() {
 		t.Fatal("Off returned success but the victim process still runs")
 	}
-	if p := s.power(t); p != "0" {
+	if p := s.Power(t); p != "0" {
 		t.Fatalf("hook power state %q after Off, want 0", p)
 	}
 	if st, err := m.Status(ctx); err != nil || st != StateOff {
 		t.Fatalf("Status after off = %v, %v; want off", st, err)
 	}
-	if got := ipmitoolStatus(t, s); got != "off" {
+	if got := s.IpmitoolStatus(t); got != "off" {
 		t.Fatalf("ipmitool says %s after Off, go-ipmi says off", got)
 	}
 }
 
 func TestIPMIOffAlreadyOff(t *testing.T) {
 	s := startSim(t, false)
-	s.setPower(t, "0")
+	s.SetPower(t, "0")
 	m := s.ipmi(t, nil)
 	if err := m.Off(context.Background(), Request{}); err != nil {
 		t.Fatalf("Off of a node already off: %v", err)
 	}
-	if log := s.setLog(t); len(log) != 0 {
+	if log := s.SetLog(t); len(log) != 0 {
 		t.Fatalf("Off of a node already off sent %v to the chassis; want nothing", log)
 	}
 }
@@ -72,35 +54,35 @@ func TestIPMIOnAndReboot(t *testing.T) {
 	s := startSim(t, false)
 	m := s.ipmi(t, nil)
 	ctx := context.Background()
-	s.setPower(t, "0")
+	s.SetPower(t, "0")
 	if err := m.On(ctx); err != nil {
 		t.Fatalf("On: %v", err)
 	}
-	if p := s.power(t); p != "1" {
+	if p := s.Power(t); p != "1" {
 		t.Fatalf("hook power %q after On, want 1", p)
 	}
 	if st, err := m.Status(ctx); err != nil || st != StateOn {
 		t.Fatalf("Status after On = %v, %v", st, err)
 	}
-	if got := ipmitoolStatus(t, s); got != "on" {
+	if got := s.IpmitoolStatus(t); got != "on" {
 		t.Fatalf("ipmitool says %s after On", got)
 	}
 	// On of a node already on sends nothing.
-	before := len(s.setLog(t))
+	before := len(s.SetLog(t))
 	if err := m.On(ctx); err != nil {
 		t.Fatalf("second On: %v", err)
 	}
-	if after := len(s.setLog(t)); after != before {
-		t.Fatalf("On of a node already on sent a command: %v", s.setLog(t))
+	if after := len(s.SetLog(t)); after != before {
+		t.Fatalf("On of a node already on sent a command: %v", s.SetLog(t))
 	}
 
 	if err := m.Reboot(ctx, Request{}); err != nil {
 		t.Fatalf("Reboot: %v", err)
 	}
-	if !s.victimDead(t) {
+	if !s.VictimDead() {
 		t.Fatal("Reboot did not take the victim down")
 	}
-	log := s.setLog(t)
+	log := s.SetLog(t)
 	if want := []string{"power_1", "power_0", "power_1"}; !slices.Equal(log, want) {
 		t.Fatalf("chassis saw %v, want %v (on, then reboot as a confirmed off and an on)", log, want)
 	}
@@ -129,10 +111,10 @@ func TestIPMIWrongPassword(t *testing.T) {
 	if !strings.Contains(err.Error(), "password") {
 		t.Fatalf("error does not say what to check: %v", err)
 	}
-	if s.victimDead(t) == true {
+	if s.VictimDead() == true {
 		t.Fatal("victim died after a refused login")
 	}
-	if p := s.power(t); p != "1" {
+	if p := s.Power(t); p != "1" {
 		t.Fatalf("power %q after a refused login", p)
 	}
 
@@ -144,7 +126,7 @@ func TestIPMIWrongPassword(t *testing.T) {
 
 func TestIPMIUnreachable(t *testing.T) {
 	// A socket that swallows every packet: the timeout is what ends it.
-	port := blackHole(t)
+	port := fencetest.BlackHole(t)
 	m, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: port, Username: "u", Password: "p",
 		Timeout: 1500 * time.Millisecond, Log: testLogger(t)})
 	if err != nil {
@@ -175,7 +157,7 @@ func TestIPMIUnreachable(t *testing.T) {
 	}
 
 	// Nothing listening: the kernel answers "port unreachable".
-	m2, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: freeUDPPort(t), Username: "u", Password: "p",
+	m2, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: fencetest.FreeUDPPort(t), Username: "u", Password: "p",
 		Timeout: 5 * time.Second, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -201,13 +183,13 @@ func TestIPMILyingBMC(t *testing.T) {
 	if took := time.Since(start); took < 2*time.Second {
 		t.Fatalf("Off gave up after %v, before its 2 s timeout", took)
 	}
-	if log := s.setLog(t); len(log) == 0 || log[0] != "power_0" {
+	if log := s.SetLog(t); len(log) == 0 || log[0] != "power_0" {
 		t.Fatalf("the BMC never got the power-off command: %v", log)
 	}
-	if !s.victim.Running() {
+	if !s.Victim.Running() {
 		t.Fatal("victim died although the hook ignores power off")
 	}
-	if got := ipmitoolStatus(t, s); got != "on" {
+	if got := s.IpmitoolStatus(t); got != "on" {
 		t.Fatalf("ipmitool says %s, the lying BMC should say on", got)
 	}
 	if err := m.Reboot(context.Background(), Request{}); !errors.Is(err, ErrNotConfirmed) {
@@ -224,7 +206,7 @@ func TestIPMILanInterface(t *testing.T) {
 	if err := m.Off(context.Background(), Request{}); err != nil {
 		t.Fatalf("Off over IPMI 1.5 as operator: %v", err)
 	}
-	if !s.victimDead(t) {
+	if !s.VictimDead() {
 		t.Fatal("victim alive after Off over IPMI 1.5")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tandem-ha/tandem/fence/fencetest"
 )
 
 // fixedClock reads a settable time; After fires at once, so waits are spun
@@ -48,11 +50,11 @@ func TestStoreConfirmAtomicAndDurable(t *testing.T) {
 		t.Fatal("a node name with a path in it was accepted")
 	}
 	// A damaged record is an error, never a confirmation.
-	write(t, filepath.Join(dir, "gamma.confirmed"), "{not json", 0o600)
+	fencetest.WriteFile(t, filepath.Join(dir, "gamma.confirmed"), "{not json", 0o600)
 	if _, ok, err := s.Get("gamma"); ok || err == nil {
 		t.Fatalf("a damaged record read as %v, %v", ok, err)
 	}
-	write(t, filepath.Join(dir, "gamma.confirmed"), `{"node":"beta","at":"2026-12-01T12:00:00Z"}`, 0o600)
+	fencetest.WriteFile(t, filepath.Join(dir, "gamma.confirmed"), `{"node":"beta","at":"2026-12-01T12:00:00Z"}`, 0o600)
 	if _, ok, err := s.Get("gamma"); ok || err == nil {
 		t.Fatalf("a record for another node read as %v, %v", ok, err)
 	}

@@ -64,6 +64,7 @@ func newRootCmd(a *app) *cobra.Command {
 	root.AddCommand(newDaemonCmd(a), newCreateMDCmd(a), newDumpMDCmd(a))
 	root.AddCommand(adminCommands(a)...)
 	root.AddCommand(newVIPCmd(a))
+	root.AddCommand(newFenceCmd(a))
 	addConfigCommand(root, a) // the global --config flag and tandem config
 	return root
 }

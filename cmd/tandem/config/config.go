@@ -100,6 +100,9 @@ type Node struct {
 	Address     string // host name or IP, no port
 	AdminSocket string // the daemon's admin API (Unix socket)
 	DataDir     string // the daemon's own state
+	// Fencing is how the other nodes switch this one off, levels in order
+	// (nil: not configured). See fencing.go.
+	Fencing []FenceLevel
 
 	lines lines
 }
@@ -317,6 +320,8 @@ type canonNode struct {
 	Address     string `json:"address"`
 	AdminSocket string `json:"admin-socket"`
 	DataDir     string `json:"data-dir"`
+	// omitempty: files without fencing keep the hash they had before it.
+	Fencing []canonFence `json:"fencing,omitempty"`
 }
 
 type canonResource struct {
@@ -356,7 +361,7 @@ type canonReplica struct {
 func (c *Config) canonical() canonConfig {
 	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile}
 	for _, n := range c.Nodes {
-		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir})
+		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing)})
 	}
 	slices.SortFunc(cc.Nodes, func(a, b canonNode) int { return strings.Compare(a.Name, b.Name) })
 	for _, r := range c.Resources {

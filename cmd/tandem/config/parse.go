@@ -23,7 +23,7 @@ import (
 // misspelt optional key would otherwise silently leave its default in force.
 var (
 	topKeys      = []string{"cluster", "secret-file", "nodes", "resources"}
-	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir"}
+	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
 		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "replicas", "vip"}
 	resyncKeys  = []string{"max-rate", "app-share", "checksum"}
@@ -38,6 +38,7 @@ var keyHome = func() map[string]string {
 		where string
 		keys  []string
 	}{
+		{"nodes[N].fencing[M]", fenceKeys}, // first: keys shared with other levels point there
 		{"resources[N].replicas.NODE", replicaKeys},
 		{"resources[N].tls", tlsKeys},
 		{"resources[N].vip", vipKeys},
@@ -240,6 +241,9 @@ func (d *decoder) node(n *yaml.Node, path string) Node {
 		nd.DataDir = d.absPath(e, path+".data-dir")
 	} else if nd.Name != "" {
 		nd.DataDir = "/var/lib/tandem/" + nd.Name
+	}
+	if e, ok := f["fencing"]; ok {
+		nd.Fencing = d.fencing(e, path+".fencing") // fencing.go
 	}
 	return nd
 }

@@ -395,6 +395,7 @@ func (c *Config) checkLocal(ps *problems, name string) {
 		}
 	}
 	c.checkLocalVIPs(ps, name)
+	c.checkLocalFencing(ps, name)
 }
 
 func checkSecret(ps *problems, file string, line int) {
