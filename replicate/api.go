@@ -169,6 +169,8 @@ type Status struct {
 	SuspendedIO bool        `json:"suspended_io"`
 	Size        int64       `json:"size"`
 	Resync      *Progress   `json:"resync,omitempty"`
+	// LastResync is the outcome of the last resync that finished here.
+	LastResync *Progress `json:"last_resync,omitempty"`
 	Verify      *Progress   `json:"verify,omitempty"`
 }
 

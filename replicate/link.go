@@ -548,6 +548,10 @@ func (l *link) finishTarget(src peerState) error {
 	}
 	v.mu.Lock()
 	if v.sess == l {
+		if v.resync != nil {
+			last := v.resync.snapshot(v.now(), 0)
+			v.lastResync = &last
+		}
 		v.conn, v.resync = Connected, nil
 	}
 	v.mu.Unlock()

@@ -163,6 +163,8 @@ func (l *link) resyncSource(full bool) {
 		v.resync = nil
 		if err == nil {
 			v.conn = Connected
+			last := p.snapshot(v.now(), 0)
+			v.lastResync = &last
 		}
 	}
 	v.mu.Unlock()

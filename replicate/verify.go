@@ -31,12 +31,12 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyReport, error) 
 	case l == nil || peer == nil || !l.active.Load():
 		v.mu.Unlock()
 		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: %w", v.cfg.Resource, ErrNotConnected)
-	case conn != Connected:
-		v.mu.Unlock()
-		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: the link is %s: %w", v.cfg.Resource, conn, ErrBusy)
 	case peer.Role == Primary:
 		v.mu.Unlock()
 		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: run it on the primary, %s: %w", v.cfg.Resource, v.cfg.Peer, ErrNotPrimary)
+	case conn != Connected:
+		v.mu.Unlock()
+		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: the link is %s: %w", v.cfg.Resource, conn, ErrBusy)
 	}
 	p = newProgress(true, true, v.size, v.now())
 	v.verify, v.conn = p, VerifySource

@@ -81,6 +81,7 @@ type Volume struct {
 	want       uint8
 	resync     *progress
 	verify     *progress
+	lastResync *Progress
 }
 
 // Open opens the metadata on cfg.Meta (it must have been created with
@@ -607,6 +608,10 @@ func (v *Volume) Status() Status {
 	if v.verify != nil {
 		p := v.verify.snapshot(v.now(), -1)
 		st.Verify = &p
+	}
+	if v.lastResync != nil {
+		p := *v.lastResync
+		st.LastResync = &p
 	}
 	return st
 }

@@ -1,0 +1,384 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// loader writes 4 KiB blocks at random offsets from several goroutines
+// until stopped, flushing now and then, and records what it did.
+type loader struct {
+	v       *Volume
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	after   map[int64]bool // blocks written by writes started after mark
+	marked  atomic.Bool
+	errs    atomic.Int64
+	lastErr atomic.Value
+	writes  atomic.Int64
+}
+
+func startLoader(v *Volume, writers int, region int64, seed uint64) *loader {
+	ld := &loader{v: v, stop: make(chan struct{}), after: map[int64]bool{}}
+	for w := range writers {
+		ld.wg.Add(1)
+		go func() {
+			defer ld.wg.Done()
+			r := rand.New(rand.NewPCG(seed, uint64(w)))
+			for i := 0; ; i++ {
+				select {
+				case <-ld.stop:
+					return
+				default:
+				}
+				off := r.Int64N(region/4096) * 4096
+				after := ld.marked.Load()
+				var err error
+				if i%16 == 15 {
+					err = v.Flush(context.Background())
+				} else {
+					err = v.WriteAt(context.Background(), block(byte(w+1), off, uint32(i)), off, false)
+				}
+				if err != nil {
+					ld.errs.Add(1)
+					ld.lastErr.Store(err)
+					continue
+				}
+				ld.writes.Add(1)
+				if after && i%16 != 15 {
+					ld.mu.Lock()
+					ld.after[off] = true
+					ld.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return ld
+}
+
+func (ld *loader) halt() {
+	close(ld.stop)
+	ld.wg.Wait()
+}
+
+func TestSecondaryKilledUnderLoad(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 16 << 20})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func() {
+		once.Do(func() { close(entered) })
+		<-release
+	}
+	p.a.onDegraded.Store(&hook)
+
+	ld := startLoader(p.a.v, 4, 16<<20, 3)
+	waitFor(t, 10*time.Second, "replicated writes", func() bool { return ld.writes.Load() > 200 })
+	ld.marked.Store(true)
+	p.b.kill(true, 11)
+
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnDegraded was not called after the secondary died")
+	}
+	// While OnDegraded runs, no write started now may be acknowledged.
+	var early atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			off := int64(1000+i) * 4096
+			ld.mu.Lock()
+			ld.after[off] = true
+			ld.mu.Unlock()
+			if err := p.a.v.WriteAt(context.Background(), block(0xee, off, 1), off, false); err == nil {
+				select {
+				case <-release:
+				default:
+					early.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // a negative check: nothing may complete meanwhile
+	if n := early.Load(); n != 0 {
+		t.Fatalf("%d writes acknowledged without the peer before OnDegraded returned", n)
+	}
+	close(release)
+	wg.Wait()
+	base := ld.writes.Load()
+	waitFor(t, 10*time.Second, "degraded writes", func() bool { return ld.writes.Load() > base+200 })
+	ld.halt()
+	if n := ld.errs.Load(); n != 0 {
+		t.Fatalf("%d writes failed while degraded; last: %v", n, ld.lastErr.Load())
+	}
+	if n := p.a.degraded.Load(); n != 1 {
+		t.Fatalf("OnDegraded called %d times, want once", n)
+	}
+	st := p.a.v.Status()
+	if st.Generations.Bitmap == 0 || st.OutOfSync == 0 || st.Conn == Connected {
+		t.Fatalf("degraded primary: %+v, want a bitmap generation and out-of-sync bytes", st)
+	}
+	dirtied := int64(len(ld.after)) * 4096
+
+	p.b.restart()
+	p.waitConnected(20 * time.Second)
+	p.identical()
+	last := p.a.v.Status().LastResync
+	if last == nil {
+		t.Fatal("no resync recorded on the source")
+	}
+	// Everything written without the peer is sent; beyond it only what
+	// the peer had not flushed when it died (at most 16 writes per writer
+	// between flushes, plus those in flight).
+	if last.SentBytes < dirtied || last.SentBytes > dirtied+(4*17)*4096 {
+		t.Fatalf("resync sent %d bytes; %d bytes were dirtied without the peer", last.SentBytes, dirtied)
+	}
+	if st := p.a.v.Status(); st.Generations.Bitmap != 0 || st.Generations != p.b.v.Status().Generations {
+		t.Fatalf("generations after resync: %+v vs %+v", st.Generations, p.b.v.Status().Generations)
+	}
+}
+
+func TestPrimaryCrashRollsBack(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 16 << 20})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+
+	// Writers write distinct blocks in the first 8 MiB; an acknowledged
+	// one must survive on the other node.
+	var crashed atomic.Bool
+	var next atomic.Int64
+	var mu sync.Mutex
+	acked := map[int64][]byte{}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= 2048 || crashed.Load() {
+					return
+				}
+				off := i * 4096
+				b := block(byte(w+1), off, 1)
+				if err := p.a.v.WriteAt(context.Background(), b, off, false); err == nil && !crashed.Load() {
+					mu.Lock()
+					acked[off] = b
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	waitFor(t, 10*time.Second, "acknowledged writes", func() bool { return next.Load() > 400 })
+	crashed.Store(true)
+	p.a.kill(true, 5)
+	wg.Wait()
+
+	waitFor(t, 10*time.Second, "the survivor sees the link down", func() bool { return p.b.v.Status().Conn == Connecting })
+	r := mustPromote(t, p.b, false)
+	if r.Epoch != 2 {
+		t.Fatalf("promotion after the crash: epoch %d, want 2", r.Epoch)
+	}
+	for i := range 64 {
+		off := int64(3072+i) * 4096
+		if err := p.b.v.WriteAt(context.Background(), block(0xbb, off, 2), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.a.restart()
+	if st := p.a.v.Status(); st.Role != Secondary {
+		t.Fatalf("restarted crashed primary: %+v", st)
+	}
+	p.waitConnected(20 * time.Second)
+	p.identical()
+	mu.Lock()
+	defer mu.Unlock()
+	img := p.b.data.Bytes()
+	for off, want := range acked {
+		got := img[off : off+4096]
+		if !bytes.Equal(got, want) {
+			t.Fatalf("acknowledged write at %d lost on the new primary", off)
+		}
+	}
+	if s := p.a.v.Status(); s.Epoch != 2 || s.LastResync == nil {
+		t.Fatalf("rejoined node: %+v, want epoch 2 and a resync", s)
+	}
+}
+
+func TestSplitBrainDetectedAndResolved(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	ctx := context.Background()
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Disconnect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPromote(t, p.a, true)
+	mustPromote(t, p.b, true)
+	if err := p.a.v.WriteAt(ctx, block('a', 0, 1), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.v.WriteAt(ctx, block('b', 40960, 1), 40960, false); err != nil {
+		t.Fatal(err)
+	}
+	snapA, snapB := p.a.data.Bytes(), p.b.data.Bytes()
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "both StandAlone after split brain", func() bool {
+		sa, sb := p.a.v.Status(), p.b.v.Status()
+		return sa.Conn == StandAlone && sb.Conn == StandAlone &&
+			strings.Contains(sa.Reason, "split brain") && strings.Contains(sb.Reason, "split brain")
+	})
+	// Demoting does not resolve it: the histories still diverge.
+	if err := p.b.v.Demote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.v.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "split brain detected again", func() bool {
+		sa, sb := p.a.v.Status(), p.b.v.Status()
+		return sa.Conn == StandAlone && sb.Conn == StandAlone && strings.Contains(sb.Reason, "split brain")
+	})
+	if !bytes.Equal(p.a.data.Bytes(), snapA) || !bytes.Equal(p.b.data.Bytes(), snapB) {
+		t.Fatal("data changed although split brain must not be resolved silently")
+	}
+	if err := p.b.v.Resolve(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.Resolve(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+	if !bytes.Equal(p.b.data.Bytes()[:4096], block('a', 0, 1)) {
+		t.Fatal("the survivor's write did not reach the victim")
+	}
+	if !bytes.Equal(p.b.data.Bytes()[40960:45056], make([]byte, 4096)) {
+		t.Fatal("the victim's write survived")
+	}
+}
+
+func TestSplitBrainPolicyDiscardZeroChanges(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, splitBrain: "discard-zero-changes"})
+	p.waitConnected(10 * time.Second)
+	ctx := context.Background()
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Disconnect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPromote(t, p.a, false)
+	mustPromote(t, p.b, false) // promoted, but writes nothing
+	if err := p.a.v.WriteAt(ctx, block('a', 8192, 1), 8192, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.v.Demote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+}
+
+func TestVerifyFindsFlippedByte(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 4 << 20})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	workload(t, p.a.v, 4, 50, 9)
+	ctx := context.Background()
+	if err := p.a.v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := p.a.v.Verify(ctx, false)
+	if err != nil || len(rep.Differing) != 0 || rep.ComparedBytes != 4<<20 {
+		t.Fatalf("verify of identical replicas: %+v, %v", rep, err)
+	}
+	const off = 1234567
+	flip := []byte{p.b.data.Bytes()[off] ^ 0x5a}
+	if _, err := p.b.data.WriteAt(flip, off); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = p.a.v.Verify(ctx, false)
+	want := []Range{{Offset: off / 4096 * 4096, Length: 4096}}
+	if err != nil || len(rep.Differing) != 1 || rep.Differing[0] != want[0] || rep.Repaired {
+		t.Fatalf("verify: %+v, %v; want exactly %+v", rep, err, want)
+	}
+	if _, err := p.b.v.Verify(ctx, false); !errors.Is(err, ErrNotPrimary) {
+		t.Fatalf("verify on the secondary: %v, want ErrNotPrimary", err)
+	}
+	rep, err = p.a.v.Verify(ctx, true)
+	if err != nil || !rep.Repaired || len(rep.Differing) != 1 {
+		t.Fatalf("verify with repair: %+v, %v", rep, err)
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+	rep, err = p.a.v.Verify(ctx, false)
+	if err != nil || len(rep.Differing) != 0 {
+		t.Fatalf("verify after repair: %+v, %v", rep, err)
+	}
+}
+
+func TestResyncChecksumSkipsEqualBlocks(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 4 << 20, resync: ResyncConfig{Checksum: true, MaxRate: 64 << 20, AppShare: 0.5}})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	for i := range 32 {
+		off := int64(i) * 8192
+		if err := p.a.v.WriteAt(ctx, block('x', off, 1), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.b.v.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "link down", func() bool { return p.a.v.Status().Conn == Connecting })
+	// 32 blocks rewritten with what they already hold, 8 changed.
+	for i := range 40 {
+		off := int64(i) * 8192
+		ver := uint32(1)
+		if i >= 32 {
+			ver = 2
+		}
+		if err := p.a.v.WriteAt(ctx, block('x', off, ver), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := p.a.v.Status().OutOfSync; got != 40*4096 {
+		t.Fatalf("out of sync: %d, want %d", got, 40*4096)
+	}
+	if err := p.b.v.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+	last := p.a.v.Status().LastResync
+	if last == nil || !last.Checksum || last.SentBytes != 8*4096 || last.TotalBytes != 40*4096 {
+		t.Fatalf("checksum resync: %+v, want 8 blocks sent of 40", last)
+	}
+}
