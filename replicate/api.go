@@ -171,7 +171,7 @@ type Status struct {
 	Resync      *Progress   `json:"resync,omitempty"`
 	// LastResync is the outcome of the last resync that finished here.
 	LastResync *Progress `json:"last_resync,omitempty"`
-	Verify      *Progress   `json:"verify,omitempty"`
+	Verify     *Progress `json:"verify,omitempty"`
 }
 
 // Progress of a resync or verify.
