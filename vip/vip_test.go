@@ -271,8 +271,18 @@ func TestInterfaceProblems(t *testing.T) {
 		t.Fatalf("status of a VIP on a missing interface: %+v", st[0])
 	}
 
+	// A claim whose context ends during the probe changes nothing.
 	cfg = testConfig("198.51.100.100/24")
 	v = b.vipOn(t, cfg)
+	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	if err := v.Claim(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("claim with a context shorter than the probe: %v, want DeadlineExceeded", err)
+	}
+	if b.holds(t, cfg.Address) {
+		t.Fatal("a claim cut short during the probe added the address")
+	}
+
 	if err := b.nl.LinkSetDown(b.eth); err != nil {
 		t.Fatal(err)
 	}
