@@ -255,7 +255,7 @@ func (l *link) teardown() {
 			v.conn = Connecting
 		}
 		if why != "" {
-			v.reason = why
+			v.reason, v.sessionReason = why, true
 		}
 	}
 	v.mu.Unlock()
@@ -654,7 +654,7 @@ func (v *Volume) linkError(err error) {
 		v.log.Debug("replicate: link attempt failed", "err", err)
 	}
 	v.mu.Lock()
-	if v.sess == nil && !v.standalone {
+	if v.sess == nil && !v.standalone && !v.sessionReason {
 		v.reason = err.Error()
 	}
 	v.mu.Unlock()
@@ -720,7 +720,7 @@ func (v *Volume) runSession(l *link, first *wire.Frame) bool {
 		if v.sess == l {
 			v.sess = nil
 			v.peer = nil
-			v.reason = why
+			v.reason, v.sessionReason = why, true
 			if standalone {
 				v.standalone = true
 			}
@@ -880,7 +880,7 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	v.mu.Lock()
 	v.peer = &peer
 	v.want = wantNone
-	v.reason = ""
+	v.reason, v.sessionReason = "", false
 	switch {
 	case d.IsSource():
 		v.conn = SyncSource

@@ -158,6 +158,15 @@ func (gs *Generations) pushHistory(g uint64) {
 // add, seen from the local side. It stays symmetric: both nodes compute
 // it from the same two states and must arrive at mirrored outcomes.
 func decideSession(local, peer peerState, policy string) (Sync, string) {
+	d, why := decideWishes(local, peer, policy)
+	// Whatever wishes and policies say, an incomplete image never sends.
+	if d.IsSource() && !local.side().Consistent || d.IsTarget() && !peer.side().Consistent {
+		return NeedAdmin, fmt.Sprintf("the requested resync (%s) would copy from an Inconsistent image; resync the other way or promote --force the complete side", d)
+	}
+	return d, why
+}
+
+func decideWishes(local, peer peerState, policy string) (Sync, string) {
 	d := Decide(local.side(), peer.side())
 	switch {
 	case local.Want == wantTargetFull && peer.Want == wantNone && peer.side().Consistent:

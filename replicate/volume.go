@@ -77,6 +77,9 @@ type Volume struct {
 	conn       ConnState
 	standalone bool
 	reason     string
+	// sessionReason: reason says why the last session failed or ended,
+	// which a later dial error must not hide.
+	sessionReason bool
 	peer       *peerState
 	want       uint8
 	resync     *progress
@@ -761,7 +764,7 @@ func (v *Volume) Connect(ctx context.Context) error {
 	v.mu.Lock()
 	v.standalone = false
 	if v.sess == nil {
-		v.conn, v.reason = Connecting, ""
+		v.conn, v.reason, v.sessionReason = Connecting, "", false
 	}
 	v.mu.Unlock()
 	v.wake()
