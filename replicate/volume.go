@@ -80,11 +80,11 @@ type Volume struct {
 	// sessionReason: reason says why the last session failed or ended,
 	// which a later dial error must not hide.
 	sessionReason bool
-	peer       *peerState
-	want       uint8
-	resync     *progress
-	verify     *progress
-	lastResync *Progress
+	peer          *peerState
+	want          uint8
+	resync        *progress
+	verify        *progress
+	lastResync    *Progress
 }
 
 // Open opens the metadata on cfg.Meta (it must have been created with
