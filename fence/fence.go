@@ -357,9 +357,13 @@ func (f *Fencer) attempt(ctx context.Context, i int, m Method, action Action, re
 	if a.Note != "" {
 		attrs = append(attrs, "note", a.Note)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrUnsupported):
+		// Manual has no status: expected, not a failure to report.
+		f.log.Debug("fence attempt not supported", append(attrs, "error", err)...)
+	case err != nil:
 		f.log.Warn("fence attempt failed", append(attrs, "error", err)...)
-	} else {
+	default:
 		f.log.Info("fence attempt", attrs...)
 	}
 	return a

@@ -30,6 +30,7 @@ const (
 	// defaultPollInterval: how often the power state is read while waiting
 	// for a power-off to be confirmed.
 	defaultPollInterval = 250 * time.Millisecond
+	firstPoll           = 20 * time.Millisecond
 	// closeTimeout bounds the polite Close Session at the end of an
 	// operation: the BMC frees its session slot, but an answer is not needed.
 	closeTimeout = time.Second
@@ -74,7 +75,8 @@ type IPMIConfig struct {
 	// time with a new session, within Timeout. Refused credentials are not
 	// retried. Negative means none; 0 means DefaultIPMIRetries.
 	Retries int
-	// PollInterval is how often the state is read while confirming off.
+	// PollInterval is how often the state is read while confirming off
+	// (the first reads come sooner: 20 ms, doubling up to it).
 	PollInterval time.Duration
 	Log          *slog.Logger
 	Clock        Clock
@@ -199,8 +201,12 @@ func (m *IPMI) offOnce(ctx context.Context, c *client.Client, commanded *bool) e
 	}
 	*commanded = true
 	m.cfg.Log.Info("ipmi: power down sent, waiting for the BMC to report off", "bmc", m.addr())
+	// Most BMCs switch within milliseconds: look again soon, then back off
+	// to PollInterval, so a quick off is confirmed quickly without
+	// hammering a slow BMC.
+	wait := min(firstPoll, m.cfg.PollInterval)
 	for {
-		if err := sleep(ctx, m.cfg.Clock, m.cfg.PollInterval); err != nil {
+		if err := sleep(ctx, m.cfg.Clock, wait); err != nil {
 			return fmt.Errorf("the BMC still reports the node on: %w", ErrNotConfirmed)
 		}
 		st, err := m.power(ctx, c)
@@ -210,6 +216,7 @@ func (m *IPMI) offOnce(ctx context.Context, c *client.Client, commanded *bool) e
 		if st == StateOff {
 			return nil
 		}
+		wait = min(2*wait, m.cfg.PollInterval)
 	}
 }
 

@@ -91,6 +91,24 @@ func TestIPMIOnAndReboot(t *testing.T) {
 	}
 }
 
+// Nothing is kept between operations: after the BMC resets (all its
+// sessions gone), the same method works at once.
+func TestIPMIBMCReset(t *testing.T) {
+	s := startSim(t, false)
+	m := s.ipmi(t, func(c *IPMIConfig) { c.Retries = -1 })
+	ctx := context.Background()
+	if st, err := m.Status(ctx); err != nil || st != StateOn {
+		t.Fatalf("Status = %v, %v", st, err)
+	}
+	s.Restart(t)
+	if err := m.Off(ctx, Request{}); err != nil {
+		t.Fatalf("Off after a BMC reset, without retries: %v", err)
+	}
+	if !s.VictimDead() {
+		t.Fatal("victim alive")
+	}
+}
+
 func TestIPMIWrongPassword(t *testing.T) {
 	s := startSim(t, false)
 	m := s.ipmi(t, func(c *IPMIConfig) { c.PasswordFile = ""; c.Password = "not-the-password" })

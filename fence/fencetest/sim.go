@@ -121,9 +121,24 @@ func Start(t testing.TB, lie bool) *BMC {
 		t.Fatal(err)
 	}
 	b.StartVictim(t)
-	b.Proc = testenv.Start(t, "ipmi_sim", "-c", conf, "-f", emu, "-s", state, "-n")
-	b.Proc.WaitFor(t, "an IPMI session", b.answers)
+	b.start(t)
 	return b
+}
+
+func (b *BMC) start(t testing.TB) {
+	t.Helper()
+	b.Proc = testenv.Start(t, "ipmi_sim", "-c", filepath.Join(b.Dir, "lan.conf"), "-f", filepath.Join(b.Dir, "bmc.emu"),
+		"-s", filepath.Join(b.Dir, "state"), "-n")
+	b.Proc.WaitFor(t, "an IPMI session", b.answers)
+}
+
+// Restart kills ipmi_sim (by its PID) and starts it again on the same port,
+// as a BMC that reset: every session it had is gone. The power state and
+// the victim are kept.
+func (b *BMC) Restart(t testing.TB) {
+	t.Helper()
+	b.Proc.Kill(t)
+	b.start(t)
 }
 
 // answers opens and closes one session (cipher suite 3), bounded.
