@@ -142,6 +142,11 @@ func (v *VIP) Claim(ctx context.Context) error {
 
 	added := false
 	if have == nil {
+		// Our own kernel does not answer our probe: an address left on
+		// another interface of this node would go unnoticed.
+		if st := inspect(v.cfg, v.ns); len(st.Elsewhere) > 0 {
+			v.log.Warn("vip: the address is also on other interfaces of this node; neighbours may reach it there", "elsewhere", st.Elsewhere)
+		}
 		if n := v.cfg.Probe.Count; n > 0 {
 			start := time.Now()
 			if err := ann.probe(ctx, n, v.cfg.Probe.Interval); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -283,10 +284,21 @@ func TestInterfaceProblems(t *testing.T) {
 		t.Fatal("a claim cut short during the probe added the address")
 	}
 
+	// No carrier: the bridge side of B's veth goes down.
+	port, err := s.bridgeNL.LinkByName("p-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.bridgeNL.LinkSetDown(port); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Claim(ctx); !errors.Is(err, ErrInterfaceDown) || !strings.Contains(err.Error(), "no carrier") {
+		t.Fatalf("claim on a link without carrier: %v, want ErrInterfaceDown (no carrier)", err)
+	}
 	if err := b.nl.LinkSetDown(b.eth); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.Claim(ctx); !errors.Is(err, ErrInterfaceDown) {
+	if err := v.Claim(ctx); !errors.Is(err, ErrInterfaceDown) || !strings.Contains(err.Error(), "administratively down") {
 		t.Fatalf("claim on a down interface: %v, want ErrInterfaceDown", err)
 	}
 	if b.holds(t, cfg.Address) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -36,13 +35,31 @@ The cluster layer claims and releases VIPs itself on promotion and
 demotion. By hand, claim only after the old holder is fenced or demoted and
 its VIP released, and release it here before demoting. Needs root.`
 
+// vipChangeJSON is the --json result of claim and release.
+type vipChangeJSON struct {
+	Resource  string `json:"resource"`
+	Address   string `json:"address"`
+	Interface string `json:"interface"`
+	// WasHeld: the address was on the interface before the command.
+	WasHeld bool `json:"was_held"`
+	// Held: it is there now.
+	Held bool `json:"held"`
+	// Announced and Repeated count the announcements of a claim: the
+	// first burst and the second one (0 if not waited for).
+	Announced int `json:"announced,omitempty"`
+	Repeated  int `json:"repeated,omitempty"`
+	// Note says why the second burst was not waited for.
+	Note string `json:"note,omitempty"`
+}
+
 func newVIPClaimCmd(a *app) *cobra.Command {
 	var node string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:     "claim RESOURCE",
 		Short:   "Claim a resource's VIP on this node (probe, add, announce)",
 		Long:    vipClaimLong,
-		Example: "  tandem vip claim db\n  tandem --config ./lab.yaml vip claim db --node beta",
+		Example: "  tandem vip claim db\n  tandem --config ./lab.yaml vip claim db --node beta --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := loadVIP(a, configPath(cmd), node, args[0])
@@ -51,32 +68,51 @@ func newVIPClaimCmd(a *app) *cobra.Command {
 			}
 			defer v.Close()
 			c := v.Config()
+			res := vipChangeJSON{Resource: args[0], Address: c.Address.String(), Interface: c.Interface}
+			res.WasHeld, _ = v.Held() // for the message only; Claim reports real trouble
 			if err := v.Claim(cmd.Context()); err != nil {
 				return fmt.Errorf("vip claim %s: %w", args[0], err)
 			}
-			fmt.Fprintf(a.stdout, "claimed %s on %s for %s; announced %d times\n", c.Address, c.Interface, args[0], c.Announce.Count)
+			res.Held, res.Announced = true, c.Announce.Count
+			verb := "claimed"
+			if res.WasHeld {
+				verb = "already held; announced again"
+			}
+			if !asJSON {
+				fmt.Fprintf(a.stdout, "%s %s on %s for %s; announced %d times\n", verb, c.Address, c.Interface, args[0], c.Announce.Count)
+			}
 			if c.Announce.RepeatCount > 0 {
 				if err := v.WaitAnnounced(cmd.Context()); err != nil {
-					fmt.Fprintf(a.stdout, "not waiting for the second burst (%v); the address stays claimed\n", err)
-					return nil
+					res.Note = fmt.Sprintf("not waiting for the second burst (%v); the address stays claimed", err)
+				} else {
+					res.Repeated = c.Announce.RepeatCount
 				}
-				fmt.Fprintf(a.stdout, "announced %d more times after %v\n", c.Announce.RepeatCount, c.Announce.RepeatAfter)
+			}
+			if asJSON {
+				return printJSON(a.stdout, res)
+			}
+			if res.Note != "" {
+				fmt.Fprintln(a.stdout, res.Note)
+			} else if res.Repeated > 0 {
+				fmt.Fprintf(a.stdout, "announced %d more times after %v\n", res.Repeated, c.Announce.RepeatAfter)
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&node, "node", "", "the node to claim it as (default: the node named like this host)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }
 
 func newVIPReleaseCmd(a *app) *cobra.Command {
 	var node string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "release RESOURCE",
 		Short: "Remove a resource's VIP from this node",
 		Long: `Remove a resource's VIP from its interface on this node. Releasing an
 address this node does not hold is not an error. Needs root.`,
-		Example: "  tandem vip release db",
+		Example: "  tandem vip release db\n  tandem vip release db --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := loadVIP(a, configPath(cmd), node, args[0])
@@ -84,15 +120,25 @@ address this node does not hold is not an error. Needs root.`,
 				return fmt.Errorf("vip release: %w", err)
 			}
 			defer v.Close()
+			c := v.Config()
+			res := vipChangeJSON{Resource: args[0], Address: c.Address.String(), Interface: c.Interface}
+			res.WasHeld, _ = v.Held()
 			if err := v.Release(cmd.Context()); err != nil {
 				return fmt.Errorf("vip release %s: %w", args[0], err)
 			}
-			c := v.Config()
-			fmt.Fprintf(a.stdout, "released %s from %s for %s (it is not on this node now)\n", c.Address, c.Interface, args[0])
+			if asJSON {
+				return printJSON(a.stdout, res)
+			}
+			if res.WasHeld {
+				fmt.Fprintf(a.stdout, "released %s from %s for %s\n", c.Address, c.Interface, args[0])
+			} else {
+				fmt.Fprintf(a.stdout, "%s was not on %s for %s: nothing to release\n", c.Address, c.Interface, args[0])
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&node, "node", "", "the node to release it as (default: the node named like this host)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }
 
@@ -223,9 +269,7 @@ func runVIPStatus(a *app, path, nodeName string, asJSON bool) error {
 	}
 
 	if asJSON {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
+		if err := printJSON(a.stdout, out); err != nil {
 			return fmt.Errorf("vip status: %w", err)
 		}
 	} else if len(states) == 0 {

@@ -205,14 +205,22 @@ func TestVIPClaimReleaseCLI(t *testing.T) {
 		t.Fatalf("beta after the refused claim: %q", out)
 	}
 
-	for range 2 { // the second release finds nothing to do
-		if out, errOut, err := tandem(nsA, "alpha", "vip", "release", "db"); err != nil || !strings.Contains(out, "released 198.51.100.100/24 from vip0 for db") {
-			t.Fatalf("alpha's release: %v %q %q", err, out, errOut)
+	for _, want := range []string{"released 198.51.100.100/24 from vip0 for db\n", "198.51.100.100/24 was not on vip0 for db: nothing to release\n"} {
+		if out, errOut, err := tandem(nsA, "alpha", "vip", "release", "db"); err != nil || out != want {
+			t.Fatalf("alpha's release: %v %q %q, want %q", err, out, errOut, want)
 		}
 	}
-	out, errOut, err := tandem(nsB, "beta", "vip", "claim", "db")
-	if err != nil || !strings.Contains(out, "claimed 198.51.100.100/24 on vip0") || !strings.Contains(out, "announced 5 more times after 200ms") {
+	out, errOut, err := tandem(nsB, "beta", "vip", "claim", "db", "--json")
+	var res vipChangeJSON
+	if err != nil || json.Unmarshal([]byte(out), &res) != nil {
 		t.Fatalf("beta's claim after alpha's release: %v\n%s%s", err, out, errOut)
+	}
+	if want := (vipChangeJSON{Resource: "db", Address: "198.51.100.100/24", Interface: "vip0", Held: true, Announced: 5, Repeated: 5}); res != want {
+		t.Fatalf("beta's claim: %+v, want %+v", res, want)
+	}
+	out, errOut, err = tandem(nsB, "beta", "vip", "claim", "db")
+	if err != nil || !strings.Contains(out, "already held; announced again 198.51.100.100/24 on vip0") || !strings.Contains(out, "announced 5 more times after 200ms") {
+		t.Fatalf("beta's second claim: %v\n%s%s", err, out, errOut)
 	}
 	if out, _, _ := tandem(nsB, "beta", "vip", "status"); !strings.Contains(out, "db        198.51.100.100/24  vip0       held") {
 		t.Fatalf("beta's status after its claim: %q", out)
