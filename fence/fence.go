@@ -190,7 +190,9 @@ func (r *Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(c)
 }
 
-// Fencer fences one node through its levels, in order.
+// Fencer fences one node through its levels, in order. It keeps no state
+// between calls and is safe for concurrent use (two concurrent Offs both
+// send the power-off, which is harmless), as are the methods.
 type Fencer struct {
 	node   string
 	levels []Method
