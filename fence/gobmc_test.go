@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -19,6 +20,11 @@ import (
 // ignore them.
 func goBMC(t *testing.T, on, lie bool) (port int, chassis *mock.Chassis) {
 	t.Helper()
+	return goBMCOn(t, "127.0.0.1:0", on, lie)
+}
+
+func goBMCOn(t *testing.T, listen string, on, lie bool) (port int, chassis *mock.Chassis) {
+	t.Helper()
 	h := mock.New()
 	chassis = h.Chassis().(*mock.Chassis)
 	chassis.On = on
@@ -33,7 +39,7 @@ func goBMC(t *testing.T, on, lie bool) (port int, chassis *mock.Chassis) {
 	u.SetPassword([]byte(simPassword))
 	u.Enabled = true
 	u.ChannelAccess[1] = bmc.UserChannelAccess{MaxPrivilege: bmc.PrivilegeLevelAdministrator, Enabled: true}
-	conn, err := udp.Listen("127.0.0.1:0")
+	conn, err := udp.Listen(listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,5 +115,25 @@ func TestGoBMCWrongPassword(t *testing.T) {
 	}
 	if !chassisOn(chassis) {
 		t.Fatal("a refused login switched the chassis off")
+	}
+}
+
+func TestGoBMCIPv6(t *testing.T) {
+	if c, err := net.ListenPacket("udp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		c.Close()
+	}
+	port, chassis := goBMCOn(t, "[::1]:0", true, false)
+	m, err := NewIPMI(IPMIConfig{Address: "::1", Port: port, Username: simUser, Password: simPassword,
+		Timeout: 5 * time.Second, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.String() != "ipmi [::1]:"+strconv.Itoa(port) {
+		t.Errorf("String() = %q", m.String())
+	}
+	if err := m.Off(context.Background(), Request{}); err != nil || chassisOn(chassis) {
+		t.Fatalf("Off over IPv6: %v (chassis on: %v)", err, chassisOn(chassis))
 	}
 }

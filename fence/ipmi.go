@@ -149,6 +149,15 @@ func NewIPMI(cfg IPMIConfig) (*IPMI, error) {
 	return &IPMI{cfg: cfg}, nil
 }
 
+// dialHost is the host as go-ipmi wants it: it joins host and port with
+// "%s:%d", so an IPv6 literal needs its brackets here.
+func dialHost(host string) string {
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		return "[" + host + "]"
+	}
+	return host
+}
+
 func validCipherSuite(n int) bool {
 	for _, c := range CipherSuites {
 		if c == n {
@@ -300,7 +309,7 @@ func (m *IPMI) session(ctx context.Context, fn func(context.Context, *client.Cli
 		}
 		password = strings.TrimRight(string(b), "\r\n")
 	}
-	c, err := client.NewClient(m.cfg.Address, m.cfg.Port, m.cfg.Username, password)
+	c, err := client.NewClient(dialHost(m.cfg.Address), m.cfg.Port, m.cfg.Username, password)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrAuth, err)
 	}
