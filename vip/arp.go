@@ -136,13 +136,13 @@ func readUntil(ctx context.Context, c deadliner, wait time.Duration, buf []byte,
 		return fmt.Errorf("vip: setting a read deadline: %w", err)
 	}
 	for {
-		if err := ctx.Err(); err != nil {
+		if err := ctxDone(ctx); err != nil {
 			return err
 		}
 		n, _, err := c.ReadFrom(buf)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return ctx.Err()
+				return ctxDone(ctx)
 			}
 			return fmt.Errorf("vip: reading: %w", err)
 		}
@@ -150,6 +150,19 @@ func readUntil(ctx context.Context, c deadliner, wait time.Duration, buf []byte,
 			return err
 		}
 	}
+}
+
+// ctxDone is ctx.Err(), and also DeadlineExceeded once ctx's deadline has
+// passed: a socket deadline set from it can expire before the context's own
+// timer has fired, and a claim must not go on as if there were time left.
+func ctxDone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 func sameMAC(a, b net.HardwareAddr) bool { return string(a) == string(b) }

@@ -158,6 +158,9 @@ func (v *VIP) Claim(ctx context.Context) error {
 			}
 			v.log.Debug("vip: probe found no other holder", "probes", n, "took", time.Since(start))
 		}
+		if err := ctxDone(ctx); err != nil {
+			return fmt.Errorf("vip: claiming %s: %w", v.cfg.Address, err)
+		}
 		if err := h.AddrAdd(l, nlAddr(v.cfg.Address)); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("vip: adding %s to %s: %w", v.cfg.Address, v.cfg.Interface, err)
 		}
