@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -12,6 +13,8 @@ import (
 	"github.com/bougou/go-ipmi/pkg/hal/mock"
 	"github.com/bougou/go-ipmi/pkg/server"
 	"github.com/bougou/go-ipmi/pkg/transport/udp"
+
+	"github.com/tandem-ha/tandem/fence/fencetest"
 )
 
 // goBMC starts go-ipmi's in-process BMC on a loopback port: it needs no
@@ -135,5 +138,39 @@ func TestGoBMCIPv6(t *testing.T) {
 	}
 	if err := m.Off(context.Background(), Request{}); err != nil || chassisOn(chassis) {
 		t.Fatalf("Off over IPv6: %v (chassis on: %v)", err, chassisOn(chassis))
+	}
+}
+
+// A session per operation leaves nothing running behind it: go-ipmi's
+// keep-alive goroutine and socket go with each Close.
+func TestIPMILeavesNoGoroutines(t *testing.T) {
+	port, chassis := goBMC(t, true, false)
+	m := goBMCMethod(t, port, 3, 5*time.Second)
+	dead, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: fencetest.BlackHole(t), Username: "u", Password: "p",
+		Timeout: 300 * time.Millisecond, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	ctx := context.Background()
+	for range 5 {
+		if _, err := m.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Off(ctx, Request{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.On(ctx); err != nil || !chassisOn(chassis) {
+			t.Fatal(err)
+		}
+		_, _ = dead.Status(ctx)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
