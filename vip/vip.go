@@ -133,6 +133,16 @@ func (v *VIP) Claim(ctx context.Context) error {
 	if err := usable(l); err != nil {
 		return err
 	}
+	// An IPv6 address someone added without nodad whose kernel duplicate
+	// detection failed (or still runs) is not ours to re-announce: remove it
+	// and run our own check, which names the MAC that answers.
+	if have != nil && have.Flags&(syscall.IFA_F_DADFAILED|syscall.IFA_F_TENTATIVE) != 0 {
+		v.log.Warn("vip: the address is on the interface but tentative or failed duplicate detection; removing it and probing", "flags", have.Flags)
+		if err := h.AddrDel(l, have); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return fmt.Errorf("vip: removing tentative %s from %s: %w", v.cfg.Address, v.cfg.Interface, err)
+		}
+		have = nil
+	}
 	ifi := netInterface(l)
 	ann, err := v.open(ifi)
 	if err != nil {

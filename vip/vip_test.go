@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,6 +152,52 @@ func testConflict(t *testing.T, s *segment, addr string) {
 func TestConflictIPv4(t *testing.T) {
 	t.Parallel()
 	testConflict(t, ipv4Segment(t), "198.51.100.100/24")
+}
+
+// An IPv6 address someone added on B without nodad while A holds it fails
+// the kernel's duplicate detection; B's claim must not take that for "held":
+// it removes the address, probes, and refuses naming A's MAC.
+func TestConflictIPv6DADFailed(t *testing.T) {
+	t.Parallel()
+	s := ipv6Segment(t)
+	a, b := s.hosts["a"], s.hosts["b"]
+	cfg := testConfig("2001:db8::100/64")
+	ctx := testCtx(t)
+	if err := a.vipOn(t, cfg).Claim(ctx); err != nil {
+		t.Fatal(err)
+	}
+	inNS(t, b.ns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/eth0/accept_dad", []byte("1"), 0o644)
+	})
+	plain := nlAddr(cfg.Address)
+	plain.Flags = 0 // with duplicate address detection, as `ip addr add` does
+	if err := b.nl.AddrAdd(b.eth, plain); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel's detection takes about a second (one solicitation, then
+	// RetransTimer); bounded wait for its verdict.
+	deadline := time.Now().Add(waitBound)
+	for {
+		have, err := findAddr(b.nl, b.eth, cfg.Address.Addr())
+		if err != nil || have == nil {
+			t.Fatalf("B's address: %v %v", have, err)
+		}
+		if have.Flags&syscall.IFA_F_DADFAILED != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("B's kernel did not fail duplicate detection in %v (flags %#x)", waitBound, have.Flags)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	err := b.vipOn(t, cfg).Claim(ctx)
+	var ce *ConflictError
+	if !errors.As(err, &ce) || !sameMAC(ce.MAC, a.mac) {
+		t.Fatalf("B's claim over a dadfailed address: %v, want a conflict naming %v", err, a.mac)
+	}
+	if b.holds(t, cfg.Address) {
+		t.Fatal("the dadfailed address is still on B")
+	}
 }
 
 func TestConflictIPv6(t *testing.T) {
