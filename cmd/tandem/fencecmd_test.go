@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tandem-ha/tandem/fence/fencetest"
 	"github.com/tandem-ha/tandem/tools/testenv"
@@ -231,5 +232,42 @@ func TestFenceCLIErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v; want an error with %q", c.args, err, c.want)
 		}
+	}
+}
+
+func TestParseSince(t *testing.T) {
+	now := time.Date(2026, 12, 1, 19, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"15m":                  now.Add(-15 * time.Minute),
+		"0s":                   now,
+		"2026-12-01T18:00:00Z": now.Add(-time.Hour),
+	} {
+		if got, err := parseSince(in, now); err != nil || !got.Equal(want) {
+			t.Errorf("parseSince(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-5m", "2026-12-01T20:00:00Z", "yesterday", ""} {
+		if _, err := parseSince(in, now); err == nil {
+			t.Errorf("parseSince(%q) accepted", in)
+		}
+	}
+}
+
+func TestFenceConfirmJSON(t *testing.T) {
+	path, dir := writeFenceConfig(t, 1, 2, "/bin/false")
+	out, _, err := execute(t, "--config", path, "fence", "confirm", "beta", "--node", "alpha", "--yes", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Node, By, Host string
+		At             time.Time
+	}
+	if err := json.Unmarshal([]byte(out), &c); err != nil || c.Node != "beta" || c.At.IsZero() {
+		t.Fatalf("confirm --json: %v %+v\n%s", err, c, out)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "alpha", "fence", "beta.confirmed"))
+	if err != nil || !strings.Contains(string(data), `"node": "beta"`) {
+		t.Fatalf("record: %v\n%s", err, data)
 	}
 }
