@@ -119,7 +119,8 @@ func (v *VIP) Config() Config { return v.cfg }
 //
 // If announcing fails, an address that Claim added is removed again. A
 // claim of an address already held re-announces it: that is how a restarted
-// daemon refreshes the neighbours' caches.
+// daemon refreshes the neighbours' caches. An IPv6 address found tentative
+// or dadfailed does not count as held: it is removed and probed for.
 func (v *VIP) Claim(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -171,10 +172,15 @@ func (v *VIP) Claim(ctx context.Context) error {
 		if err := ctxDone(ctx); err != nil {
 			return fmt.Errorf("vip: claiming %s: %w", v.cfg.Address, err)
 		}
-		if err := h.AddrAdd(l, nlAddr(v.cfg.Address)); err != nil && !errors.Is(err, syscall.EEXIST) {
+		switch err := h.AddrAdd(l, nlAddr(v.cfg.Address)); {
+		case err == nil:
+			added = true
+		case errors.Is(err, syscall.EEXIST):
+			// Added meanwhile by someone else on this node: not ours to
+			// remove if announcing fails.
+		default:
 			return fmt.Errorf("vip: adding %s to %s: %w", v.cfg.Address, v.cfg.Interface, err)
 		}
-		added = true
 	} else if p := prefixOf(have); p != v.cfg.Address {
 		v.log.Warn("vip: address already on the interface with another prefix length; keeping it", "have", p)
 	}
