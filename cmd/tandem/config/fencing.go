@@ -340,6 +340,50 @@ func (d *decoder) agentOptions(e entry, path string) map[string]string {
 	return out
 }
 
+// checkFencing: no two nodes name the same fencing device. A copied level
+// whose address was not changed would make fencing one node switch off the
+// other: the survivor.
+func (c *Config) checkFencing(ps *problems) {
+	type use struct {
+		node string
+		line int
+	}
+	seen := map[string]use{}
+	for i := range c.Nodes {
+		n := &c.Nodes[i]
+		for j := range n.Fencing {
+			l := &n.Fencing[j]
+			var key, what string
+			switch {
+			case l.Type == FenceIPMI && l.Address != "":
+				key = "ipmi\x00" + normHost(l.Address) + "\x00" + strconv.Itoa(l.Port)
+				what = fmt.Sprintf("the BMC %s port %d", l.Address, l.Port)
+			case l.Type == FenceAgent && l.Agent != "":
+				opts := make([]string, 0, len(l.Options))
+				for k, v := range l.Options {
+					opts = append(opts, k+"="+v)
+				}
+				sort.Strings(opts)
+				key = "agent\x00" + l.Agent + "\x00" + strings.Join(opts, "\n") + "\x00" + l.Plug
+				what = fmt.Sprintf("agent %s with the same options and plug %q", l.Agent, l.Plug)
+			default:
+				continue
+			}
+			line := l.lines.at("")
+			if first, dup := seen[key]; dup && first.node != n.Name {
+				fix := "give each node its own BMC address (or port)"
+				if l.Type == FenceAgent {
+					fix = "set the plug (or the options) that name " + n.Name + " to the agent"
+				}
+				ps.add(line, fmt.Sprintf("nodes[%d].fencing[%d]", i, j),
+					fmt.Sprintf("%s also fences node %s (line %d): fencing %s would switch %s off", what, first.node, first.line, n.Name, first.node), fix)
+				continue
+			}
+			seen[key] = use{n.Name, line}
+		}
+	}
+}
+
 // checkLocalFencing looks, on this host, at the files it would use to fence
 // the other nodes: their levels' password files and agents. A node never
 // fences itself, so its own levels' files live elsewhere.

@@ -175,6 +175,10 @@ func TestParseFencingProblems(t *testing.T) {
 			[]want{{"#A", "nodes[1].fencing", "no levels"}}},
 		{"fencing not a list", []string{"    fencing:\n      - type: ipmi\n        address: bmc-beta.example.com\n        username: admin\n        password-file: /etc/tandem/beta-bmc.password\n", "    fencing: ipmi #A\n"},
 			[]want{{"#A", "nodes[1].fencing", "want a list"}}},
+		{"two nodes, one BMC", []string{"address: bmc-beta.example.com", "address: 192.0.2.21\n        port: 6230"},
+			[]want{{"      - type: ipmi\n        address: 192.0.2.21\n        port: 6230\n        username: admin\n        password-file: /etc/tandem/beta", "nodes[1].fencing[0]", "the BMC 192.0.2.21 port 6230 also fences node alpha (line 7): fencing beta would switch alpha off"}}},
+		{"two nodes, one plug", []string{"      - type: ipmi\n        address: bmc-beta.example.com\n", "      - type: agent\n        agent: /usr/sbin/fence_virsh\n        options:\n          ip: 192.0.2.30\n          username: root\n          identity_file: /root/.ssh/id_ed25519\n          ssl_insecure:\n        plug: alpha-vm\n        password-file: /etc/tandem/virsh.password\n      - type: ipmi\n        address: bmc-beta.example.com\n"},
+			[]want{{"      - type: agent\n        agent: /usr/sbin/fence_virsh\n        options:\n          ip: 192.0.2.30\n          username: root\n          identity_file: /root/.ssh/id_ed25519\n          ssl_insecure:\n        plug: alpha-vm\n        password-file: /etc/tandem/virsh.password\n      - type: ipmi\n        address: bmc-beta", "nodes[1].fencing[0]", "also fences node alpha"}}},
 		{"long user name", []string{"username: admin\n        password-file: /etc/tandem/beta", "username: a-very-long-user-name #A\n        password-file: /etc/tandem/beta"},
 			[]want{{"#A", "nodes[1].fencing[0].username", "at most 16 characters"}}},
 	})

@@ -113,6 +113,7 @@ func (c *Config) check(ps *problems) {
 	c.checkDevices(ps, nodes)
 	c.checkListeners(ps, nodes)
 	c.checkVIPs(ps)
+	c.checkFencing(ps)
 }
 
 // checkFields covers, for a Config built in code, the per-key rules that
