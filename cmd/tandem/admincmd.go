@@ -60,6 +60,14 @@ func hint(code, resource string) string {
 		return fmt.Sprintf("tandem status %s says why; fix it (e.g. tandem create-md) and restart the daemon", resource)
 	case daemon.CodeShuttingDown:
 		return "the daemon is stopping"
+	case daemon.CodeIsPrimary:
+		return fmt.Sprintf("this node is Primary: tandem demote %s first", resource)
+	case daemon.CodeDiskFailed:
+		return "the local disk returned an I/O error and is detached; replace or repair it, then restart the daemon (a resync follows)"
+	case daemon.CodePeerLost:
+		return fmt.Sprintf("the peer went away during the operation: check tandem status %s, reconnect and retry", resource)
+	case daemon.CodeStaleEpoch:
+		return "the peer has seen a newer epoch: this node was deposed as Primary"
 	}
 	return ""
 }

@@ -94,6 +94,9 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 		if rs.SuspendedIO {
 			lines = append(lines, "I/O suspended")
 		}
+		if details && rs.LastResync != nil {
+			lines = append(lines, "last resync: "+progress(rs.LastResync))
+		}
 		if details {
 			g := rs.Generations
 			lines = append(lines,

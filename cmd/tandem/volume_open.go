@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
 	"github.com/tandem-ha/tandem/replicate"
@@ -10,5 +9,9 @@ import (
 
 // openVolume is where the daemon gets its replicated volumes.
 func openVolume(ctx context.Context, cfg replicate.Config) (daemon.Volume, error) {
-	return nil, errors.New("the replicated volume (replicate.Open) is not in this build yet")
+	v, err := replicate.Open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
 }

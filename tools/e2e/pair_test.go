@@ -211,6 +211,10 @@ func (p *pair) initialSync() {
 	if !strings.Contains(out, "Primary") {
 		p.t.Fatalf("promote --force: %s", out)
 	}
+	// Two Inconsistent replicas stay StandAlone (neither can be a sync
+	// source) until the admin has picked one and reconnects them.
+	p.tandem("alpha", "connect", "r0")
+	p.tandem("beta", "connect", "r0")
 	p.waitStatus("alpha", "the initial sync", inSync)
 	p.waitStatus("beta", "the initial sync", inSync)
 }

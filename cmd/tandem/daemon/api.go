@@ -92,6 +92,10 @@ const (
 	CodeSplitBrain      = "split_brain"
 	CodeBusy            = "busy"
 	CodeClosed          = "closed"
+	CodeIsPrimary       = "is_primary"
+	CodeDiskFailed      = "disk_failed"
+	CodePeerLost        = "peer_lost"
+	CodeStaleEpoch      = "stale_epoch"
 	CodeInternal        = "internal"
 )
 
@@ -121,6 +125,10 @@ func codeOf(err error) (string, int) {
 		{replicate.ErrSplitBrain, CodeSplitBrain, http.StatusConflict},
 		{replicate.ErrBusy, CodeBusy, http.StatusConflict},
 		{replicate.ErrClosed, CodeClosed, http.StatusServiceUnavailable},
+		{replicate.ErrIsPrimary, CodeIsPrimary, http.StatusConflict},
+		{replicate.ErrDiskFailed, CodeDiskFailed, http.StatusServiceUnavailable},
+		{replicate.ErrPeerLost, CodePeerLost, http.StatusConflict},
+		{replicate.ErrStaleEpoch, CodeStaleEpoch, http.StatusConflict},
 	} {
 		if errors.Is(err, c.err) {
 			return c.code, c.status

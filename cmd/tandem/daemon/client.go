@@ -46,6 +46,8 @@ func (e *APIError) Is(target error) bool {
 		{CodePeerPrimary, replicate.ErrPeerPrimary}, {CodeNotUpToDate, replicate.ErrNotUpToDate},
 		{CodeNotConnected, replicate.ErrNotConnected}, {CodeSplitBrain, replicate.ErrSplitBrain},
 		{CodeBusy, replicate.ErrBusy}, {CodeClosed, replicate.ErrClosed},
+		{CodeIsPrimary, replicate.ErrIsPrimary}, {CodeDiskFailed, replicate.ErrDiskFailed},
+		{CodePeerLost, replicate.ErrPeerLost}, {CodeStaleEpoch, replicate.ErrStaleEpoch},
 	} {
 		if e.Code == c.code && target == c.err {
 			return true

@@ -220,7 +220,8 @@ func (d *Daemon) openResource(ctx context.Context, r *resource, secret []byte) {
 		down(err)
 		return
 	}
-	vcfg, err := d.volumeConfig(r, secret, log)
+	// The volume names its resource in its own log records.
+	vcfg, err := d.volumeConfig(r, secret, d.log)
 	if err != nil {
 		down(err)
 		return
