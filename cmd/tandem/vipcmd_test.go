@@ -235,3 +235,82 @@ func TestVIPClaimReleaseCLI(t *testing.T) {
 		t.Errorf("an unknown resource: %v %q", err, errOut)
 	}
 }
+
+// The whole story with a real NBD client: alpha and beta each serve an
+// export (of different sizes, so the client can tell them apart) in their
+// own namespace; a client namespace reaches it through the VIP with nbdinfo.
+// The VIP moves by hand from alpha to beta and the client's next nbdinfo
+// reaches beta at once. Hosts on a bridge in a namespace of its own, lab
+// addresses only inside the namespaces, no default route.
+func TestVIPFailoverNBDClient(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "ip", "nbdinfo")
+	bin := testenv.BuildTandem(t)
+	br := netnsAdd(t, "vipbr")
+	testenv.Run(t, "ip", "-n", br, "link", "add", "br0", "type", "bridge")
+	testenv.Run(t, "ip", "-n", br, "link", "set", "br0", "up")
+	hosts := []struct{ role, ns, addr string }{{"alpha", "", "198.51.100.1/24"}, {"beta", "", "198.51.100.2/24"}, {"client", "", "198.51.100.3/24"}}
+	for i := range hosts {
+		h := &hosts[i]
+		h.ns = netnsAdd(t, "vip"+h.role)
+		port := "p" + h.role
+		testenv.Run(t, "ip", "link", "add", "eth0", "netns", h.ns, "type", "veth", "peer", "name", port, "netns", br)
+		testenv.Run(t, "ip", "-n", br, "link", "set", port, "master", "br0", "up")
+		for _, args := range [][]string{{"link", "set", "lo", "up"}, {"link", "set", "eth0", "up"}, {"addr", "add", h.addr, "dev", "eth0"}} {
+			testenv.Run(t, "ip", append([]string{"-n", h.ns}, args...)...)
+		}
+	}
+	alpha, beta, client := hosts[0].ns, hosts[1].ns, hosts[2].ns
+
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tandem.yaml")
+	if err := os.WriteFile(path, []byte(strings.Replace(claimConfig, "interface: vip0", "interface: eth0", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, ns := range []string{alpha, beta} {
+		img := filepath.Join(dir, fmt.Sprintf("disk%d.img", i))
+		if err := os.WriteFile(img, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, int64(i+1)<<20); err != nil { // alpha 1 MiB, beta 2 MiB
+			t.Fatal(err)
+		}
+		ready := filepath.Join(dir, fmt.Sprintf("ready%d", i))
+		p := testenv.Start(t, "ip", "netns", "exec", ns, bin, "serve", "--ready-file", ready, "--listen", "0.0.0.0:10809", "--export", "db="+img)
+		p.WaitFor(t, "the ready file", func() bool { b, err := os.ReadFile(ready); return err == nil && len(b) > 0 })
+	}
+	vipCmd := func(ns, node string, args ...string) string {
+		return testenv.Run(t, "ip", append([]string{"netns", "exec", ns, bin, "--config", path, "vip"}, append(args, "--node", node)...)...)
+	}
+	size := func() string {
+		return strings.TrimSpace(testenv.Run(t, "ip", "netns", "exec", client, "nbdinfo", "--size", "nbd://198.51.100.100:10809/db"))
+	}
+
+	// Carrier on fresh veths comes a moment after they are up: wait
+	// (bounded) for alpha's first claim to go through.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, errOut, err := testenv.RunErr("ip", "netns", "exec", alpha, bin, "--config", path, "vip", "claim", "db", "--node", "alpha")
+		if err == nil {
+			break
+		}
+		if !strings.Contains(errOut, "interface down") || time.Now().After(deadline) {
+			t.Fatalf("alpha's claim: %v: %s", err, errOut)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := size(); got != "1048576" {
+		t.Fatalf("through the VIP on alpha the client sees size %s, want alpha's 1048576", got)
+	}
+	vipCmd(alpha, "alpha", "release", "db")
+	vipCmd(beta, "beta", "claim", "db")
+	if got := size(); got != "2097152" {
+		t.Fatalf("after the move the client sees size %s, want beta's 2097152", got)
+	}
+	// And back: beta releases, alpha claims.
+	vipCmd(beta, "beta", "release", "db")
+	vipCmd(alpha, "alpha", "claim", "db")
+	if got := size(); got != "1048576" {
+		t.Fatalf("after moving back the client sees size %s, want alpha's 1048576", got)
+	}
+}
