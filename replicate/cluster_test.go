@@ -8,10 +8,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tandem-ha/tandem/nbd"
+	"github.com/tandem-ha/tandem/nbd/backend"
 	"github.com/tandem-ha/tandem/replicate/disk"
 	"github.com/tandem-ha/tandem/replicate/md"
 )
@@ -30,14 +33,18 @@ type pairOpts struct {
 	splitBrain  string
 	// blank: both sides created with the same generation (in sync).
 	blank bool
+	// files: the data areas are nbd/backend files in a temporary
+	// directory instead of disk.Mem (benchmarks).
+	files bool
 }
 
 type testNode struct {
-	t        *testing.T
+	t        testing.TB
 	name     string
 	peer     *testNode
 	addr     string
 	data     *disk.Mem
+	dataDev  nbd.Device // set with pairOpts.files
 	meta     *disk.Mem
 	v        *Volume
 	opts     pairOpts
@@ -47,11 +54,11 @@ type testNode struct {
 }
 
 type pair struct {
-	t    *testing.T
+	t    testing.TB
 	a, b *testNode
 }
 
-func listen(t *testing.T, addr string) net.Listener {
+func listen(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	var err error
@@ -67,7 +74,7 @@ func listen(t *testing.T, addr string) net.Listener {
 	return nil
 }
 
-func newPair(t *testing.T, o pairOpts) *pair {
+func newPair(t testing.TB, o pairOpts) *pair {
 	t.Helper()
 	if o.size == 0 {
 		o.size = 8 << 20
@@ -85,8 +92,17 @@ func newPair(t *testing.T, o pairOpts) *pair {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n.data = disk.NewMem(o.size)
 		n.meta = disk.NewMem(l.MetaSize())
+		if !o.files {
+			n.data = disk.NewMem(o.size)
+		} else {
+			f, err := backend.OpenFile(filepath.Join(t.TempDir(), n.name+".img"), backend.FileOptions{Create: true, Size: o.size})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.Close() })
+			n.dataDev = f
+		}
 		sb := md.Superblock{DataSize: o.size, Cluster: "testcluster", Resource: "r0", Node: n.name, Peer: n.peer.name}
 		if o.blank {
 			sb.Gen.Current = gen
@@ -123,7 +139,7 @@ func (n *testNode) config() Config {
 	return Config{
 		Cluster: "testcluster", Resource: "r0", Node: n.name, Peer: n.peer.name, Secret: []byte(testSecret),
 		Protocol: o.protocol, Compression: o.compression, PeerAddress: n.peer.addr,
-		Data: disk.Device(n.data, disk.DeviceOptions{}), Meta: n.meta,
+		Data: n.device(), Meta: n.meta,
 		Resync: o.resync, SplitBrain: o.splitBrain,
 		OnDegraded: func(ctx context.Context) error {
 			n.degraded.Add(1)
@@ -135,6 +151,13 @@ func (n *testNode) config() Config {
 		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("node", n.name),
 		PingInterval: 50 * time.Millisecond, PingTimeout: time.Second, ConnectTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond,
 	}
+}
+
+func (n *testNode) device() nbd.Device {
+	if n.dataDev != nil {
+		return n.dataDev
+	}
+	return disk.Device(n.data, disk.DeviceOptions{})
 }
 
 func (n *testNode) open() {
@@ -165,7 +188,7 @@ func (n *testNode) kill(crash bool, seed uint64) {
 func (n *testNode) restart() { n.open() }
 
 // waitFor polls cond until it holds, failing after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

@@ -382,3 +382,79 @@ func TestResyncChecksumSkipsEqualBlocks(t *testing.T) {
 		t.Fatalf("checksum resync: %+v, want 8 blocks sent of 40", last)
 	}
 }
+
+func TestResyncFullWithProgressAndRate(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 4 << 20, resync: ResyncConfig{MaxRate: 8 << 20}})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	workload(t, p.a.v, 2, 40, 4)
+	ctx := context.Background()
+	if err := p.a.v.Resync(ctx, true); !errors.Is(err, ErrIsPrimary) {
+		t.Fatalf("resync on the primary: %v, want ErrIsPrimary", err)
+	}
+	// Damage the secondary behind the volume's back; a full resync
+	// (invalidate) repairs it whatever the bitmaps say.
+	if _, err := p.b.data.WriteAt(bytes.Repeat([]byte{0xff}, 8192), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.b.v.Resync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	var seen Progress
+	waitFor(t, 10*time.Second, "resync progress in status", func() bool {
+		s := p.a.v.Status()
+		if s.Resync != nil && s.Resync.Percent > 0 && s.Resync.Percent < 100 && s.Conn == SyncSource {
+			seen = *s.Resync
+			return true
+		}
+		return false
+	})
+	if seen.TotalBytes != 4<<20 || !seen.Full || seen.LeftBytes <= 0 || seen.Rate <= 0 || seen.ETASeconds <= 0 {
+		t.Fatalf("progress: %+v", seen)
+	}
+	if s := p.b.v.Status(); s.Conn != SyncTarget || s.Disk != Inconsistent {
+		t.Fatalf("target during resync: %+v", s)
+	}
+	if _, err := p.b.v.Promote(ctx, false); !errors.Is(err, ErrNotUpToDate) && !errors.Is(err, ErrPeerPrimary) {
+		t.Fatalf("promote a sync target: %v", err)
+	}
+	p.waitConnected(20 * time.Second)
+	// 4 MiB at 8 MiB/s: at least about half a second (the bucket starts
+	// with one chunk).
+	if el := time.Since(start); el < 400*time.Millisecond {
+		t.Fatalf("4 MiB resync took %s with MaxRate 8 MiB/s", el)
+	}
+	p.identical()
+	if last := p.b.v.Status().LastResync; last == nil || !last.Full || last.TotalBytes != 4<<20 {
+		t.Fatalf("last resync on the target: %+v", last)
+	}
+}
+
+func TestCloseIsClean(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	workload(t, p.a.v, 4, 30, 5)
+	ctx := context.Background()
+	if err := p.a.v.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.WriteAt(ctx, make([]byte, 512), 0, false); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after close: %v", err)
+	}
+	if err := p.a.v.Close(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("second close: %v", err)
+	}
+	// Clean metadata: reopening recovers nothing, and the replicas are
+	// in sync: the peer reconnects without any resync.
+	p.a.restart()
+	if rec := p.a.v.meta.Recovery(); !rec.WasClean || len(rec.Extents) != 0 {
+		t.Fatalf("recovery after a clean close: %+v", rec)
+	}
+	p.waitConnected(10 * time.Second)
+	if p.a.v.Status().LastResync != nil || p.b.v.Status().LastResync != nil {
+		t.Fatal("a resync after a clean close")
+	}
+	p.identical()
+}
