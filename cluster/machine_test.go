@@ -1,0 +1,626 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Scenario tests: each drives the simulated cluster through one script and
+// checks the actions and the record; the simulator's safety checks run
+// after every step as well.
+
+// started is a cluster after boot: r0 on a, r1 on b, both in sync.
+func started(t *testing.T, mutate func(*Config)) *sim {
+	t.Helper()
+	s := newSim(t, mutate)
+	s.advance(time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v, want a\n%s", got, s.dump())
+	}
+	if got := s.serving("r1"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r1 served by %v, want b\n%s", got, s.dump())
+	}
+	s.acts = nil
+	return s
+}
+
+// actsOf lists node's actions since the last reset, as strings.
+func (s *sim) actsOf(node string) []string {
+	var out []string
+	for _, a := range s.acts {
+		if a.node == node {
+			out = append(out, a.a.String())
+		}
+	}
+	return out
+}
+
+// firstAct returns when node first did an action whose text has prefix.
+func (s *sim) firstAct(node, prefix string) (time.Time, bool) {
+	for _, a := range s.acts {
+		if a.node == node && strings.HasPrefix(a.a.String(), prefix) {
+			return a.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func (s *sim) mustOrder(t *testing.T, node string, prefixes ...string) {
+	t.Helper()
+	idx := 0
+	acts := s.actsOf(node)
+	for _, p := range prefixes {
+		found := false
+		for ; idx < len(acts); idx++ {
+			if strings.HasPrefix(acts[idx], p) {
+				found = true
+				idx++
+				break
+			}
+		}
+		if !found {
+			t.Fatalf("%s: no %q after the earlier steps; actions:\n%s", node, p, strings.Join(acts, "\n"))
+		}
+	}
+}
+
+func (s *sim) alerted(substr string) bool {
+	for _, a := range s.alerts {
+		if strings.Contains(a, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestStartupPromotesPreferred(t *testing.T) {
+	s := started(t, nil)
+	for _, r := range []string{"r0", "r1"} {
+		res := s.rec.Resource(r)
+		if res.Epoch != 1 || res.State("a") != StateUpToDate || res.State("b") != StateUpToDate {
+			t.Errorf("%s: %+v", r, res)
+		}
+	}
+}
+
+// The automatic failover sequence: primary dead -> fence it -> commit the
+// fencing -> wait out its lease -> commit the new primary at epoch+1 ->
+// promote -> claim the VIP.
+func TestFailoverSequence(t *testing.T) {
+	s := started(t, nil)
+	s.crash("a")
+	s.settle()
+	s.advance(300 * time.Millisecond) // b's detector: 200 ms
+	if _, ok := s.firstAct("b", "fence a [r0]"); !ok {
+		t.Fatalf("b did not fence a: %v", s.actsOf("b"))
+	}
+	s.completeFence()
+	s.advance(5 * time.Second)
+	s.mustOrder(t, "b", "fence a [r0]", "propose fenced node=a", "propose promote r0 node=b epoch=2", "promote r0 epoch=2", "claim-vip r0")
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after failover", got)
+	}
+	res := s.rec.Resource("r0")
+	if res.Epoch != 2 || res.Primary != "b" || res.LastFailover.How != "fenced" || res.LastFailover.From != "a" {
+		t.Fatalf("record after failover: %+v %+v", res, res.LastFailover)
+	}
+	// Not before the lease plus margin since b last saw a.
+	seen := simStart.Add(time.Second + 200*time.Millisecond)
+	promoted, _ := s.firstAct("b", "promote r0")
+	if min := seen.Add(DefaultLease + s.base.Margin); promoted.Before(min) {
+		t.Errorf("promoted at %v, before the old lease ran out (%v)", promoted.Sub(simStart), min.Sub(simStart))
+	}
+	// r1 was b's all along: untouched.
+	if s.rec.Resource("r1").Epoch != 1 {
+		t.Errorf("r1 epoch moved")
+	}
+}
+
+// Rule 5: a failed fence blocks the promotion, alerts, and is retried;
+// `fence confirm` unblocks it.
+func TestFenceFailureBlocksUntilConfirmed(t *testing.T) {
+	s := started(t, nil)
+	s.fenceOK = func(string) bool { return false }
+	s.crash("a")
+	s.settle()
+	for range 12 {
+		s.advance(time.Second)
+		s.completeFence()
+	}
+	if got := s.serving("r0"); len(got) != 0 {
+		t.Fatalf("r0 served by %v while fencing fails", got)
+	}
+	if !s.alerted("fencing a failed") || !s.alerted("tandem fence confirm a") {
+		t.Fatalf("no alert naming the failure and the way out: %v", s.alerts)
+	}
+	tries := 0
+	for _, a := range s.actsOf("b") {
+		if strings.HasPrefix(a, "fence a") {
+			tries++
+		}
+	}
+	if tries < 2 {
+		t.Fatalf("fence tried %d times in 12 s (retry every %v)", tries, DefaultFenceRetry)
+	}
+	s.admin("w", AdminRequest{ID: "fc", Op: AdminFenceConfirm, Node: "a"})
+	if r := s.lastReply("fc"); r.Err != nil || !strings.Contains(r.Text, "manual") {
+		t.Fatalf("fence confirm: %+v", r)
+	}
+	s.advance(time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after fence confirm", got)
+	}
+	if f := s.rec.Resource("r0").LastFailover; f.How != "fenced" {
+		t.Errorf("last failover %+v", f)
+	}
+	if n := len(s.rec.Fences); n == 0 || s.rec.Fences[n-1].Method != "manual" || s.rec.Fences[n-1].By != "w" {
+		t.Errorf("fence history %+v", s.rec.Fences)
+	}
+}
+
+// Rule 4 and rule 3: a cut replication link alone fails nothing over; the
+// primary marks its peer Outdated before the first write acknowledged
+// without it; after the link returns and the resync ends, the peer is
+// UpToDate again.
+func TestLinkCutMarksOutdatedAndResyncRestores(t *testing.T) {
+	s := started(t, nil)
+	s.setData(false)
+	s.write("r0")
+	s.advance(10 * time.Second)
+	s.mustOrder(t, "a", "propose mark-outdated r0 node=b epoch=1", "allow-degraded r0")
+	if st := s.rec.Resource("r0").State("b"); st != StateOutdated {
+		t.Fatalf("b is %s after a degraded write", st)
+	}
+	if s.acked["r0"] != 1 {
+		t.Fatalf("degraded write not acknowledged")
+	}
+	if s.fenceActions != 0 || s.rec.Resource("r0").Epoch != 1 || s.rec.Resource("r1").Epoch != 1 {
+		t.Fatalf("a link cut caused fencing (%d) or a promotion", s.fenceActions)
+	}
+	s.setData(true)
+	s.resync("r0")
+	s.advance(time.Second)
+	if st := s.rec.Resource("r0").State("b"); st != StateUpToDate {
+		t.Fatalf("b is %s after the resync", st)
+	}
+}
+
+// Rule 3: an Outdated replica never promotes automatically; promote
+// --force does, and says what it discards.
+func TestOutdatedNeverPromotesAutomatically(t *testing.T) {
+	s := started(t, nil)
+	s.setData(false)
+	s.write("r0")
+	s.crash("a")
+	s.settle()
+	for range 20 {
+		s.advance(time.Second)
+		s.completeFence()
+	}
+	if got := s.serving("r0"); len(got) != 0 {
+		t.Fatalf("Outdated b promoted: %v", got)
+	}
+	if !s.alerted("cannot take over") || !s.alerted("Outdated") {
+		t.Fatalf("no alert: %v", s.alerts)
+	}
+	s.admin("b", AdminRequest{ID: "p1", Op: AdminPromote, Resource: "r0"})
+	if r := s.lastReply("p1"); !errors.Is(r.Err, ErrNotUpToDate) || !strings.Contains(r.Err.Error(), "--force") {
+		t.Fatalf("promote without force: %+v", r)
+	}
+	s.admin("b", AdminRequest{ID: "p2", Op: AdminPromote, Resource: "r0", Force: true})
+	if r := s.lastReply("p2"); !errors.Is(r.Err, ErrNotFenced) || !strings.Contains(r.Err.Error(), "tandem fence confirm a") {
+		t.Fatalf("promote --force over an unfenced primary: %+v", r)
+	}
+	// Force overrides the disk state, never the fencing.
+	s.admin("w", AdminRequest{ID: "fc", Op: AdminFenceConfirm, Node: "a"})
+	s.admin("b", AdminRequest{ID: "p2", Op: AdminPromote, Resource: "r0", Force: true})
+	r := s.lastReply("p2")
+	if r.Err != nil || !strings.Contains(r.Text, "acknowledged after that is lost") {
+		t.Fatalf("promote --force: %+v", r)
+	}
+	res := s.rec.Resource("r0")
+	if res.Primary != "b" || res.LastFailover.How != "forced" || res.LastFailover.Discarded == "" || res.State("a") != StateOutdated {
+		t.Fatalf("record after forced promotion: %+v %+v", res, res.LastFailover)
+	}
+	// a comes back: Outdated, it neither promotes nor raises itself.
+	s.boot("a")
+	s.advance(5 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after a returned", got)
+	}
+}
+
+// Rule 2: a primary that loses quorum suspends at once (io-error: fails
+// I/O), and resumes only after a committed confirmation that nobody took
+// over.
+func TestQuorumLossSuspendsThenConfirms(t *testing.T) {
+	for _, policy := range []NoQuorumPolicy{NoQuorumSuspend, NoQuorumIOError} {
+		t.Run(string(policy), func(t *testing.T) {
+			s := started(t, func(c *Config) { c.Resources[0].OnNoQuorum = policy })
+			s.fenceOK = func(string) bool { return false } // b cannot take over
+			s.setLink("a", "b", false)
+			s.setLink("a", "w", false)
+			s.advance(300 * time.Millisecond)
+			if got := s.serving("r0"); len(got) != 0 {
+				t.Fatalf("a still serves without quorum")
+			}
+			want := "suspend-io r0"
+			if policy == NoQuorumIOError {
+				want = "fail-io r0"
+			}
+			s.mustOrder(t, "a", want, "release-vip r0")
+			s.advance(3 * time.Second)
+			s.completeFence()
+			s.setLink("a", "w", true)
+			s.advance(time.Second)
+			s.mustOrder(t, "a", want, "release-vip r0", "propose confirm-primary r0 node=a epoch=1", "resume-io r0", "claim-vip r0")
+			if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+				t.Fatalf("r0 served by %v after quorum returned", got)
+			}
+		})
+	}
+}
+
+// A primary cut off while the other side took over (here after an admin's
+// manual fence confirmation) learns it on its return and steps down: the
+// confirmation it needs to resume is refused.
+func TestDeposedPrimaryStepsDown(t *testing.T) {
+	s := started(t, nil)
+	s.fenceOK = func(string) bool { return false }
+	s.setLink("a", "b", false)
+	s.setLink("a", "w", false)
+	s.advance(time.Second)
+	s.admin("w", AdminRequest{ID: "fc", Op: AdminFenceConfirm, Node: "a"})
+	s.advance(5 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v", got)
+	}
+	s.setLink("a", "w", true)
+	s.setLink("a", "b", true)
+	s.advance(2 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after a returned", got)
+	}
+	if !s.alerted("deposed") {
+		t.Fatalf("no deposed alert: %v", s.alerts)
+	}
+	for _, a := range s.actsOf("a") {
+		if a == "resume-io r0" {
+			t.Fatalf("deposed a resumed I/O")
+		}
+	}
+}
+
+// An admin's promotion still waits out the old primary's lease, even when
+// a manual fence confirmation says it is off.
+func TestAdminPromoteWaitsForLease(t *testing.T) {
+	s := started(t, nil)
+	s.fenceOK = func(string) bool { return false }
+	s.setLink("a", "b", false)
+	s.setLink("a", "w", false)
+	s.advance(300 * time.Millisecond)
+	s.admin("w", AdminRequest{ID: "fc", Op: AdminFenceConfirm, Node: "a"})
+	s.admin("b", AdminRequest{ID: "p", Op: AdminPromote, Resource: "r0"})
+	if r := s.lastReply("p"); !errors.Is(r.Err, ErrNotAllowed) || !strings.Contains(r.Err.Error(), "lease") {
+		t.Fatalf("admin promote during the lease: %+v", r)
+	}
+	if got := s.serving("r0"); len(got) != 0 {
+		t.Fatalf("r0 served by %v during a's lease", got)
+	}
+	s.advance(3 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after the lease", got)
+	}
+}
+
+// switchover: stop I/O, wait until the peer is in sync, demote, promote,
+// move the VIP.
+func TestSwitchover(t *testing.T) {
+	s := started(t, nil)
+	s.admin("w", AdminRequest{ID: "so", Op: AdminSwitchover, Resource: "r0"})
+	if r := s.lastReply("so"); r.Err != nil {
+		t.Fatalf("switchover: %v", r.Err)
+	}
+	s.advance(time.Second)
+	s.mustOrder(t, "a", "suspend-io r0", "demote r0", "release-vip r0", "propose demote r0 node=a epoch=1")
+	s.mustOrder(t, "b", "propose promote r0 node=b epoch=2", "promote r0 epoch=2", "claim-vip r0")
+	res := s.rec.Resource("r0")
+	if res.Primary != "b" || res.Epoch != 2 || res.LastFailover.How != "demoted" || res.Target != "" {
+		t.Fatalf("after switchover: %+v", res)
+	}
+	if s.fenceActions != 0 {
+		t.Fatalf("a switchover fenced")
+	}
+	// Back, with --to.
+	s.admin("b", AdminRequest{ID: "so2", Op: AdminSwitchover, Resource: "r0", Node: "a"})
+	s.advance(time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v after switching back", got)
+	}
+}
+
+// A switchover to a peer that is not in sync is cancelled with an alert,
+// and the primary keeps serving.
+func TestSwitchoverRefusedWhenPeerBehind(t *testing.T) {
+	s := started(t, nil)
+	s.setData(false)
+	s.admin("w", AdminRequest{ID: "so", Op: AdminSwitchover, Resource: "r0", Node: "b"})
+	s.advance(time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v", got)
+	}
+	if !s.alerted("switchover of r0 to b cancelled") || s.rec.Resource("r0").Target != "" {
+		t.Fatalf("not cancelled: %v %+v", s.alerts, s.rec.Resource("r0"))
+	}
+	s.write("r0")
+	s.admin("w", AdminRequest{ID: "so2", Op: AdminSwitchover, Resource: "r0", Node: "b"})
+	if r := s.lastReply("so2"); !errors.Is(r.Err, ErrNotUpToDate) {
+		t.Fatalf("switchover to an Outdated peer: %+v", r)
+	}
+}
+
+// standby moves every resource off the node and keeps it off; unstandby
+// does not move them back (failback is manual).
+func TestStandby(t *testing.T) {
+	s := started(t, nil)
+	s.admin("w", AdminRequest{ID: "sb", Op: AdminStandby, Node: "a"})
+	s.advance(2 * time.Second)
+	for _, r := range []string{"r0", "r1"} {
+		if got := s.serving(r); !reflect.DeepEqual(got, []string{"b"}) {
+			t.Fatalf("%s served by %v with a in standby", r, got)
+		}
+	}
+	s.crash("b")
+	s.settle()
+	for range 15 {
+		s.advance(time.Second)
+		s.completeFence()
+	}
+	if got := s.serving("r0"); len(got) != 0 {
+		t.Fatalf("standby node took r0: %v", got)
+	}
+	s.boot("b")
+	s.advance(3 * time.Second)
+	s.admin("w", AdminRequest{ID: "usb", Op: AdminUnstandby, Node: "a"})
+	s.advance(3 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after unstandby (failback is manual)", got)
+	}
+}
+
+// Rule 6: failback: auto moves the resource back to its preferred node
+// once it resynced and stayed healthy for FailbackAfter; manual never does.
+func TestFailback(t *testing.T) {
+	for _, auto := range []bool{false, true} {
+		t.Run(fmt.Sprint("auto=", auto), func(t *testing.T) {
+			s := started(t, func(c *Config) {
+				if auto {
+					c.Resources[0].Failback = FailbackAuto
+					c.Resources[0].FailbackAfter = 5 * time.Second
+				}
+			})
+			s.crash("a")
+			s.settle()
+			s.advance(time.Second)
+			s.completeFence()
+			s.advance(5 * time.Second)
+			if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+				t.Fatalf("no failover: %v", got)
+			}
+			s.write("r0")
+			s.boot("a")
+			s.advance(3 * time.Second)
+			if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+				t.Fatalf("r0 moved back before the resync: %v", got)
+			}
+			s.resync("r0")
+			s.advance(3 * time.Second)
+			if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+				t.Fatalf("r0 moved back before FailbackAfter: %v", got)
+			}
+			s.advance(10 * time.Second)
+			want := []string{"b"}
+			if auto {
+				want = []string{"a"}
+			}
+			if got := s.serving("r0"); !reflect.DeepEqual(got, want) {
+				t.Fatalf("r0 served by %v, want %v", got, want)
+			}
+			if auto && s.acked["r0"] != s.nodes["a"].vols["r0"].version {
+				t.Fatalf("failback lost writes")
+			}
+		})
+	}
+}
+
+// An admin demote holds the resource: nothing promotes it until an admin
+// does.
+func TestAdminDemoteHolds(t *testing.T) {
+	s := started(t, nil)
+	s.admin("b", AdminRequest{ID: "d0", Op: AdminDemote, Resource: "r0"})
+	if r := s.lastReply("d0"); !errors.Is(r.Err, ErrNotPrimary) {
+		t.Fatalf("demote on the secondary: %+v", r)
+	}
+	s.admin("a", AdminRequest{ID: "d", Op: AdminDemote, Resource: "r0"})
+	s.advance(5 * time.Second)
+	if got := s.serving("r0"); len(got) != 0 || !s.rec.Resource("r0").Held {
+		t.Fatalf("after demote: served by %v, record %+v", got, s.rec.Resource("r0"))
+	}
+	s.admin("b", AdminRequest{ID: "p", Op: AdminPromote, Resource: "r0"})
+	s.advance(time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) || s.rec.Resource("r0").Held {
+		t.Fatalf("after promote: served by %v", got)
+	}
+}
+
+// A primary that restarts before anyone noticed hands its epoch back with
+// a demote of its own (it knows it is not serving); no fencing is needed,
+// and it never acts on the promotion its earlier run proposed.
+func TestRestartedPrimaryDemotesItself(t *testing.T) {
+	s := started(t, nil)
+	s.crash("a")
+	s.boot("a")
+	s.advance(2 * time.Second)
+	if s.fenceActions != 0 {
+		t.Fatalf("fenced a node that restarted unseen")
+	}
+	s.mustOrder(t, "a", "propose demote r0 node=a epoch=1", "propose promote r0 node=a epoch=2", "promote r0 epoch=2")
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v", got)
+	}
+}
+
+// A failed disk on the primary hands the resource to the peer.
+func TestPrimaryDiskFailure(t *testing.T) {
+	s := started(t, nil)
+	s.nodes["a"].vols["r0"].disk = DiskFailed
+	s.settle()
+	s.advance(time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after a's disk failed", got)
+	}
+	if st := s.rec.Resource("r0").State("a"); st != StateFailed {
+		t.Fatalf("a's replica is %s in the record", st)
+	}
+}
+
+// A witness drives no resource, but relays admin commands.
+func TestWitnessRelaysAdmin(t *testing.T) {
+	s := started(t, nil)
+	s.admin("w", AdminRequest{ID: "x", Op: AdminPromote, Resource: "r0"})
+	if r := s.lastReply("x"); !errors.Is(r.Err, ErrNoReplica) {
+		t.Fatalf("promote on the witness: %+v", r)
+	}
+	s.admin("w", AdminRequest{ID: "y", Op: "reboot"})
+	if r := s.lastReply("y"); !errors.Is(r.Err, ErrBadCommand) {
+		t.Fatalf("unknown op: %+v", r)
+	}
+	s.admin("w", AdminRequest{ID: "z", Op: AdminFenceConfirm, Node: "w"})
+	if r := s.lastReply("z"); !errors.Is(r.Err, ErrNotAllowed) {
+		t.Fatalf("fence confirm of a non-primary: %+v", r)
+	}
+}
+
+func TestMachineConfig(t *testing.T) {
+	ok := Config{Node: "a", Voters: []string{"a", "b", "w"}, Resources: []ResourceConfig{{Name: "r0", Replicas: [2]string{"a", "b"}}}}
+	if _, err := NewMachine(ok); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	cases := map[string]func(*Config){
+		"node not a voter":      func(c *Config) { c.Node = "z" },
+		"two voters":            func(c *Config) { c.Voters = []string{"a", "b"} },
+		"four voters":           func(c *Config) { c.Voters = []string{"a", "b", "c", "w"} },
+		"margin below the tick": func(c *Config) { c.Margin = time.Millisecond },
+		"negative lease":        func(c *Config) { c.Lease = -time.Second },
+		"replica not a voter":   func(c *Config) { c.Resources[0].Replicas[1] = "z" },
+		"same replica twice":    func(c *Config) { c.Resources[0].Replicas[1] = "a" },
+		"preferred elsewhere":   func(c *Config) { c.Resources[0].Preferred = "w" },
+		"duplicate resource":    func(c *Config) { c.Resources = append(c.Resources, c.Resources[0]) },
+		"bad on-no-quorum":      func(c *Config) { c.Resources[0].OnNoQuorum = "panic" },
+		"bad failback":          func(c *Config) { c.Resources[0].Failback = "sometimes" },
+	}
+	for name, mutate := range cases {
+		c := ok
+		c.Resources = append([]ResourceConfig(nil), ok.Resources...)
+		mutate(&c)
+		if _, err := NewMachine(c); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if ok.Resources[0].OnNoQuorum != "" {
+		t.Errorf("NewMachine wrote its defaults into the caller's config")
+	}
+}
+
+// Single-machine table: events in, actions out, for the decisions that do
+// not need a cluster around them.
+func TestMachineTable(t *testing.T) {
+	at := func(d time.Duration) time.Time { return simStart.Add(d) }
+	base := Config{Node: "b", Boot: "1", Voters: []string{"a", "b", "w"},
+		Resources: []ResourceConfig{{Name: "r0", Replicas: [2]string{"a", "b"}, Preferred: "a"}}}
+	// rec: a primary at epoch 1, both UpToDate.
+	recA := running(t)
+	commit := func(r *Record) Event {
+		return Committed{At: at(0), Cmd: Command{ID: "x/0/1", Op: OpPromote}, Record: r}
+	}
+	alive := func(n string, d time.Duration) Event { return MemberChange{At: at(d), Node: n, State: MemberAlive} }
+	dead := func(n string, d time.Duration) Event { return MemberChange{At: at(d), Node: n, State: MemberDead} }
+	vol := func(d time.Duration, disk DiskState, conn bool) Event {
+		return VolumeReport{At: at(d), Resource: "r0", State: VolumeState{Disk: disk, Connected: conn, PeerDisk: DiskUpToDate}}
+	}
+	cases := []struct {
+		name   string
+		events []Event
+		want   []string // prefixes expected in the last step's actions, in order
+		never  []string // prefixes that must not appear in any step
+	}{
+		{"secondary with a live primary does nothing",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true), Tick{At: at(time.Second)}},
+			nil, []string{"propose promote", "fence"}},
+		{"dead primary is fenced at once",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true), dead("a", time.Second)},
+			[]string{"fence a [r0]"}, []string{"propose promote"}},
+		{"suspect is not dead",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true),
+				MemberChange{At: at(time.Second), Node: "a", State: MemberSuspect}, Tick{At: at(10 * time.Second)}},
+			nil, []string{"fence", "propose promote"}},
+		{"no quorum, no fencing",
+			[]Event{commit(recA), alive("a", 0), vol(0, DiskUpToDate, true), dead("a", time.Second), Tick{At: at(10 * time.Second)}},
+			nil, []string{"fence", "propose"}},
+		{"unknown peer is given the startup grace",
+			[]Event{commit(recA), alive("w", 0), vol(0, DiskUpToDate, false), Tick{At: at(DefaultStartupGrace - time.Second)}},
+			nil, []string{"fence"}},
+		{"unknown peer after the startup grace is fenced",
+			[]Event{commit(recA), alive("w", 0), vol(0, DiskUpToDate, false), Tick{At: at(DefaultStartupGrace)}},
+			[]string{"fence a"}, nil},
+		{"a Degraded request on a secondary is refused",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), DegradedRequest{At: at(0), Resource: "r0"}},
+			[]string{"refuse-degraded r0"}, nil},
+		{"volume primary without a promotion is demoted",
+			[]Event{commit(recA), VolumeReport{At: at(0), Resource: "r0", State: VolumeState{Disk: DiskUpToDate, Primary: true}}},
+			[]string{"demote r0"}, nil},
+		{"a local disk worse than the record is reported",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskInconsistent, false)},
+			[]string{"propose report-disk r0 node=b state=Inconsistent"}, nil},
+		{"a local disk better than the record is not",
+			[]Event{commit(mustApply(t, recA, markOutdated("a", "b", 1))), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, false)},
+			nil, []string{"propose report-disk"}},
+		{"connected but Outdated asks for a resync",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskOutdated, true)},
+			[]string{"start-resync r0"}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := NewMachine(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var last []string
+			for _, ev := range tc.events {
+				last = nil
+				for _, a := range m.Step(ev).Actions {
+					s := a.String()
+					last = append(last, s)
+					for _, bad := range tc.never {
+						if strings.HasPrefix(s, bad) {
+							t.Fatalf("after %T: unexpected %q", ev, s)
+						}
+					}
+				}
+			}
+			i := 0
+			for _, w := range tc.want {
+				for i < len(last) && !strings.HasPrefix(last[i], w) {
+					i++
+				}
+				if i == len(last) {
+					t.Fatalf("last step did %v, want %v", last, tc.want)
+				}
+			}
+		})
+	}
+}
