@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -30,8 +31,16 @@ type config struct {
 	Dir     string
 	Targets []string
 	Rows    []row
-	Tandem  string // prebuilt tandem binary; built from ./cmd/tandem if empty
+	// Resync selects the resync row (the replicated target only).
+	Resync bool
+	// ResyncSize is what the bitmap resync measurement dirties.
+	ResyncSize int64
+	Tandem     string // prebuilt tandem binary; built from ./cmd/tandem if empty
 }
+
+// rowResync is the -rows name of the resync measurements, which are not
+// a fio workload.
+const rowResync = "resync"
 
 func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -42,7 +51,8 @@ func parseFlags(args []string) (config, error) {
 	out := fs.String("out", "docs/benchmarks.md", "document whose results section is rewritten (empty: print to stdout)")
 	dir := fs.String("dir", "/var/tmp", "directory for the served file (on the work disk, not tmpfs)")
 	targets := fs.String("targets", strings.Join(allTargets, ","), "comma-separated targets: "+strings.Join(allTargets, ","))
-	rows := fs.String("rows", strings.Join(defaultRows, ","), "comma-separated workloads, from: "+rowNames())
+	rows := fs.String("rows", strings.Join(append(slices.Clone(defaultRows), rowResync), ","), "comma-separated workloads, from: "+rowNames())
+	resyncSize := fs.String("resync-size", "", "data written while the secondary is down, for the bitmap resync (default: half of -size)")
 	tandem := fs.String("tandem", "", "tandem binary to use instead of building ./cmd/tandem")
 	quick := fs.Bool("quick", false, "smoke run: 1 repetition of 3s + 1s ramp (unless -reps/-runtime/-ramp are given)")
 	if err := fs.Parse(args); err != nil {
@@ -78,6 +88,15 @@ func parseFlags(args []string) (config, error) {
 	if cfg.Size%(1<<20) != 0 {
 		return config{}, errors.New("bench: -size must be a multiple of 1M (the largest block size)")
 	}
+	cfg.ResyncSize = cfg.Size / 2
+	if *resyncSize != "" {
+		if cfg.ResyncSize, err = parseSize(*resyncSize); err != nil {
+			return config{}, err
+		}
+	}
+	if cfg.ResyncSize%(1<<20) != 0 || cfg.ResyncSize > cfg.Size {
+		return config{}, errors.New("bench: -resync-size must be a multiple of 1M and at most -size")
+	}
 	for _, name := range splitList(*targets) {
 		if !has(allTargets, name) {
 			return config{}, fmt.Errorf("bench: unknown target %q (want %s)", name, strings.Join(allTargets, ","))
@@ -85,14 +104,43 @@ func parseFlags(args []string) (config, error) {
 		cfg.Targets = append(cfg.Targets, name)
 	}
 	for _, name := range splitList(*rows) {
+		if name == rowResync {
+			cfg.Resync = true
+			continue
+		}
 		r, ok := findRow(name)
 		if !ok {
 			return config{}, fmt.Errorf("bench: unknown workload %q (want %s)", name, rowNames())
 		}
 		cfg.Rows = append(cfg.Rows, r)
 	}
-	if len(cfg.Targets) == 0 || len(cfg.Rows) == 0 {
+	if len(cfg.Targets) == 0 || len(cfg.Rows) == 0 && !cfg.Resync {
 		return config{}, errors.New("bench: need at least one target and one workload")
+	}
+	if cfg.Resync && !has(cfg.Targets, tRepl) {
+		if set["rows"] {
+			return config{}, fmt.Errorf("bench: the %s row needs target %s", rowResync, tRepl)
+		}
+		cfg.Resync = false // the default rows, without the replicated target
+	}
+	// A target with nothing to run is left out of the default target
+	// list, and refused when named.
+	kept := cfg.Targets[:0]
+	for _, name := range cfg.Targets {
+		runs := name == tRepl && cfg.Resync
+		for _, r := range cfg.Rows {
+			runs = runs || targetRuns(name, r.Name)
+		}
+		switch {
+		case runs:
+			kept = append(kept, name)
+		case set["targets"]:
+			return config{}, fmt.Errorf("bench: target %s runs none of the selected workloads (it runs %s)", name, targetRowNames(name))
+		}
+	}
+	cfg.Targets = kept
+	if len(cfg.Targets) == 0 {
+		return config{}, errors.New("bench: no target runs any of the selected workloads")
 	}
 	// Table order, whatever order the flag gave.
 	var ordered []string
@@ -103,6 +151,16 @@ func parseFlags(args []string) (config, error) {
 	}
 	cfg.Targets = ordered
 	return cfg, nil
+}
+
+// targetRuns says whether target name takes part in workload row.
+func targetRuns(name, row string) bool { return name != tRepl || has(replRows, row) }
+
+func targetRowNames(name string) string {
+	if name == tRepl {
+		return strings.Join(append(slices.Clone(replRows), rowResync), ",")
+	}
+	return "every fio workload"
 }
 
 func splitList(s string) []string {
@@ -120,7 +178,7 @@ func rowNames() string {
 	for i, r := range allRows {
 		names[i] = r.Name
 	}
-	return strings.Join(names, ",")
+	return strings.Join(append(names, rowResync), ",")
 }
 
 func findRow(name string) (row, bool) {
@@ -174,7 +232,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 		return err
 	}
 
-	if err := checkDir(cfg.Dir, cfg.Size); err != nil {
+	files := int64(1)
+	if has(cfg.Targets, tRepl) {
+		files += 2 // both replicas' devices
+	}
+	if err := checkDir(cfg.Dir, files*cfg.Size); err != nil {
 		return err
 	}
 	work, err := os.MkdirTemp(cfg.Dir, "tandem-bench-")
@@ -191,42 +253,87 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	file := filepath.Join(work, "bench.img")
-	log.Info("filling the served file", "path", file, "size", cfg.Size)
-	f, err := fill(ctx, file, cfg.Size)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
 
 	var targets []*target
+	var stoppers []func() error // in start order; run in reverse
 	defer func() {
-		for i := len(targets) - 1; i >= 0; i-- {
-			if serr := targets[i].stop(); serr != nil {
-				log.Warn("stopping server", "target", targets[i].Name, "err", serr)
+		for i := len(stoppers) - 1; i >= 0; i-- {
+			if serr := stoppers[i](); serr != nil {
+				log.Warn("stopping", "err", serr)
 				if err == nil {
 					err = serr
 				}
 			}
 		}
 	}()
+	file := filepath.Join(work, "bench.img")
+	paths := []string{file}
+	var repl *target
 	for _, name := range cfg.Targets {
 		t, err := newTarget(name, file, cfg.Size, bins, work)
 		if err != nil {
 			return err
 		}
 		targets = append(targets, t)
-		if err := t.start(ctx, cfg.Size, filepath.Join(work, name+".log")); err != nil {
+		if t.pair != nil {
+			repl = t
+			paths = append(paths, t.pair.devices()...)
+		}
+	}
+	log.Info("filling the served files", "paths", strings.Join(paths, ","), "size", cfg.Size)
+	synced, err := fill(ctx, paths, cfg.Size)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, f := range synced {
+			f.Close()
+		}
+	}()
+	// Start every run without the previous run's dirty pages.
+	syncAll := func() error {
+		for _, f := range synced {
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("bench: syncing %s: %w", f.Name(), err)
+			}
+		}
+		return nil
+	}
+
+	var peer *netPeer
+	if repl != nil {
+		if peer, err = startNetPeer(ctx, bins.NetPeer, work); err != nil {
 			return err
 		}
-		if t.Server != nil {
-			log.Info("server ready", "target", name, "pid", t.proc.pid, "uri", t.uri())
+		stoppers = append(stoppers, peer.proc.stopDefault)
+		log.Info("loopback peer ready", "pid", peer.proc.pid, "addr", peer.addr)
+	}
+	for _, t := range targets {
+		stoppers = append(stoppers, t.stop)
+		if err := t.start(ctx, cfg.Size, filepath.Join(work, t.Name+".log")); err != nil {
+			return err
+		}
+		switch {
+		case t.pair != nil:
+			log.Info("replicated pair ready", "target", t.Name, "primary pid", t.pair.Primary.proc.pid,
+				"secondary pid", t.pair.Secondary.proc.pid, "uri", t.uri())
+		case t.Server != nil:
+			log.Info("server ready", "target", t.Name, "pid", t.proc.pid, "uri", t.uri())
 		}
 	}
 
-	total := cfg.Reps * len(cfg.Rows) * len(targets)
+	perRep := 0
+	for _, r := range cfg.Rows {
+		for _, t := range targets {
+			if t.runs(r.Name) {
+				perRep++
+			}
+		}
+	}
+	total := cfg.Reps * perRep
 	log.Info("running", "runs", total, "estimate", (time.Duration(total) * (cfg.Runtime + cfg.Ramp + time.Second)).String())
 	results := map[string]map[string][]sample{}
+	var link linkResults
 	var failures []string
 	n := 0
 	for rep := range cfg.Reps {
@@ -236,13 +343,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 			}
 			for i := range targets {
 				t := targets[(i+rep)%len(targets)]
+				if !t.runs(r.Name) {
+					continue
+				}
 				n++
 				if err := ctx.Err(); err != nil {
 					return fmt.Errorf("bench: interrupted: %w", err)
 				}
-				// Start every run without the previous run's dirty pages.
-				if err := f.Sync(); err != nil {
-					return fmt.Errorf("bench: syncing the served file: %w", err)
+				if err := syncAll(); err != nil {
+					return err
 				}
 				s, err := runFio(ctx, r, t, cfg)
 				if err != nil {
@@ -260,6 +369,29 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 					"p50us", fmt.Sprintf("%.1f", s.P50), "p99us", fmt.Sprintf("%.1f", s.P99))
 			}
 		}
+		if repl != nil {
+			if err := syncAll(); err != nil {
+				return err
+			}
+			fails, err := measureLink(ctx, cfg, repl, peer, rep, &link, syncAll, log)
+			failures = append(failures, fails...)
+			if err != nil {
+				return err
+			}
+		}
+	}
+
+	var verify *verifyOutcome
+	if repl != nil {
+		log.Info("verifying that both replicas hold the same data")
+		vr, verr := repl.pair.verify(ctx)
+		verify = &verifyOutcome{Report: vr, Err: verr}
+		if verr != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("bench: interrupted: %w", ctx.Err())
+			}
+			failures = append(failures, verr.Error())
+		}
 	}
 
 	rep := report{
@@ -272,6 +404,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 		Rows:     cfg.Rows,
 		Results:  results,
 		Failures: failures,
+		Resync:   cfg.Resync,
+		Link:     link,
+		Verify:   verify,
+		Peer:     peer,
 	}
 	rep.Elapsed = time.Since(started)
 	rep.Load = [2]string{loadStart, loadAvg()}
@@ -285,9 +421,100 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 		log.Info("results written", "path", cfg.Out)
 	}
 	if len(failures) > 0 {
-		return fmt.Errorf("bench: %d of %d runs failed (listed in the results)", len(failures), total)
+		return fmt.Errorf("bench: %d measurement(s) failed (listed in the results)", len(failures))
 	}
 	return nil
+}
+
+// linkResults are the replicated target's measurements beyond fio.
+type linkResults struct {
+	RTT []rttSample
+	// ResyncSize is what each bitmap resync dirtied.
+	ResyncSize int64
+	Bitmap     []resyncSample
+	Full       []resyncSample
+	// BitmapStream and FullStream are the loopback TCP stream, in
+	// bytes/s, measured right after each resync for as long as it took.
+	BitmapStream []float64
+	FullStream   []float64
+}
+
+type verifyOutcome struct {
+	Report verifyReport
+	Err    error
+}
+
+// measureLink runs one repetition of the link probes and resyncs: the
+// round trip, then each resync followed by a TCP stream of the same
+// duration. A failed measurement is returned as a message; an error
+// means the run cannot go on (interrupted, or the pair is broken).
+func measureLink(ctx context.Context, cfg config, repl *target, peer *netPeer, rep int, out *linkResults, syncAll func() error, log *slog.Logger) ([]string, error) {
+	var fails []string
+	failed := func(what string, err error) error {
+		if ctx.Err() != nil {
+			return fmt.Errorf("bench: interrupted: %w", ctx.Err())
+		}
+		msg := fmt.Sprintf("%s, repetition %d: %v", what, rep+1, err)
+		log.Error("measurement failed", "err", msg)
+		fails = append(fails, msg)
+		return nil
+	}
+	rtt, err := pingPong(ctx, peer.addr, pingMax, pingDuration)
+	if err != nil {
+		if err := failed("loopback round trip", err); err != nil {
+			return fails, err
+		}
+	} else {
+		out.RTT = append(out.RTT, rtt)
+		log.Info("loopback round trip", "rep", rep+1, "n", rtt.N, "p50us", fmt.Sprintf("%.1f", rtt.P50), "p99us", fmt.Sprintf("%.1f", rtt.P99))
+	}
+	if !cfg.Resync {
+		return fails, nil
+	}
+	out.ResyncSize = cfg.ResyncSize
+	for _, full := range []bool{false, true} {
+		if err := syncAll(); err != nil {
+			return fails, err
+		}
+		var s resyncSample
+		if full {
+			s, err = repl.pair.fullResync(ctx)
+		} else {
+			s, err = repl.pair.bitmapResync(ctx, repl.uri(), cfg.ResyncSize)
+		}
+		if err != nil {
+			if err := failed(kind(full)+" resync", err); err != nil {
+				return fails, err
+			}
+			// The pair may be half-way; the next measurements need it whole.
+			if repl.pair.Secondary.proc == nil {
+				if err := repl.pair.startDaemon(ctx, repl.pair.Secondary, true); err != nil {
+					return fails, err
+				}
+			}
+			if _, werr := repl.pair.Primary.admin.waitFor(ctx, replResource, "the pair back in sync", resyncLimit, 100*time.Millisecond, resStatus.inSync); werr != nil {
+				return fails, werr
+			}
+			continue
+		}
+		log.Info("resync", "rep", rep+1, "kind", kind(full), "bytes", s.Bytes, "MiB/s", fmt.Sprintf("%.0f", s.Rate/(1<<20)),
+			"volume MiB/s", fmt.Sprintf("%.0f", s.VolumeRate/(1<<20)), "to in sync", s.ToInSync.Round(time.Millisecond).String())
+		dur := max(time.Duration(s.Seconds*float64(time.Second)), time.Second)
+		bps, err := stream(ctx, peer.addr, dur)
+		if err != nil {
+			if err := failed("loopback TCP stream", err); err != nil {
+				return fails, err
+			}
+			continue
+		}
+		log.Info("loopback TCP stream", "rep", rep+1, "after", kind(full), "duration", dur.Round(time.Millisecond).String(), "MiB/s", fmt.Sprintf("%.0f", bps/(1<<20)))
+		if full {
+			out.Full, out.FullStream = append(out.Full, s), append(out.FullStream, bps)
+		} else {
+			out.Bitmap, out.BitmapStream = append(out.Bitmap, s), append(out.BitmapStream, bps)
+		}
+	}
+	return fails, nil
 }
 
 // runFio runs one workload against one target, bounded in time. fio forks
@@ -329,12 +556,15 @@ func moduleRoot(ctx context.Context) (string, error) {
 // build compiles the Go servers into work so that the PIDs we manage are the
 // servers' own (go run would put the go tool in between).
 func build(ctx context.Context, cfg config, root, work string, log *slog.Logger) (binaries, error) {
-	bins := binaries{Tandem: cfg.Tandem, GoNBD: filepath.Join(work, "gonbd")}
+	bins := binaries{Tandem: cfg.Tandem, GoNBD: filepath.Join(work, "gonbd"), NetPeer: filepath.Join(work, "netpeer")}
 	pkgs := map[string]string{}
 	if has(cfg.Targets, tGoNBD) {
 		pkgs[bins.GoNBD] = "./tools/bench/gonbd"
 	}
-	if has(cfg.Targets, tTandem) && cfg.Tandem == "" {
+	if has(cfg.Targets, tRepl) {
+		pkgs[bins.NetPeer] = "./tools/bench/netpeer"
+	}
+	if (has(cfg.Targets, tTandem) || has(cfg.Targets, tRepl)) && cfg.Tandem == "" {
 		bins.Tandem = filepath.Join(work, "tandem")
 		pkgs[bins.Tandem] = "./cmd/tandem"
 	}
@@ -369,32 +599,46 @@ func checkDir(dir string, size int64) error {
 	return nil
 }
 
-// fill creates path with size bytes of pseudo-random data, fsynced, and
-// returns it open so the caller can sync it between runs.
-func fill(ctx context.Context, path string, size int64) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("bench: creating the served file: %w", err)
+// fill creates each of paths with the same size bytes of pseudo-random
+// data, fsynced, and returns them open so the caller can sync them between
+// runs. The replicas of the replicated target get the same bytes as the
+// served file, so the pair is really in sync when create-md --new-blank
+// says so.
+func fill(ctx context.Context, paths []string, size int64) (_ []*os.File, err error) {
+	var files []*os.File
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+		}
+	}()
+	for _, p := range paths {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("bench: creating %s: %w", p, err)
+		}
+		files = append(files, f)
 	}
 	src := rand.NewChaCha8([32]byte{'t', 'a', 'n', 'd', 'e', 'm'})
 	buf := make([]byte, 1<<20)
 	for written := int64(0); written < size; written += int64(len(buf)) {
 		if err := ctx.Err(); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("bench: filling the served file: %w", err)
+			return nil, fmt.Errorf("bench: filling the served files: %w", err)
 		}
 		if _, err := io.ReadFull(src, buf); err != nil {
-			f.Close()
 			return nil, fmt.Errorf("bench: generating data: %w", err)
 		}
-		if _, err := f.Write(buf); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("bench: filling the served file: %w", err)
+		for _, f := range files {
+			if _, err := f.Write(buf); err != nil {
+				return nil, fmt.Errorf("bench: filling %s: %w", f.Name(), err)
+			}
 		}
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("bench: syncing the served file: %w", err)
+	for _, f := range files {
+		if err := f.Sync(); err != nil {
+			return nil, fmt.Errorf("bench: syncing %s: %w", f.Name(), err)
+		}
 	}
-	return f, nil
+	return files, nil
 }

@@ -37,14 +37,25 @@ type report struct {
 	Results  map[string]map[string][]sample // row name -> target name -> runs
 	Failures []string
 	Load     [2]string // load averages before and after
+	// The replicated target's measurements beyond fio (zero without it).
+	Resync bool // the resync row was selected
+	Link   linkResults
+	Verify *verifyOutcome
+	Peer   *netPeer
 }
 
 func displayName(target string) string {
-	if target == tRaw {
+	switch target {
+	case tRaw:
 		return "raw file (io_uring)"
+	case tRepl:
+		return "tandem replicated (C)"
 	}
 	return target
 }
+
+// notRun marks a cell of a workload the target does not run.
+const notRun = "-"
 
 // renderResults renders the generated part of the document (below the
 // marker).
@@ -69,68 +80,84 @@ func renderResults(r report) string {
 		names[i] = t.Name
 	}
 
-	w("### Throughput (median of %d, min-max in brackets)\n\n", r.Reps)
-	w("| workload |")
-	for _, n := range names {
-		w(" %s |", displayName(n))
-	}
-	w("\n|---|%s\n", strings.Repeat("---:|", len(names)))
-	for _, row := range r.Rows {
-		unit := "IOPS"
-		if row.Bandwidth {
-			unit = "MiB/s"
-		}
-		w("| %s (%s) |", row.Title, unit)
-		for _, n := range names {
-			s := summarize(r.Results[row.Name][n], row.Bandwidth)
-			w(" %s |", throughputCell(s, row.Bandwidth, r.Reps))
-		}
-		w("\n")
-	}
-
-	w("\n### Latency per request, submission to completion, p50 / p99 in µs (median of %d)\n\n", r.Reps)
-	w("| workload |")
-	for _, n := range names {
-		w(" %s |", displayName(n))
-	}
-	w("\n|---|%s\n", strings.Repeat("---:|", len(names)))
-	for _, row := range r.Rows {
-		w("| %s |", row.Title)
-		for _, n := range names {
-			s := summarize(r.Results[row.Name][n], row.Bandwidth)
-			if s.N == 0 {
-				w(" failed |")
-				continue
-			}
-			w(" %s / %s |", latency(s.P50), latency(s.P99))
-		}
-		w("\n")
-	}
-
-	if has(names, tTandem) {
-		var others []string
-		for _, n := range names {
-			if n != tTandem {
-				others = append(others, n)
-			}
-		}
-		w("\n### Ratios of the medians (tandem / other; above 1 means tandem is faster)\n\n")
+	// Without fio workloads (-rows resync) only the replication tables.
+	if len(r.Rows) > 0 {
+		w("### Throughput (median of %d, min-max in brackets)\n\n", r.Reps)
 		w("| workload |")
-		for _, n := range others {
-			w(" tandem / %s |", displayName(n))
+		for _, n := range names {
+			w(" %s |", displayName(n))
 		}
-		w("\n|---|%s\n", strings.Repeat("---:|", len(others)))
+		w("\n|---|%s\n", strings.Repeat("---:|", len(names)))
 		for _, row := range r.Rows {
-			w("| %s |", row.Title)
-			t := summarize(r.Results[row.Name][tTandem], row.Bandwidth)
-			for _, n := range others {
-				o := summarize(r.Results[row.Name][n], row.Bandwidth)
-				w(" %s |", ratio(t, o, row.Bandwidth))
+			unit := "IOPS"
+			if row.Bandwidth {
+				unit = "MiB/s"
+			}
+			w("| %s (%s) |", row.Title, unit)
+			for _, n := range names {
+				if !targetRuns(n, row.Name) {
+					w(" %s |", notRun)
+					continue
+				}
+				s := summarize(r.Results[row.Name][n], row.Bandwidth)
+				w(" %s |", throughputCell(s, row.Bandwidth, r.Reps))
 			}
 			w("\n")
 		}
-	} else {
-		w("\n(tandem was not part of this run, so there are no ratios.)\n")
+
+		w("\n### Latency per request, submission to completion, p50 / p99 in µs (median of %d)\n\n", r.Reps)
+		w("| workload |")
+		for _, n := range names {
+			w(" %s |", displayName(n))
+		}
+		w("\n|---|%s\n", strings.Repeat("---:|", len(names)))
+		for _, row := range r.Rows {
+			w("| %s |", row.Title)
+			for _, n := range names {
+				if !targetRuns(n, row.Name) {
+					w(" %s |", notRun)
+					continue
+				}
+				s := summarize(r.Results[row.Name][n], row.Bandwidth)
+				if s.N == 0 {
+					w(" failed |")
+					continue
+				}
+				w(" %s / %s |", latency(s.P50), latency(s.P99))
+			}
+			w("\n")
+		}
+
+		var others []string
+		for _, n := range names {
+			// The replicated target has its own table of goals below.
+			if n != tTandem && n != tRepl {
+				others = append(others, n)
+			}
+		}
+		switch {
+		case !has(names, tTandem):
+			w("\n(tandem was not part of this run, so there are no ratios.)\n")
+		case len(others) > 0:
+			w("\n### Ratios of the medians (tandem / other; above 1 means tandem is faster)\n\n")
+			w("| workload |")
+			for _, n := range others {
+				w(" tandem / %s |", displayName(n))
+			}
+			w("\n|---|%s\n", strings.Repeat("---:|", len(others)))
+			for _, row := range r.Rows {
+				w("| %s |", row.Title)
+				t := summarize(r.Results[row.Name][tTandem], row.Bandwidth)
+				for _, n := range others {
+					o := summarize(r.Results[row.Name][n], row.Bandwidth)
+					w(" %s |", ratio(t, o, row.Bandwidth))
+				}
+				w("\n")
+			}
+		}
+	}
+	if has(names, tRepl) {
+		renderReplication(&b, r)
 	}
 
 	w("\n### How to read this\n\n")
@@ -147,6 +174,9 @@ func renderResults(r report) string {
 		"the nbd engine sends each request inside its submission hook (tens of µs) and `clat` only starts after it, "+
 		"so a server that answers during the submission gets a `clat` of a few µs that no application would see.\n",
 		r.Machine.CPUs)
+	if has(names, tRepl) {
+		w("\n" + replReading + "\n")
+	}
 
 	w("\n### Machine\n\n")
 	w("- CPU: %d x %s\n", r.Machine.CPUs, r.Machine.Model)
@@ -191,7 +221,7 @@ func renderResults(r report) string {
 		w(", against %s", nbdRef.Name)
 		var others []string
 		for _, t := range r.Targets {
-			if t.Server != nil && t != nbdRef {
+			if (t.Server != nil || t.pair != nil) && t != nbdRef {
 				others = append(others, fmt.Sprintf("%s `--uri=%s`", t.Name, t.uri()))
 			}
 		}
@@ -214,6 +244,11 @@ func renderResults(r report) string {
 		}
 	}
 	w("```\n")
+	for _, t := range r.Targets {
+		if t.pair != nil {
+			renderPairMethod(&b, r, t)
+		}
+	}
 	return b.String()
 }
 

@@ -22,9 +22,11 @@ const (
 	tQemu   = "qemu-nbd"
 	tGoNBD  = "go-nbd"
 	tRaw    = "raw"
+	// tRepl is tandem replicated with protocol C to a peer on loopback.
+	tRepl = "tandem-repl"
 )
 
-var allTargets = []string{tTandem, tNbdkit, tQemu, tGoNBD, tRaw}
+var allTargets = []string{tTandem, tRepl, tNbdkit, tQemu, tGoNBD, tRaw}
 
 // target is one thing fio runs against: an NBD server serving the bench
 // file, or the file itself.
@@ -36,13 +38,18 @@ type target struct {
 	// readyFile, when set, is created by the server once it listens.
 	readyFile string
 	proc      *process
+	// pair runs the replicated target's two daemons (Server is nil).
+	pair *pair
 }
 
 func (t *target) uri() string { return fmt.Sprintf("nbd://127.0.0.1:%d/bench", t.Port) }
 
+// runs says whether the target takes part in workload row.
+func (t *target) runs(row string) bool { return targetRuns(t.Name, row) }
+
 // binaries are the executables the targets need.
 type binaries struct {
-	Tandem, GoNBD string
+	Tandem, GoNBD, NetPeer string
 }
 
 // newTarget describes target name serving file; work is a private
@@ -54,6 +61,15 @@ func newTarget(name, file string, size int64, bins binaries, work string) (*targ
 		// default, which would send this target (and the servers measured
 		// after it) to the disk while the servers read from memory.
 		t.Engine = []string{"--ioengine=io_uring", "--direct=0", "--invalidate=0", "--filename=" + file, "--size=" + strconv.FormatInt(size, 10)}
+		return t, nil
+	}
+	if name == tRepl {
+		p, err := newPair(bins.Tandem, work, size)
+		if err != nil {
+			return nil, err
+		}
+		t.pair, t.Port = p, p.Primary.NBDPort
+		t.Engine = []string{"--ioengine=nbd", "--uri=" + t.uri()}
 		return t, nil
 	}
 	port, err := freePort()
@@ -91,6 +107,15 @@ func newTarget(name, file string, size int64, bins binaries, work string) (*targ
 // start runs the server and waits until an NBD client sees the export at
 // its full size.
 func (t *target) start(ctx context.Context, size int64, logPath string) error {
+	if t.pair != nil {
+		if err := t.pair.start(ctx); err != nil {
+			return err
+		}
+		if err := probe(ctx, t.uri(), size); err != nil {
+			return t.pair.withLogs(err)
+		}
+		return nil
+	}
 	if t.Server == nil {
 		return nil
 	}
@@ -121,10 +146,13 @@ func (t *target) start(ctx context.Context, size int64, logPath string) error {
 
 // stop ends the server by its saved PID and waits for it.
 func (t *target) stop() error {
+	if t.pair != nil {
+		return t.pair.stop()
+	}
 	if t.proc == nil {
 		return nil
 	}
-	return t.proc.stop(5 * time.Second)
+	return t.proc.stopDefault()
 }
 
 // probe asks nbdinfo for the export's size: a full NBD handshake, so a
@@ -154,7 +182,8 @@ type process struct {
 }
 
 func startProcess(argv []string, logPath string) (*process, error) {
-	lf, err := os.Create(logPath)
+	// Appending: a daemon restarted during the resync row keeps one log.
+	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("creating log: %w", err)
 	}
@@ -173,6 +202,9 @@ func startProcess(argv []string, logPath string) (*process, error) {
 	}()
 	return p, nil
 }
+
+// stopDefault is stop with the grace the NBD servers get.
+func (p *process) stopDefault() error { return p.stop(5 * time.Second) }
 
 // stop sends SIGTERM, then SIGKILL after grace, and waits for the exit.
 func (p *process) stop(grace time.Duration) error {
