@@ -788,6 +788,13 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	l.peer = peer
 
 	d, why := decideSession(local, peer, v.cfg.SplitBrain)
+	// Two incomplete images: nothing to sync, but the session stays up
+	// (both Inconsistent) until an admin forces one side to be primary,
+	// which restarts it as a full sync from that side.
+	idle := d == NeedAdmin && !local.side().Consistent && !peer.side().Consistent
+	if idle {
+		why = ""
+	}
 	refuse := func(format string, args ...any) {
 		if why == "" {
 			why = fmt.Sprintf(format, args...)
@@ -813,7 +820,7 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	if why != "" && (d != SplitBrain && d != Unrelated && d != NeedAdmin) {
 		d = NeedAdmin
 	}
-	if why == "" && (d == SplitBrain || d == Unrelated || d == NeedAdmin) {
+	if why == "" && !idle && (d == SplitBrain || d == Unrelated || d == NeedAdmin) {
 		why = d.String()
 	}
 	// Both sides say what they concluded: two nodes that disagree (other
@@ -881,6 +888,9 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	v.peer = &peer
 	v.want = wantNone
 	v.reason, v.sessionReason = "", false
+	if idle {
+		v.reason = "both replicas are Inconsistent: promote --force the one whose data to keep"
+	}
 	switch {
 	case d.IsSource():
 		v.conn = SyncSource

@@ -658,7 +658,8 @@ func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error)
 		discarded = append(discarded, fmt.Sprintf("%s is primary too: disconnected from it; both sides now write independently (split brain), and one side's writes will be discarded when it is resolved", v.cfg.Peer))
 	}
 	sb := v.meta.Superblock()
-	if ds := v.diskState(sb); ds != UpToDate {
+	ds := v.diskState(sb)
+	if ds != UpToDate {
 		if !force {
 			return PromoteResult{}, fmt.Errorf("replicate: %s: promote: the local data is %s: %w", v.cfg.Resource, ds, ErrNotUpToDate)
 		}
@@ -670,10 +671,13 @@ func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error)
 		}
 	}
 	dropped := false
-	if force && sess != nil && (conn == SyncTarget || (peer != nil && peer.Role == Primary)) {
+	if force && sess != nil && (conn == SyncTarget || ds != UpToDate || (peer != nil && peer.Role == Primary)) {
+		// The session was set up for the old state (this side a target,
+		// or both incomplete): end it. Against a primary peer this side
+		// stays StandAlone; otherwise the next session syncs from here.
 		// Not waiting for the teardown: a session being set up waits for
 		// ioMu, which this holds.
-		v.dropSession(sess, "forced promotion", true, false)
+		v.dropSession(sess, "forced promotion", peer != nil && peer.Role == Primary, false)
 		dropped = true
 	}
 	v.seqMu.Lock()

@@ -136,7 +136,10 @@ func TestSecondaryRefusesApplicationIO(t *testing.T) {
 
 func TestPromoteRefusals(t *testing.T) {
 	p := newPair(t, pairOpts{}) // not blank: both Inconsistent
-	waitFor(t, 10*time.Second, "StandAlone (both Inconsistent)", func() bool { return p.a.v.Status().Conn == StandAlone })
+	waitFor(t, 10*time.Second, "connected, both Inconsistent", func() bool {
+		s := p.a.v.Status()
+		return s.Conn == Connected && s.Disk == Inconsistent && s.PeerDisk == Inconsistent && s.Reason != ""
+	})
 	if _, err := p.a.v.Promote(context.Background(), false); !errors.Is(err, ErrNotUpToDate) {
 		t.Fatalf("promote Inconsistent: %v, want ErrNotUpToDate", err)
 	}
@@ -145,13 +148,10 @@ func TestPromoteRefusals(t *testing.T) {
 		t.Fatalf("forced promotion: %+v, want a Discarded text and epoch 1", r)
 	}
 	// The forced side is now consistent: the initial full sync runs.
-	if err := p.a.v.Connect(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.b.v.Connect(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	p.waitConnected(20 * time.Second)
+	if last := p.b.v.Status().LastResync; last == nil || !last.Full {
+		t.Fatalf("initial sync: %+v, want a full sync", last)
+	}
 	p.identical()
 	if _, err := p.b.v.Promote(context.Background(), false); !errors.Is(err, ErrPeerPrimary) {
 		t.Fatalf("promote with the peer primary: %v, want ErrPeerPrimary", err)
