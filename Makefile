@@ -21,7 +21,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_TIMEOUT  ?= 30m
 FUZZTIME      ?= 30s
 # Empty FUZZ_TARGETS fuzzes every Fuzz* function in FUZZ_PKGS.
-FUZZ_PKGS     ?= ./nbd/
+FUZZ_PKGS     ?= ./nbd/ ./vip/
 FUZZ_TARGETS  ?=
 STATICCHECK   ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
@@ -34,7 +34,7 @@ DEPS := nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
 	fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
 	lsblk:util-linux mountpoint:util-linux losetup:mount mount:mount \
 	umount:mount sha256sum:coreutils strace:strace ip:iproute2 gcc:gcc \
-	ipmi_sim:openipmi ipmitool:ipmitool fence_ipmilan:fence-agents
+	ipmi_sim:openipmi ipmitool:ipmitool fence_ipmilan:fence-agents jq:jq
 
 .PHONY: help deps build test bench demo lint fuzz clean check-go
 

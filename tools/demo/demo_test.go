@@ -14,11 +14,12 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-// TestDemo runs demo.sh with a freshly built tandem: it must print PASS,
-// exit 0 and leave its work directory removed.
+// TestDemo runs demo.sh (one node, then two replicated daemons) with a
+// freshly built tandem: it must print PASS, exit 0 and leave its work
+// directory removed.
 func TestDemo(t *testing.T) {
 	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "bash", "nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "sha256sum", "mountpoint")
+	testenv.RequireTool(t, "bash", "nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "sha256sum", "mountpoint", "jq", "cmp")
 	bin := testenv.BuildTandem(t)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
