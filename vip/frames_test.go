@@ -19,7 +19,7 @@ var (
 	theirMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x0a}
 )
 
-func arpBytes(t *testing.T, op arp.Operation, sha net.HardwareAddr, sip, tip string) []byte {
+func arpBytes(t testing.TB, op arp.Operation, sha net.HardwareAddr, sip, tip string) []byte {
 	t.Helper()
 	p, err := arp.NewPacket(op, sha, netip.MustParseAddr(sip), zeroMAC, netip.MustParseAddr(tip))
 	if err != nil {
@@ -47,6 +47,15 @@ func TestARPConflictRules(t *testing.T) {
 		{"a neighbour resolving it", arpBytes(t, arp.OperationRequest, theirMAC, "198.51.100.3", vip), false},
 		{"unrelated address", arpBytes(t, arp.OperationReply, theirMAC, "198.51.100.7", "0.0.0.0"), false},
 		{"garbage", []byte{1, 2, 3}, false},
+		{"no hardware address", func() []byte {
+			b := arpBytes(t, arp.OperationReply, theirMAC, vip, "0.0.0.0")
+			// hlen 0, then sender IP and target IP right after the header
+			p := b[14:]
+			p[4] = 0
+			copy(p[8:12], netip.MustParseAddr(vip).AsSlice())
+			copy(p[12:16], []byte{0, 0, 0, 0})
+			return b
+		}(), false},
 	} {
 		err := a.check(c.frame)
 		var ce *ConflictError
@@ -60,7 +69,7 @@ func TestARPConflictRules(t *testing.T) {
 	}
 }
 
-func ndBytes(t *testing.T, srcMAC net.HardwareAddr, m ndp.Message, src, dst string) []byte {
+func ndBytes(t testing.TB, srcMAC net.HardwareAddr, m ndp.Message, src, dst string) []byte {
 	t.Helper()
 	s, d := netip.MustParseAddr(src), netip.MustParseAddr(dst)
 	icmp, err := ndp.MarshalMessageChecksum(m, s, d)
