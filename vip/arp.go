@@ -103,6 +103,11 @@ func (a *arpConn) check(b []byte) error {
 	if err := p.UnmarshalBinary(f.Payload); err != nil {
 		return nil
 	}
+	// Ethernet and IPv4 only, as the kernel itself insists: anything else
+	// is no statement about our address (and may carry no usable MAC).
+	if p.HardwareType != 1 || p.ProtocolType != uint16(ethernet.EtherTypeIPv4) || len(p.SenderHardwareAddr) != 6 || !p.SenderIP.Is4() {
+		return nil
+	}
 	if sameMAC(p.SenderHardwareAddr, a.ifi.HardwareAddr) {
 		return nil // our own probe, seen on the way out
 	}
