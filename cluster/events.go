@@ -87,6 +87,16 @@ type FenceResult struct {
 	Err    error             // nil: confirmed off
 }
 
+// VIPResult is the outcome of a ClaimVIP. A refused claim (the address
+// answers from another MAC: the node that was fenced may not be off) keeps
+// I/O suspended and is retried every FenceRetry; the caller need not send
+// successes except after a refusal.
+type VIPResult struct {
+	At       time.Time
+	Resource string
+	Err      error
+}
+
 // Committed is one entry of the replicated log, applied: the command, the
 // refusal if Apply refused it, and the record afterwards (unchanged on a
 // refusal). The caller delivers every entry, in log order.
@@ -135,5 +145,6 @@ func (e VolumeReport) when() time.Time    { return e.At }
 func (e DegradedRequest) when() time.Time { return e.At }
 func (e FenceResult) when() time.Time     { return e.At }
 func (e Committed) when() time.Time       { return e.At }
+func (e VIPResult) when() time.Time       { return e.At }
 func (e ProposalFailed) when() time.Time  { return e.At }
 func (e AdminRequest) when() time.Time    { return e.At }

@@ -66,6 +66,8 @@ type resState struct {
 	handoffAt   time.Time
 	retryAfter  time.Time // a failed standby handoff is retried after this
 	hold        bool      // admin demote: the Demote carries Hold
+	vipBlocked  bool      // the VIP claim was refused: I/O stays suspended
+	vipRetry    time.Time
 
 	degradedWaiting bool
 	volDemoteAsked  bool
@@ -159,6 +161,15 @@ func (m *Machine) Step(ev Event) Ready {
 		}
 	case FenceResult:
 		m.fenceResult(e)
+	case VIPResult:
+		if r := m.resource(e.Resource); r != nil && r.primary {
+			if e.Err != nil {
+				r.vip, r.vipBlocked, r.vipRetry = false, true, m.now.Add(m.cfg.FenceRetry)
+				m.emit(Alert{Resource: e.Resource, Text: fmt.Sprintf("claiming the service address failed: %v; I/O stays suspended (is the old primary really off?); retrying every %v", e.Err, m.cfg.FenceRetry)})
+			} else {
+				r.vipBlocked = false
+			}
+		}
 	case Committed:
 		m.committed(e)
 	case ProposalFailed:
@@ -379,7 +390,7 @@ func (m *Machine) stepDown(r *resState) {
 		r.degradedWaiting = false
 		m.emit(RefuseDegraded{Resource: r.cfg.Name, Reason: "demoted"})
 	}
-	r.primary, r.suspended, r.vip, r.needConfirm, r.handoff = false, false, false, false, false
+	r.primary, r.suspended, r.vip, r.needConfirm, r.handoff, r.vipBlocked = false, false, false, false, false, false
 }
 
 func (m *Machine) reconcile(r *resState) {
@@ -477,6 +488,17 @@ func (m *Machine) reconcilePrimary(r *resState, res *Resource) {
 	}
 	m.clearAlert(name + ":quorum")
 	if m.handoffStep(r, res) {
+		return
+	}
+	if r.vipBlocked {
+		if !r.suspended {
+			r.suspended = true
+			m.emit(SuspendIO{Resource: name})
+		}
+		if !m.now.Before(r.vipRetry) {
+			r.vip, r.vipRetry = true, m.now.Add(m.cfg.FenceRetry)
+			m.emit(ClaimVIP{Resource: name})
+		}
 		return
 	}
 	if r.suspended {

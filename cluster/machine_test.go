@@ -624,3 +624,28 @@ func TestMachineTable(t *testing.T) {
 		})
 	}
 }
+
+// A refused VIP claim keeps I/O suspended and is retried; a later success
+// resumes.
+func TestVIPClaimRefused(t *testing.T) {
+	s := started(t, nil)
+	s.queue = append(s.queue, func() {
+		s.step("a", VIPResult{At: s.now, Resource: "r0", Err: errors.New("address in use by 02:00:00:00:00:02")})
+	})
+	s.settle()
+	if got := s.serving("r0"); len(got) != 0 {
+		t.Fatalf("r0 served by %v with its VIP refused", got)
+	}
+	if !s.alerted("claiming the service address failed") {
+		t.Fatalf("no alert: %v", s.alerts)
+	}
+	s.acts = nil
+	s.advance(DefaultFenceRetry + time.Second)
+	s.mustOrder(t, "a", "claim-vip r0")
+	s.queue = append(s.queue, func() { s.step("a", VIPResult{At: s.now, Resource: "r0"}) })
+	s.settle()
+	s.mustOrder(t, "a", "claim-vip r0", "resume-io r0")
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v after the claim succeeded", got)
+	}
+}
