@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
+	"github.com/tandem-ha/tandem/replicate"
 )
 
 // The admin commands talk to the running daemon of a node over its admin
@@ -150,6 +151,11 @@ losing its peer; the command prints what the promotion discards.`,
 			fmt.Fprintf(a.stdout, "%s: Primary (epoch %d)\n", args[0], res.Epoch)
 			if res.Discarded != "" {
 				fmt.Fprintf(a.stdout, "forced: discarded %s\n", res.Discarded)
+			}
+			// A link that gave up (e.g. two Inconsistent replicas, neither
+			// a possible sync source) does not retry by itself: say so.
+			if ns, err := c.Status(cmd.Context(), args[0]); err == nil && len(ns.Resources) == 1 && ns.Resources[0].Conn == replicate.StandAlone {
+				fmt.Fprintf(a.stdout, "the replication link is StandAlone (%s): run tandem connect %s on both nodes to sync the peer\n", ns.Resources[0].Reason, args[0])
 			}
 			return nil
 		},
