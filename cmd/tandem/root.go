@@ -22,7 +22,14 @@ available block device, exported over NBD (the Network Block Device
 protocol), with synchronous replication, quorum, fencing and a floating
 service address.
 
-This build contains the foundation that the cluster is being built on:
+Replicated resources, with manual roles (docs/operations.md):
+
+  tandem daemon      run this node's replicas, their NBD exports, the admin API
+  tandem create-md   create a replica's metadata (dump-md shows it)
+  tandem status      roles, disk and link states, resync progress
+  tandem promote / demote / connect / disconnect / resync / verify / resolve
+
+One node, no replication:
 
   tandem serve    export files or block devices over NBD to any NBD client
                   (qemu-img, nbdinfo, nbdcopy, nbdfuse, fio, nbd-client, ...)
@@ -30,8 +37,8 @@ This build contains the foundation that the cluster is being built on:
   tandem detach   disconnect a kernel NBD device
   tandem version  print the version
 
-Replication, cluster membership, fencing and VIP takeover are on the
-roadmap; see README.md and docs/architecture.md.
+Cluster membership, quorum and automatic failover are on the roadmap; see
+README.md and docs/architecture.md.
 
 Try it:
 
