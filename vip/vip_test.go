@@ -229,10 +229,10 @@ func TestAnnounceCounts(t *testing.T) {
 	t.Cleanup(func() { pc.Close() })
 	buf := make([]byte, 1500)
 	// countGARPs counts B's gratuitous ARPs for the VIP until wait passes
-	// with none.
+	// with none (bounded: a segment that never falls silent fails).
 	countGARPs := func(wait time.Duration) int {
 		n := 0
-		for {
+		for end := time.Now().Add(waitBound); time.Now().Before(end); {
 			_ = pc.SetReadDeadline(time.Now().Add(wait))
 			k, _, err := pc.ReadFrom(buf)
 			if err != nil {
@@ -247,6 +247,8 @@ func TestAnnounceCounts(t *testing.T) {
 				n++
 			}
 		}
+		t.Fatalf("ARP kept arriving for %v", waitBound)
+		return n
 	}
 
 	vb := b.vipOn(t, cfg, WithAfter(after))
