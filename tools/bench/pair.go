@@ -407,15 +407,25 @@ func (p *pair) verifyArgs() []string {
 // verify compares both replicas online; differing ranges are an error.
 func (p *pair) verify(ctx context.Context) (verifyReport, error) {
 	out, err := p.cli(ctx, p.verifyArgs())
+	r, perr := parseVerify(out)
+	if err != nil && r.ComparedBytes == 0 {
+		return r, err // a refusal: its message says more than the JSON
+	}
+	return r, perr
+}
+
+// parseVerify reads `tandem verify --json`; replicas that differ are an
+// error (the command then exits 1 too).
+func parseVerify(out []byte) (verifyReport, error) {
 	var r verifyReport
-	if jerr := json.Unmarshal(out, &r); jerr != nil {
-		if err == nil {
-			err = fmt.Errorf("bench: decoding verify --json: %w", jerr)
-		}
-		return r, err
+	if err := json.Unmarshal(out, &r); err != nil {
+		return r, fmt.Errorf("bench: decoding verify --json: %w", err)
+	}
+	if r.ComparedBytes <= 0 {
+		return r, errors.New("bench: verify --json compared nothing")
 	}
 	if len(r.Differing) > 0 {
 		return r, fmt.Errorf("bench: verify after the run: %d range(s) of the replicas differ", len(r.Differing))
 	}
-	return r, err
+	return r, nil
 }

@@ -358,6 +358,7 @@ func TestRenderReplicated(t *testing.T) {
 		"tandem --config /w/tandem.yaml resync bench --full --json --node beta",
 		"`/w/netpeer -listen 127.0.0.1:1` runs as a separate process",
 		"each device is 1073852416 bytes",
+		"both daemons, fio and the kernel share the same 2 vCPU(s)",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("rendered results lack %q", want)
@@ -427,6 +428,25 @@ func TestParseFlagsReplicated(t *testing.T) {
 	} {
 		if cfg, err := parseFlags(args); err == nil {
 			t.Errorf("parseFlags(%q) = targets %v rows %d, want an error", args, cfg.Targets, len(cfg.Rows))
+		}
+	}
+}
+
+func TestParseVerify(t *testing.T) {
+	b, err := os.ReadFile("testdata/verify.json") // recorded from tandem verify --json
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := parseVerify(b); err != nil || r.ComparedBytes != 64<<20 || len(r.Differing) != 0 {
+		t.Errorf("parseVerify = %+v, %v", r, err)
+	}
+	differ := `{"compared_bytes": 1048576, "differing": [{"offset": 0, "length": 4096}], "repaired": false}`
+	if r, err := parseVerify([]byte(differ)); err == nil || len(r.Differing) != 1 {
+		t.Errorf("differing replicas: %+v, %v; want an error", r, err)
+	}
+	for _, bad := range []string{"", `{"error": "not connected", "code": "not_connected"}`, "{"} {
+		if r, err := parseVerify([]byte(bad)); err == nil {
+			t.Errorf("parseVerify(%q) = %+v, want an error", bad, r)
 		}
 	}
 }

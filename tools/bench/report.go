@@ -175,7 +175,7 @@ func renderResults(r report) string {
 		"so a server that answers during the submission gets a `clat` of a few µs that no application would see.\n",
 		r.Machine.CPUs)
 	if has(names, tRepl) {
-		w("\n" + replReading + "\n")
+		w("\n"+replReading+"\n", r.Machine.CPUs)
 	}
 
 	w("\n### Machine\n\n")

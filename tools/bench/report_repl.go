@@ -12,7 +12,7 @@ import (
 const replReading = "The replicated column is a pair of `tandem daemon` processes on this machine, protocol C " +
 	"(a write is acknowledged once the peer wrote it too), fio on the primary's NBD export. " +
 	"Its peer is on loopback, so the \"network\" costs a round trip through the kernel and no wire time, " +
-	"while both daemons, fio and the kernel share the same 2 vCPUs: " +
+	"while both daemons, fio and the kernel share the same %d vCPU(s): " +
 	"every replicated write costs CPU twice (primary and secondary) on the cores the unreplicated target has to itself. " +
 	"The goals compare the replicated target with the unreplicated one measured interleaved in the same run; " +
 	"the QD1 budget adds the loopback round trip measured in the same run (64-byte ping-pong between this process and a separate " +
@@ -20,7 +20,7 @@ const replReading = "The replicated column is a pair of `tandem daemon` processe
 	"10 ms (bytes copied after the first sighting, up to the first poll that saw both replicas in sync), " +
 	"and compared with one TCP stream over loopback between two processes, run right after each resync for as long as it took: " +
 	"on loopback that stream is bounded by CPU (copies through the kernel), not by a link, so it is a hard upper bound for a resync " +
-	"that also reads, checksums the frames and writes on the other side."
+	"that also reads, frames and writes the data on the other side."
 
 // goal is one line of the replication goals table.
 type goal struct {
