@@ -6,13 +6,17 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bougou/go-ipmi/pkg/bmc"
 	"github.com/bougou/go-ipmi/pkg/hal/mock"
+	"github.com/bougou/go-ipmi/pkg/handlers"
 	"github.com/bougou/go-ipmi/pkg/server"
 	"github.com/bougou/go-ipmi/pkg/transport/udp"
+	"github.com/bougou/go-ipmi/pkg/types"
 
 	"github.com/tandem-ha/tandem/fence/fencetest"
 )
@@ -26,7 +30,7 @@ func goBMC(t *testing.T, on, lie bool) (port int, chassis *mock.Chassis) {
 	return goBMCOn(t, "127.0.0.1:0", on, lie)
 }
 
-func goBMCOn(t *testing.T, listen string, on, lie bool) (port int, chassis *mock.Chassis) {
+func goBMCOn(t *testing.T, listen string, on, lie bool, opts ...server.ServerOption) (port int, chassis *mock.Chassis) {
 	t.Helper()
 	h := mock.New()
 	chassis = h.Chassis().(*mock.Chassis)
@@ -46,7 +50,7 @@ func goBMCOn(t *testing.T, listen string, on, lie bool) (port int, chassis *mock
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.NewServer(b, conn)
+	srv := server.NewServer(b, conn, opts...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ctx) }()
@@ -182,5 +186,43 @@ func TestIPMILeavesNoGoroutines(t *testing.T) {
 			t.Fatalf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A BMC that answers "node busy" to the first status reads: the operation is
+// tried again, each time with a new session, and succeeds within the
+// timeout; with no retries it fails.
+func TestIPMIRetriesWithNewSession(t *testing.T) {
+	var busy atomic.Int32
+	reg := handlers.NewRegistry()
+	reg.Use(func(next handlers.Handler) handlers.Handler {
+		return handlers.HandlerFunc(func(ctx context.Context, hctx *handlers.HandlerContext, data []byte) ([]byte, types.CompletionCode, error) {
+			if hctx != nil && hctx.Command.ID == types.CommandGetChassisStatus.ID && hctx.Command.NetFn == types.CommandGetChassisStatus.NetFn &&
+				busy.Add(-1) >= 0 {
+				return nil, types.CodeNodeBusy, nil
+			}
+			return next.Handle(ctx, hctx, data)
+		})
+	})
+	handlers.RegisterAllHandlers(reg)
+	port, chassis := goBMCOn(t, "127.0.0.1:0", true, false, server.WithHandlerRegistry(reg))
+
+	busy.Store(2)
+	m := goBMCMethod(t, port, 17, 10*time.Second) // Retries 0: the default, 2
+	if err := m.Off(context.Background(), Request{}); err != nil {
+		t.Fatalf("Off through two busy answers with 2 retries: %v", err)
+	}
+	if chassisOn(chassis) {
+		t.Fatal("chassis still on")
+	}
+
+	busy.Store(1)
+	once, err := NewIPMI(IPMIConfig{Address: "127.0.0.1", Port: port, Username: simUser, Password: simPassword,
+		CipherSuite: 17, Retries: -1, Timeout: 10 * time.Second, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := once.Status(context.Background()); err == nil || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("Status through a busy answer without retries: %v", err)
 	}
 }
