@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -388,4 +389,55 @@ func TestStatus(t *testing.T) {
 	if len(st[2].Elsewhere) != 1 || st[2].Elsewhere[0] != "lo" {
 		t.Errorf("address on lo: Elsewhere = %v, want [lo]", st[2].Elsewhere)
 	}
+}
+
+// Two nodes claiming one address at the same moment never both end up
+// holding it: each sees the other's probe (RFC 5227's simultaneous probe
+// rule, and its DAD counterpart) or, if one was quicker, its announcement.
+func testSimultaneous(t *testing.T, s *segment, addr string) {
+	a, b := s.hosts["a"], s.hosts["b"]
+	cfg := testConfig(addr)
+	ctx := testCtx(t)
+	va, vb := a.vipOn(t, cfg), b.vipOn(t, cfg)
+	for round := range 3 {
+		var errs [2]error
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i, v := range []*VIP{va, vb} {
+			wg.Go(func() { <-start; errs[i] = v.Claim(ctx) })
+		}
+		close(start)
+		wg.Wait()
+		ea, eb := errs[0], errs[1]
+		for _, err := range []error{ea, eb} {
+			if err != nil && !errors.Is(err, ErrAddressInUse) {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		ha, hb := a.holds(t, cfg.Address), b.holds(t, cfg.Address)
+		t.Logf("round %d: claims %v / %v; a holds %v, b holds %v", round, ea, eb, ha, hb)
+		switch {
+		case ha && hb:
+			t.Fatalf("round %d: both hosts hold %s", round, addr)
+		case ea == nil && eb == nil:
+			t.Fatalf("round %d: both claims succeeded", round)
+		case ea == nil && !ha, eb == nil && !hb:
+			t.Fatalf("round %d: a claim succeeded but its host does not hold the address", round)
+		}
+		for _, v := range []*VIP{va, vb} {
+			if err := v.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func TestSimultaneousIPv4(t *testing.T) {
+	t.Parallel()
+	testSimultaneous(t, ipv4Segment(t), "198.51.100.100/24")
+}
+
+func TestSimultaneousIPv6(t *testing.T) {
+	t.Parallel()
+	testSimultaneous(t, ipv6Segment(t), "2001:db8::100/64")
 }
