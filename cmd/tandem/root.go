@@ -29,6 +29,11 @@ Replicated resources, with manual roles (docs/operations.md):
   tandem status      roles, disk and link states, resync progress
   tandem promote / demote / connect / disconnect / resync / verify / resolve
 
+Fencing, by hand through each node's configured levels (docs/operations.md):
+
+  tandem fence status|test|off|on|reboot NODE
+  tandem fence confirm NODE   record that you checked NODE is off
+
 One node, no replication:
 
   tandem serve    export files or block devices over NBD to any NBD client
