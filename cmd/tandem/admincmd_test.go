@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -199,5 +201,53 @@ func TestHumanBytes(t *testing.T) {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+func TestDaemonCommandRefusesBadSetups(t *testing.T) {
+	lab := daemontest.NewLab(t)
+	mustFail(t, `unknown node "nope"`, "--config", lab.Path, "daemon", "--node", "nope")
+	mustFail(t, "--shutdown-timeout", "--config", lab.Path, "daemon", "--node", "alpha", "--shutdown-timeout", "0s")
+	mustFail(t, "pass --config PATH", "--config", lab.Path+".missing", "daemon", "--node", "alpha")
+	// A device that is missing is a problem of the configuration for
+	// this node: reported with the file and line, nothing started.
+	if err := os.Remove(filepath.Join(lab.Dir, "alpha-r0.img")); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := execute(t, "--config", lab.Path, "daemon", "--node", "alpha")
+	if err == nil || !strings.Contains(err.Error(), "1 problem in") || !strings.Contains(stderr, "tandem.yaml:") {
+		t.Fatalf("daemon with a missing device: %v\n%s", err, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(lab.Dir, "alpha.sock")); !os.IsNotExist(err) {
+		t.Errorf("a refused daemon left its admin socket: %v", err)
+	}
+}
+
+func TestStatusTable(t *testing.T) {
+	ns := daemon.NodeStatus{Cluster: "prod", Node: "alpha", PID: 42, Version: "v1", Resources: []daemon.ResourceStatus{
+		{Up: true, NBDServing: true, NBDListen: "127.0.0.1:10809", Status: replicate.Status{
+			Resource: "db", Peer: "beta", Role: replicate.Primary, Disk: replicate.UpToDate, Conn: replicate.SyncSource,
+			PeerRole: replicate.Secondary, PeerDisk: replicate.Inconsistent, Epoch: 3, OutOfSync: 3 << 30,
+			Resync: &replicate.Progress{TotalBytes: 4 << 30, DoneBytes: 1 << 30, LeftBytes: 3 << 30, SentBytes: 1 << 30, Percent: 25, Rate: 100 << 20, ETASeconds: 30},
+		}},
+		{Error: "resource files: no metadata", Status: replicate.Status{Resource: "files", Peer: "beta", Role: replicate.Secondary,
+			Disk: replicate.Diskless, Conn: replicate.StandAlone, PeerRole: replicate.RoleUnknown, PeerDisk: replicate.DiskUnknown}},
+	}}
+	var b strings.Builder
+	printStatus(&b, ns, false)
+	out := b.String()
+	for _, w := range []string{
+		"node alpha of cluster prod (data node), daemon pid 42",
+		"db        Primary    UpToDate  SyncSource  beta Secondary/Inconsistent  3      3 GiB        serving",
+		"files     Secondary  Diskless  StandAlone  beta Unknown/DUnknown        0      0 B          down",
+		"resync: 25.0% (1 GiB of 4 GiB, 3 GiB left, 1 GiB sent, 100 MiB/s, ETA 30s; bitmap)",
+		"DOWN: resource files: no metadata",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("status table lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "generations") {
+		t.Errorf("details without -v:\n%s", out)
 	}
 }
