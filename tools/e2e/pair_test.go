@@ -33,8 +33,7 @@ type node struct {
 	name    string
 	nbdAddr string // host:port of its NBD listener
 	device  string
-	secret  string // its own secret file (tests give beta a wrong one)
-	cfgPath string
+	cfgPath string // its configuration (a test gives beta one with another secret)
 	proc    *testenv.Proc
 }
 
