@@ -221,6 +221,11 @@ func TestDaemonCommandRefusesBadSetups(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(lab.Dir, "alpha.sock")); !os.IsNotExist(err) {
 		t.Errorf("a refused daemon left its admin socket: %v", err)
 	}
+	// create-md checks as strictly: no metadata is written anywhere.
+	mustFail(t, "1 problem in", "--config", lab.Path, "create-md", "r1", "--node", "alpha")
+	if _, err := os.Stat(filepath.Join(lab.Dir, "alpha-r1.md")); !os.IsNotExist(err) {
+		t.Errorf("create-md with a bad configuration wrote metadata: %v", err)
+	}
 }
 
 func TestStatusTable(t *testing.T) {

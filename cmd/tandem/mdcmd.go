@@ -16,7 +16,8 @@ import (
 const createMDLong = `Write new metadata (superblock, activity log, out-of-sync bitmap) for this
 node's replica of RESOURCE: at the end of its device (meta: internal) or in
 its metadata file, which is created if missing. Run it on both data nodes
-before the first "tandem daemon", with the daemon stopped.
+before the first "tandem daemon", with the daemon stopped. The configuration
+is checked first as strictly as the daemon checks it.
 
 It refuses to overwrite metadata that is there, valid or corrupt, unless
 --force (which throws away the replica's sync state: the next connect may
@@ -57,10 +58,13 @@ func newCreateMDCmd(a *app) *cobra.Command {
 				}
 				opts.Generation = g
 			}
-			cfg, n, err := loadForAdmin(configPath(cmd), node, "create-md")
+			// The same strict check as the daemon's: a wrong device path
+			// must not get metadata written onto it.
+			cfg, nodeName, err := loadChecked(a, configPath(cmd), node, "create-md")
 			if err != nil {
 				return err
 			}
+			n, _ := cfg.Node(nodeName)
 			res, _, err := daemon.LocalReplica(cfg, args[0], n.Name)
 			if err != nil {
 				return fmt.Errorf("create-md: %w", err)
