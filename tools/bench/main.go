@@ -1,7 +1,9 @@
 // Command bench compares tandem's NBD server with nbdkit, qemu-nbd and
 // go-nbd serving the same file, plus the file itself through io_uring as the
-// upper limit, using fio, and rewrites the results part of
-// docs/benchmarks.md. Run it from the module root: go run ./tools/bench.
+// upper limit, using fio; measures a replicated pair of tandem daemons
+// (protocol C, peer on loopback) on the write workloads and its resync
+// rate against the goals of docs/benchmarks.md; and rewrites the results
+// part of that document. Run it from the module root: go run ./tools/bench.
 package main
 
 import (
@@ -88,7 +90,7 @@ func parseFlags(args []string) (config, error) {
 	if cfg.Size%(1<<20) != 0 {
 		return config{}, errors.New("bench: -size must be a multiple of 1M (the largest block size)")
 	}
-	cfg.ResyncSize = cfg.Size / 2
+	cfg.ResyncSize = max(cfg.Size/2&^(1<<20-1), 1<<20)
 	if *resyncSize != "" {
 		if cfg.ResyncSize, err = parseSize(*resyncSize); err != nil {
 			return config{}, err

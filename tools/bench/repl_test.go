@@ -423,6 +423,7 @@ func TestParseFlagsReplicated(t *testing.T) {
 		{"-size", "256M", "-resync-size", "512M"},
 		{"-resync-size", "1000000"},
 		{"-resync-size", "0"},
+		{"-resync-size", "1536K"},
 	} {
 		if cfg, err := parseFlags(args); err == nil {
 			t.Errorf("parseFlags(%q) = targets %v rows %d, want an error", args, cfg.Targets, len(cfg.Rows))
@@ -445,6 +446,15 @@ func TestParseVerify(t *testing.T) {
 	for _, bad := range []string{"", `{"error": "not connected", "code": "not_connected"}`, "{"} {
 		if r, err := parseVerify([]byte(bad)); err == nil {
 			t.Errorf("parseVerify(%q) = %+v, want an error", bad, r)
+		}
+	}
+}
+
+func TestDefaultResyncSize(t *testing.T) {
+	for size, want := range map[string]int64{"1G": 512 << 20, "3M": 1 << 20, "1M": 1 << 20} {
+		cfg, err := parseFlags([]string{"-size", size})
+		if err != nil || cfg.ResyncSize != want {
+			t.Errorf("-size %s: resync size %d, %v; want %d", size, cfg.ResyncSize, err, want)
 		}
 	}
 }
