@@ -222,9 +222,6 @@ func (p *pair) identical() {
 	}
 }
 
-func (p *pair) status() string {
-	return fmt.Sprintf("%s: %+v\n%s: %+v", p.a.name, p.a.v.Status(), p.b.name, p.b.v.Status())
-}
 
 func mustPromote(t *testing.T, n *testNode, force bool) PromoteResult {
 	t.Helper()

@@ -360,12 +360,22 @@ func (l *link) downstream(f wire.Frame) error {
 	if (f.Type == wire.Write || f.Type == wire.ResyncData) && int64(len(f.Payload)) != n {
 		return fmt.Errorf("%w: %s announces %d bytes and carries %d", errProtocol, f.Type, n, len(f.Payload))
 	}
-	sp := &span{seq: f.Seq, off: off, end: off + n}
+	sp := spanPool.Get().(*span)
+	sp.seq, sp.off, sp.end = f.Seq, off, off+n
 	l.rord.add(sp)
 	if l.peer.Proto == 'B' && f.Flags&wire.FlagFUA == 0 && (f.Type == wire.Write || f.Type == wire.Trim || f.Type == wire.Zero) {
-		go func() { _ = l.c.Write(wire.Frame{Type: wire.Received, Seq: f.Seq, Epoch: v.epoch.Load()}) }()
+		if err := l.c.Write(wire.Frame{Type: wire.Received, Seq: f.Seq, Epoch: v.epoch.Load()}); err != nil {
+			return fmt.Errorf("replicate: acknowledging: %w", err)
+		}
 	}
 	l.applying.Add(1)
+	// The last frame of a burst, with nothing to wait for, is applied
+	// right here: a hand-off to another goroutine would cost a wake-up on
+	// every lone write, and nothing else is waiting to be read.
+	if f.Type == wire.Write && l.c.Reader().Buffered() == 0 && !l.rord.conflict(sp.seq, sp.off, sp.end) {
+		l.apply(f, sp)
+		return nil
+	}
 	go l.apply(f, sp)
 	return nil
 }
@@ -403,6 +413,7 @@ func (l *link) apply(f wire.Frame, sp *span) {
 		err = l.resyncApplied(n)
 	}
 	l.rord.remove(sp)
+	spanPool.Put(sp)
 	if err != nil {
 		if v.ctx.Err() == nil {
 			_ = v.diskFailed("applying "+f.Type.String()+" from the peer", err)

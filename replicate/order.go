@@ -50,6 +50,14 @@ func (o *order) conflictLocked(seq uint64, off, end int64) bool {
 	return false
 }
 
+// conflict reports whether an operation earlier than seq overlapping
+// [off, end) is in the set (waitBefore would block).
+func (o *order) conflict(seq uint64, off, end int64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.conflictLocked(seq, off, end)
+}
+
 // waitBefore returns once no operation earlier than seq overlapping
 // [off, end) is in the set. It needs no registration of its own, so a
 // flush (the whole range) or a resync read can use it too.

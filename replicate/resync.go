@@ -355,7 +355,13 @@ func (l *link) startResyncSource(ctx context.Context) error {
 	if err := l.c.Write(wire.Frame{Type: wire.State, Offset: stateResyncBegin, Epoch: v.epoch.Load()}); err != nil {
 		return fmt.Errorf("replicate: starting resync: %w", err)
 	}
-	l.background.Add(1)
+	l.pendMu.Lock()
+	if l.dead {
+		l.pendMu.Unlock()
+		return ErrPeerLost
+	}
+	l.background.Add(1) // under pendMu: the teardown sets dead before it waits
+	l.pendMu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -453,3 +453,23 @@ func TestMsgTypeNames(t *testing.T) {
 		t.Errorf("unknown type prints %q", s)
 	}
 }
+
+func TestReaderBuffered(t *testing.T) {
+	frames := []Frame{{Type: Ping, Seq: 1}, {Type: Pong, Seq: 2}}
+	r := NewReader(bytes.NewReader(encode(t, Options{}, frames...)), Options{})
+	if n := r.Buffered(); n != 0 {
+		t.Fatalf("Buffered before the first read: %d", n)
+	}
+	if _, err := r.Read(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.Buffered(); n != HeaderSize {
+		t.Fatalf("Buffered with one frame left: %d, want %d", n, HeaderSize)
+	}
+	if _, err := r.Read(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.Buffered(); n != 0 {
+		t.Fatalf("Buffered after the last frame: %d", n)
+	}
+}

@@ -65,6 +65,12 @@ func (r *Reader) closeDecoder() {
 	}
 }
 
+// Buffered is the number of bytes already read from the stream and not
+// yet returned as frames: 0 means the next Read blocks on the network, so
+// a receiver can handle the frame it has inline instead of handing it to
+// another goroutine.
+func (r *Reader) Buffered() int { return r.br.Buffered() }
+
 // Read returns the next frame, its payload decompressed and owned by the
 // caller. io.EOF means the peer closed cleanly between frames. Any other
 // error is final, except a timeout that struck before the first byte of a
