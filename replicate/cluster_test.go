@@ -3,7 +3,6 @@ package replicate
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
