@@ -355,7 +355,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 				if err := syncAll(); err != nil {
 					return err
 				}
-				s, err := runFio(ctx, r, t, cfg)
+				s, err := runOn(ctx, r, t, cfg)
 				if err != nil {
 					if ctx.Err() != nil {
 						return fmt.Errorf("bench: interrupted: %w", ctx.Err())
@@ -517,6 +517,50 @@ func measureLink(ctx context.Context, cfg config, repl *target, peer *netPeer, r
 		}
 	}
 	return fails, nil
+}
+
+// runOn runs one workload on t. On the replicated target it also makes
+// sure that every write of the run was replicated: a run in degraded mode
+// would measure a single node and pass it off as a pair.
+func runOn(ctx context.Context, r row, t *target, cfg config) (sample, error) {
+	if t.pair == nil {
+		return runFio(ctx, r, t, cfg)
+	}
+	before, err := t.pair.Primary.admin.waitFor(ctx, replResource, "the pair in sync before the run", time.Minute, 50*time.Millisecond, func(s resStatus) bool {
+		return s.inSync() && s.Role == "Primary"
+	})
+	if err != nil {
+		return sample{}, err
+	}
+	s, err := runFio(ctx, r, t, cfg)
+	if err != nil {
+		return s, err
+	}
+	after, err := t.pair.Primary.admin.status(ctx, replResource)
+	if err != nil {
+		return sample{}, err
+	}
+	if err := replicatedThroughout(before, after); err != nil {
+		return sample{}, err
+	}
+	return s, nil
+}
+
+// replicatedThroughout compares the primary's status before and after a
+// run: still in sync with nothing out of sync, and no resync finished in
+// between. A write acknowledged without the peer sets bits in the bitmap,
+// and a reconnect that resynced them changes last_resync, so either way a
+// run that was not replicated all along is caught.
+func replicatedThroughout(before, after resStatus) error {
+	if !after.inSync() || after.Role != "Primary" {
+		return fmt.Errorf("bench: replication was interrupted during the run (after it: %s)", after)
+	}
+	changed := (before.LastResync == nil) != (after.LastResync == nil) ||
+		before.LastResync != nil && *before.LastResync != *after.LastResync
+	if changed {
+		return fmt.Errorf("bench: a resync ran during the run (%d bytes): the pair lost its link and some writes were not replicated at once", after.LastResync.TotalBytes)
+	}
+	return nil
 }
 
 // runFio runs one workload against one target, bounded in time. fio forks

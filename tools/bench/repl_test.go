@@ -458,3 +458,35 @@ func TestDefaultResyncSize(t *testing.T) {
 		}
 	}
 }
+
+func TestReplicatedThroughout(t *testing.T) {
+	last := &progress{TotalBytes: 1 << 20, DoneBytes: 1 << 20, Rate: 9e7}
+	ok := resStatus{Up: true, Role: "Primary", Conn: "Connected", Disk: "UpToDate", PeerDisk: "UpToDate", LastResync: last}
+	if err := replicatedThroughout(ok, ok); err != nil {
+		t.Fatalf("a clean run: %v", err)
+	}
+	fresh := ok
+	fresh.LastResync = nil
+	if err := replicatedThroughout(fresh, fresh); err != nil {
+		t.Fatalf("a clean run without any resync so far: %v", err)
+	}
+	bad := map[string][2]resStatus{}
+	degraded := ok
+	degraded.Conn, degraded.PeerDisk, degraded.OutOfSync = "Connecting", "DUnknown", 4096
+	bad["degraded at the end"] = [2]resStatus{ok, degraded}
+	resyncing := ok
+	resyncing.Conn, resyncing.Resync = "SyncSource", &progress{TotalBytes: 8192}
+	bad["resyncing at the end"] = [2]resStatus{ok, resyncing}
+	resynced := ok
+	resynced.LastResync = &progress{TotalBytes: 8192, DoneBytes: 8192, Rate: 1e6}
+	bad["resynced during the run"] = [2]resStatus{ok, resynced}
+	bad["first resync during the run"] = [2]resStatus{fresh, ok}
+	demoted := ok
+	demoted.Role = "Secondary"
+	bad["demoted"] = [2]resStatus{ok, demoted}
+	for name, c := range bad {
+		if err := replicatedThroughout(c[0], c[1]); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}

@@ -224,7 +224,10 @@ func renderPairMethod(b *strings.Builder, r report, t *target) {
 		w("%s\n", shellJoin(argv))
 	}
 	w("```\n\nBefore fio starts, both daemons' status must say Connected, UpToDate on both sides, and alpha Primary with its export serving. "+
-		"fio runs against alpha's export, `--uri=%s`, with the same command lines as the other servers.\n", t.uri())
+		"fio runs against alpha's export, `--uri=%s`, with the same command lines as the other servers. "+
+		"A replicated run counts only if it was replicated throughout: the pair in sync before it, and after it still in sync, "+
+		"nothing out of sync on alpha and no resync finished in between (a write acknowledged without the peer would have set "+
+		"bits); otherwise it is listed as failed.\n", t.uri())
 	if r.Resync {
 		w("\nResync, once per repetition after the fio runs (the state is read from `GET /v1/status?resource=%s` on alpha's admin "+
 			"socket every %v, the reply `tandem status %s --json` prints):\n\n```\n", replResource, pollInterval, replResource)
