@@ -51,7 +51,7 @@ func parseFlags(args []string) (config, error) {
 	ramp := fs.Duration("ramp", 2*time.Second, "fio ramp_time before measuring (whole seconds)")
 	size := fs.String("size", "1G", "size of the served file")
 	out := fs.String("out", "docs/benchmarks.md", "document whose results section is rewritten (empty: print to stdout)")
-	dir := fs.String("dir", "/var/tmp", "directory for the served file (on the work disk, not tmpfs)")
+	dir := fs.String("dir", "/var/tmp", "directory for the served files (on the work disk, not tmpfs)")
 	targets := fs.String("targets", strings.Join(allTargets, ","), "comma-separated targets: "+strings.Join(allTargets, ","))
 	rows := fs.String("rows", strings.Join(append(slices.Clone(defaultRows), rowResync), ","), "comma-separated workloads, from: "+rowNames())
 	resyncSize := fs.String("resync-size", "", "data written while the secondary is down, for the bitmap resync (default: half of -size)")
