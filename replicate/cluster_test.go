@@ -35,6 +35,7 @@ type pairOpts struct {
 	// files: the data areas are nbd/backend files in a temporary
 	// directory instead of disk.Mem (benchmarks).
 	files bool
+	md    md.Options
 }
 
 type testNode struct {
@@ -87,7 +88,7 @@ func newPair(t testing.TB, o pairOpts) *pair {
 	p.a.peer, p.b.peer = p.b, p.a
 	gen := md.NewGeneration()
 	for _, n := range []*testNode{p.a, p.b} {
-		l, err := md.NewLayout(o.size, md.Options{})
+		l, err := md.NewLayout(o.size, o.md)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -102,7 +103,8 @@ func newPair(t testing.TB, o pairOpts) *pair {
 			t.Cleanup(func() { f.Close() })
 			n.dataDev = f
 		}
-		sb := md.Superblock{DataSize: o.size, Cluster: "testcluster", Resource: "r0", Node: n.name, Peer: n.peer.name}
+		sb := md.Superblock{DataSize: o.size, Cluster: "testcluster", Resource: "r0", Node: n.name, Peer: n.peer.name,
+			Granularity: l.Granularity, ALExtentSize: l.ALExtentSize, ALSlots: l.ALSlots, MaxHotExtents: l.MaxHotExtents}
 		if o.blank {
 			sb.Gen.Current = gen
 		}

@@ -876,7 +876,8 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 			return 0, err
 		}
 	case InSync:
-		if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.PeerOutdated | md.CrashedPrimary }); err != nil {
+		// Identical histories: whatever outdated either side is stale.
+		if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.PeerOutdated | md.CrashedPrimary | md.Outdated }); err != nil {
 			return 0, err
 		}
 	}

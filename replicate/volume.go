@@ -282,7 +282,10 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if fua {
 		flags = wire.FlagFUA
 	}
-	return v.write(ctx, wire.Frame{Type: wire.Write, Flags: flags, Offset: uint64(off), Length: uint32(len(p)), Payload: p}, int64(len(p)), 0)
+	return v.splitRange(off, int64(len(p)), func(o, n int64) error {
+		b := p[o-off : o-off+n]
+		return v.write(ctx, wire.Frame{Type: wire.Write, Flags: flags, Offset: uint64(o), Length: uint32(n), Payload: b}, n, 0)
+	})
 }
 
 // Trim replicates a discard.
@@ -315,9 +318,14 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 // bits, and the activity log takes a bounded number of extents at once.
 const maxRangeOp = 64 << 20
 
+// splitRange cuts a write, trim or zero into pieces that each span at most half
+// the extents that may be hot (and maxRangeOp), cut at extent boundaries.
 func (v *Volume) splitRange(off, length int64, fn func(o, n int64) error) error {
+	l := v.meta.Layout()
+	ext := l.ALExtentSize
+	chunk := min(max(int64(l.MaxHotExtents/2), 1)*ext, max(maxRangeOp/ext, 1)*ext)
 	for length > 0 {
-		n := min(length, maxRangeOp-off%maxRangeOp)
+		n := min(length, chunk-off%ext)
 		if err := fn(off, n); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/nbd"
+	"github.com/tandem-ha/tandem/replicate/md"
 )
 
 // workload runs writers goroutines of n random operations each (writes
@@ -192,4 +194,29 @@ func TestLocalWriteErrorFailsDisk(t *testing.T) {
 		t.Fatalf("write after the disk failed: %v, want EIO (detached)", err)
 	}
 	waitFor(t, 5*time.Second, "the peer sees Failed", func() bool { return p.b.v.Status().PeerDisk == Failed })
+}
+
+func TestLargeTrimAndZeroWithFewHotExtents(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 8 << 20, md: md.Options{ALExtentSize: 64 << 10, MaxHotExtents: 4}})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	workload(t, p.a.v, 2, 40, 12)
+	if err := p.a.v.Trim(ctx, 4096, 6<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.Zero(ctx, 12345*512, 1<<20, nbd.ZeroFUA); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte{0x42}, 3<<20)
+	if err := p.a.v.WriteAt(ctx, big, 3<<20+512, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.identical()
+	if !bytes.Equal(p.a.data.Bytes()[3<<20+512:6<<20+512], big) {
+		t.Fatal("large write not in place")
+	}
 }
