@@ -223,7 +223,6 @@ func (p *pair) identical() {
 	}
 }
 
-
 func mustPromote(t *testing.T, n *testNode, force bool) PromoteResult {
 	t.Helper()
 	r, err := n.v.Promote(context.Background(), force)
