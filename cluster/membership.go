@@ -66,16 +66,13 @@ type Membership struct {
 	ml  *memberlist.Memberlist
 	log *slog.Logger
 
+	events *queue[MemberChange]
+
 	mu     sync.Mutex
 	meta   []byte
 	metas  map[string][]byte
 	states map[string]MemberState
-	queue  []MemberChange
 	closed bool
-	wake   chan struct{}
-	out    chan MemberChange
-	done   chan struct{}
-	wg     sync.WaitGroup
 }
 
 // NewMembership starts the failure detector (not yet joined to anyone).
@@ -106,9 +103,7 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 		log:    cfg.Logger.With("component", "membership"),
 		states: map[string]MemberState{},
 		metas:  map[string][]byte{},
-		wake:   make(chan struct{}, 1),
-		out:    make(chan MemberChange),
-		done:   make(chan struct{}),
+		events: newQueue[MemberChange](),
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Node
@@ -128,11 +123,10 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 	mc.Logger = slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		m.events.close()
 		return nil, fmt.Errorf("cluster: membership: starting memberlist on %s: %w", net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.BindPort)), err)
 	}
 	m.ml = ml
-	m.wg.Add(1)
-	go m.pump()
 	return m, nil
 }
 
@@ -162,7 +156,7 @@ func (m *Membership) Join(peers []string) (int, error) {
 // Events delivers every state change of a voter, in order; nothing is
 // dropped (the queue is unbounded, so memberlist never waits on a slow
 // reader). Closed by Close.
-func (m *Membership) Events() <-chan MemberChange { return m.out }
+func (m *Membership) Events() <-chan MemberChange { return m.events.out }
 
 // SetMeta sets this node's metadata (roles, disk states, config hash...)
 // and gossips it.
@@ -223,8 +217,7 @@ func (m *Membership) Close() error {
 	m.closed = true
 	m.mu.Unlock()
 	err := m.ml.Shutdown()
-	close(m.done)
-	m.wg.Wait()
+	m.events.close()
 	if err != nil {
 		return fmt.Errorf("cluster: membership: shutdown: %w", err)
 	}
@@ -245,40 +238,7 @@ func (m *Membership) report(name string, st MemberState) {
 		return
 	}
 	m.states[name] = st
-	m.queue = append(m.queue, MemberChange{At: m.cfg.Now(), Node: name, State: st})
-	select {
-	case m.wake <- struct{}{}:
-	default:
-	}
-}
-
-// pump moves queued events to the unbuffered Events channel.
-func (m *Membership) pump() {
-	defer m.wg.Done()
-	defer close(m.out)
-	for {
-		m.mu.Lock()
-		var ev MemberChange
-		have := len(m.queue) > 0
-		if have {
-			ev = m.queue[0]
-			m.queue = m.queue[1:]
-		}
-		m.mu.Unlock()
-		if !have {
-			select {
-			case <-m.wake:
-				continue
-			case <-m.done:
-				return
-			}
-		}
-		select {
-		case m.out <- ev:
-		case <-m.done:
-			return
-		}
-	}
+	m.events.push(MemberChange{At: m.cfg.Now(), Node: name, State: st})
 }
 
 // mlEvents adapts memberlist's join/leave callbacks.
