@@ -3,6 +3,7 @@ package replicate
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -36,6 +37,7 @@ type pairOpts struct {
 	// directory instead of disk.Mem (benchmarks).
 	files bool
 	md    md.Options
+	tls   *tls.Config
 }
 
 type testNode struct {
@@ -139,7 +141,7 @@ func (n *testNode) config() Config {
 	}
 	return Config{
 		Cluster: "testcluster", Resource: "r0", Node: n.name, Peer: n.peer.name, Secret: []byte(testSecret),
-		Protocol: o.protocol, Compression: o.compression, PeerAddress: n.peer.addr,
+		Protocol: o.protocol, Compression: o.compression, PeerAddress: n.peer.addr, TLS: o.tls,
 		Data: n.device(), Meta: n.meta,
 		Resync: o.resync, SplitBrain: o.splitBrain,
 		OnDegraded: func(ctx context.Context) error {
