@@ -180,16 +180,29 @@ func (p *pair) status(n string) daemon.ResourceStatus {
 	return ns.Resources[0]
 }
 
-// waitStatus polls node's status until ok, at most about a minute.
+// waitStatus polls node's status until ok, at most about a minute. It asks
+// the admin API directly (the JSON `tandem status --json` prints) rather
+// than starting a process per poll; the final state is read once more
+// through the CLI.
 func (p *pair) waitStatus(n, what string, ok func(daemon.ResourceStatus) bool) daemon.ResourceStatus {
 	p.t.Helper()
+	nd, err := p.cfg.Node(n)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	c := daemon.NewClient(nd.AdminSocket, n)
 	var st daemon.ResourceStatus
-	for i := 0; i < 600; i++ {
-		st = p.status(n)
-		if ok(st) {
-			return st
+	for i := 0; i < 1200; i++ {
+		ns, err := c.Status(p.t.Context(), "r0")
+		if err == nil && len(ns.Resources) == 1 {
+			st = ns.Resources[0]
+			if ok(st) {
+				if st = p.status(n); ok(st) {
+					return st
+				}
+			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	p.t.Fatalf("%s: timed out waiting for %s; last status %+v\nlog:\n%s", n, what, st, tail(p.nodes[n].proc.Stderr(), 40))
 	return st

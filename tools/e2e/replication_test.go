@@ -43,9 +43,11 @@ func (p *pair) fileRange(n string, off, length int64) []byte {
 }
 
 func TestReplicationProtocols(t *testing.T) {
+	t.Parallel()
 	testenv.RequireTool(t, "qemu-io", "fio", "nbdcopy")
 	for _, proto := range []string{"A", "B", "C"} {
 		t.Run(proto, func(t *testing.T) {
+			t.Parallel()
 			p := newPair(t, pairOptions{protocol: proto, size: 32 * mib})
 			p.initialSync()
 			if st := p.status("alpha"); st.Protocol != proto || !st.NBDServing {
@@ -108,6 +110,7 @@ func (p *pair) watchResync(n string) (seen *replicate.Progress) {
 }
 
 func TestSecondaryKilledUnderLoad(t *testing.T) {
+	t.Parallel()
 	testenv.RequireTool(t, "fio")
 	// A slow resync, so that status shows it while it runs.
 	p := newPair(t, pairOptions{size: 64 * mib, maxRate: "4M"})
@@ -142,6 +145,7 @@ func TestSecondaryKilledUnderLoad(t *testing.T) {
 }
 
 func TestPrimaryKilledSecondaryPromoted(t *testing.T) {
+	t.Parallel()
 	testenv.RequireTool(t, "fio", "qemu-io")
 	p := newPair(t, pairOptions{size: 64 * mib})
 	p.initialSync()
@@ -172,6 +176,7 @@ func TestPrimaryKilledSecondaryPromoted(t *testing.T) {
 }
 
 func TestSplitBrainDetectedAndResolved(t *testing.T) {
+	t.Parallel()
 	testenv.RequireTool(t, "qemu-io")
 	p := newPair(t, pairOptions{size: 16 * mib})
 	p.initialSync()
@@ -226,6 +231,7 @@ func TestSplitBrainDetectedAndResolved(t *testing.T) {
 }
 
 func TestVerifyFindsAndRepairsAFlippedByte(t *testing.T) {
+	t.Parallel()
 	testenv.RequireTool(t, "qemu-io")
 	p := newPair(t, pairOptions{size: 16 * mib})
 	p.initialSync()
@@ -264,6 +270,7 @@ func TestVerifyFindsAndRepairsAFlippedByte(t *testing.T) {
 }
 
 func TestWrongSecretRefused(t *testing.T) {
+	t.Parallel()
 	testenv.RequireTool(t, "qemu-io")
 	p := newPair(t, pairOptions{size: 8 * mib})
 	// beta reads another secret: its own copy of the configuration.
