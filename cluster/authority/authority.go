@@ -1,0 +1,399 @@
+package authority
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/tandem-ha/tandem/cluster"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors Propose returns besides cluster.Apply's refusals; callers branch
+// on them.
+var (
+	// ErrNoQuorum: no leader could be reached before the context ended
+	// (a majority of voters is down or cut off). Nothing was appended.
+	ErrNoQuorum = errors.New("authority: no quorum: no leader reachable")
+	// ErrOutcomeUnknown: the command reached a leader that lost its
+	// leadership, or the context ended, before it was committed. It may
+	// still commit: OnCommit tells.
+	ErrOutcomeUnknown = errors.New("authority: outcome unknown: the command may still commit")
+	// ErrClosed: the store is closed.
+	ErrClosed = errors.New("authority: closed")
+	// ErrVoters: the on-disk voter set differs from the configured one.
+	ErrVoters = errors.New("authority: voter set differs from the one on disk")
+
+	// errNotLeader: the node asked is not (or no longer) the leader and
+	// nothing was appended; Propose looks for the leader again.
+	errNotLeader = errors.New("authority: not the leader")
+)
+
+const (
+	// proposeDefault bounds a Propose whose context has no deadline.
+	proposeDefault = 10 * time.Second
+	// retryPause is how long Propose waits before looking for a leader
+	// again (an election takes a few hundred milliseconds).
+	retryPause = 20 * time.Millisecond
+	// rpcTimeout is raft's I/O deadline for one RPC between voters.
+	rpcTimeout = time.Second
+	// snapshotsKept on disk.
+	snapshotsKept = 2
+)
+
+// Status is this node's view of the log.
+type Status struct {
+	// State is raft's: Follower, Candidate, Leader or Shutdown.
+	State string
+	// Leader is the leader's name, "" when none is known.
+	Leader string
+	// Quorum: this node is the leader (raft steps a leader down after
+	// LeaderLease without a majority), or it heard from a leader within
+	// the last Heartbeat timeout. Commands can be committed.
+	Quorum bool
+	// Applied is the raft index of the last entry applied here.
+	Applied uint64
+}
+
+// Authority is one voter's replica of the authority log.
+type Authority struct {
+	cfg    Config
+	t      Timeouts
+	log    *slog.Logger
+	raft   *raft.Raft
+	fsm    *fsm
+	store  *raftboltdb.BoltStore
+	trans  *raft.NetworkTransport
+	stream *streamLayer
+	obs    *raft.Observer
+
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts this node's voter: opens (or creates) the on-disk log in
+// cfg.Dir, bootstraps the fixed voter set if the log is empty (every voter
+// does, with the same set, so whichever starts first forms the cluster),
+// and joins the election. It refuses a log whose voter set differs from
+// cfg.Voters.
+func Open(cfg Config) (_ *Authority, err error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	a := &Authority{cfg: cfg, t: cfg.timeouts(), log: cfg.Logger.With("node", cfg.Node), done: make(chan struct{})}
+	var closers []func() error
+	defer func() {
+		if err != nil {
+			for _, c := range slices.Backward(closers) {
+				c()
+			}
+		}
+	}()
+
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("authority: %w", err)
+	}
+	a.store, err = raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(cfg.Dir, "raft.db"),
+		// Another process holding the store is an error, not a hang.
+		BoltOptions: &bolt.Options{Timeout: time.Second},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("authority: opening the log store in %s: %w", cfg.Dir, err)
+	}
+	closers = append(closers, a.store.Close)
+	hlog := newHclog(a.log, "raft")
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, snapshotsKept, hlog.Named("snapshot"))
+	if err != nil {
+		return nil, fmt.Errorf("authority: opening the snapshot store in %s: %w", cfg.Dir, err)
+	}
+
+	self, _ := cfg.voter(cfg.Node)
+	adv, err := net.ResolveTCPAddr("tcp", self.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("authority: own address %s: %w", self.Addr, err)
+	}
+	ln := cfg.Listener
+	if ln == nil {
+		bind := cfg.Bind
+		if bind == "" {
+			bind = self.Addr
+		}
+		if ln, err = net.Listen("tcp", bind); err != nil {
+			return nil, fmt.Errorf("authority: %w", err)
+		}
+	}
+	a.stream = newStreamLayer(ln, adv, cfg.Secret, a.log, a.serveForward)
+	a.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  a.stream,
+		MaxPool: 3,
+		Timeout: rpcTimeout,
+		Logger:  hlog.Named("net"),
+	})
+	closers = append(closers, func() error { err := a.trans.Close(); a.stream.wait(); return err })
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Node)
+	rc.HeartbeatTimeout = a.t.Heartbeat
+	rc.ElectionTimeout = a.t.Election
+	rc.LeaderLeaseTimeout = a.t.LeaderLease
+	rc.CommitTimeout = a.t.Commit
+	rc.Logger = hlog
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	want := raft.Configuration{}
+	for _, v := range cfg.Voters {
+		want.Servers = append(want.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(v.Name), Address: raft.ServerAddress(v.Addr)})
+	}
+	existing, err := raft.HasExistingState(a.store, a.store, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("authority: reading %s: %w", cfg.Dir, err)
+	}
+	if !existing {
+		if err := raft.BootstrapCluster(rc, a.store, a.store, snaps, a.trans, want); err != nil {
+			return nil, fmt.Errorf("authority: bootstrapping the voters: %w", err)
+		}
+		a.log.Info("authority: bootstrapped the voter set", "voters", len(cfg.Voters))
+	}
+	a.fsm = newFSM(cfg.Now, cfg.OnCommit)
+	a.raft, err = raft.NewRaft(rc, a.fsm, a.store, a.store, snaps, a.trans)
+	if err != nil {
+		return nil, fmt.Errorf("authority: starting raft: %w", err)
+	}
+	closers = append(closers, func() error { return a.raft.Shutdown().Error() })
+	cf := a.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, fmt.Errorf("authority: reading the voter set: %w", err)
+	}
+	if !sameVoters(cf.Configuration(), want) {
+		return nil, fmt.Errorf("authority: %s holds voters %v, the configuration names %v (changing the voter set is not supported): %w",
+			cfg.Dir, cf.Configuration().Servers, want.Servers, ErrVoters)
+	}
+
+	ch := make(chan raft.Observation, 16)
+	a.obs = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.RaftState:
+			return true
+		}
+		return false
+	})
+	a.raft.RegisterObserver(a.obs)
+	a.wg.Add(1)
+	go a.observe(ch)
+	return a, nil
+}
+
+func sameVoters(got, want raft.Configuration) bool {
+	key := func(s raft.Server) string { return fmt.Sprintf("%s\x00%s\x00%v", s.ID, s.Address, s.Suffrage) }
+	g, w := []string{}, []string{}
+	for _, s := range got.Servers {
+		g = append(g, key(s))
+	}
+	for _, s := range want.Servers {
+		w = append(w, key(s))
+	}
+	slices.Sort(g)
+	slices.Sort(w)
+	return slices.Equal(g, w)
+}
+
+func (a *Authority) observe(ch <-chan raft.Observation) {
+	defer a.wg.Done()
+	for {
+		select {
+		case <-a.done:
+			return
+		case o := <-ch:
+			st := a.Status()
+			if lo, ok := o.Data.(raft.LeaderObservation); ok {
+				a.log.Info("authority: leader changed", "leader", string(lo.LeaderID), "state", st.State)
+			}
+			if a.cfg.OnStatus != nil {
+				a.cfg.OnStatus(st)
+			}
+		}
+	}
+}
+
+// Status reports this node's view of the log.
+func (a *Authority) Status() Status {
+	_, id := a.raft.LeaderWithID()
+	st := Status{State: a.raft.State().String(), Leader: string(id), Applied: a.raft.AppliedIndex()}
+	switch a.raft.State() {
+	case raft.Leader:
+		st.Quorum = true
+	case raft.Follower:
+		st.Quorum = id != "" && time.Since(a.raft.LastContact()) < a.t.Heartbeat
+	}
+	return st
+}
+
+// Record returns the authority record as applied on this node: every entry
+// committed before this node's last apply. A Propose that returned without
+// error has been applied here.
+func (a *Authority) Record() *cluster.Record { return a.fsm.record().Clone() }
+
+// Snapshot makes raft write a snapshot of the record now and compact the
+// log behind it (raft also does so every SnapshotThreshold entries).
+func (a *Authority) Snapshot() error {
+	if err := a.raft.Snapshot().Error(); err != nil {
+		return fmt.Errorf("authority: snapshot: %w", err)
+	}
+	return nil
+}
+
+// Propose appends cmd to the log and returns once a majority of voters has
+// it and this node has applied it: the record after it, or cluster.Apply's
+// refusal (errors.Is works with cluster's sentinels) with the record
+// unchanged. From a follower the command is forwarded to the leader. Other
+// failures are ErrNoQuorum (nothing appended), ErrOutcomeUnknown, ErrClosed
+// or the command's own encoding error.
+func (a *Authority) Propose(ctx context.Context, cmd cluster.Command) (*cluster.Record, error) {
+	b, err := cmd.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	// Refuse here what every voter would refuse to decode.
+	if _, err := cluster.UnmarshalCommand(b); err != nil {
+		return nil, fmt.Errorf("authority: %s: %w", cmd, err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, proposeDefault)
+		defer cancel()
+	}
+	lastErr := ErrNoQuorum
+	for {
+		select {
+		case <-a.done:
+			return nil, fmt.Errorf("authority: %s: %w", cmd, ErrClosed)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("authority: %s: %w: %w", cmd, lastErr, ctx.Err())
+		default:
+		}
+		var res applyResult
+		var index uint64
+		if a.raft.State() == raft.Leader {
+			res, index, err = a.applyLocal(ctx, b)
+		} else if _, id := a.raft.LeaderWithID(); id != "" {
+			res, index, err = a.forward(ctx, string(id), b)
+		} else {
+			err = errNotLeader
+		}
+		if errors.Is(err, errNotLeader) {
+			// Nothing was appended: wait for (or find) the leader.
+			sleep(ctx, a.done, retryPause)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("authority: %s: %w", cmd, err)
+		}
+		a.waitApplied(ctx, index)
+		if res.err != nil {
+			return res.rec, res.err
+		}
+		return res.rec, nil
+	}
+}
+
+// sleep waits d or until ctx or done ends; it reports whether d passed.
+func sleep(ctx context.Context, done <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+	case <-done:
+	}
+	return false
+}
+
+// waitApplied waits until this node applied index, so a proposer reads its
+// own write and its OnCommit saw the entry before Propose returns; bounded
+// by ctx (the entry is committed either way).
+func (a *Authority) waitApplied(ctx context.Context, index uint64) {
+	for a.raft.AppliedIndex() < index {
+		if !sleep(ctx, a.done, 2*time.Millisecond) {
+			return
+		}
+	}
+}
+
+// applyLocal appends b on this node, which believes it leads. A refusal is
+// in the result; err is the log's failure.
+func (a *Authority) applyLocal(ctx context.Context, b []byte) (applyResult, uint64, error) {
+	timeout := proposeDefault
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return applyResult{}, 0, fmt.Errorf("%w: %w", ErrNoQuorum, context.DeadlineExceeded)
+	}
+	f := a.raft.Apply(b, timeout)
+	errc := make(chan error, 1)
+	go func() { errc <- f.Error() }()
+	select {
+	case err := <-errc:
+		switch {
+		case err == nil:
+		case errors.Is(err, raft.ErrNotLeader):
+			return applyResult{}, 0, errNotLeader
+		case errors.Is(err, raft.ErrEnqueueTimeout):
+			return applyResult{}, 0, fmt.Errorf("%w: %w", ErrNoQuorum, err)
+		case errors.Is(err, raft.ErrRaftShutdown):
+			return applyResult{}, 0, ErrClosed
+		default: // ErrLeadershipLost and the like: appended, not known to commit
+			return applyResult{}, 0, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+		}
+		res, ok := f.Response().(applyResult)
+		if !ok {
+			return applyResult{}, 0, fmt.Errorf("authority: log entry %d: no result", f.Index())
+		}
+		return res, f.Index(), nil
+	case <-ctx.Done():
+		return applyResult{}, 0, fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
+	case <-a.done:
+		return applyResult{}, 0, ErrClosed
+	}
+}
+
+// Close stops this voter: it leaves the election (the others elect a new
+// leader if it led), closes its port and its store. The log stays on disk.
+func (a *Authority) Close() error {
+	a.closeOnce.Do(func() {
+		close(a.done)
+		a.raft.DeregisterObserver(a.obs)
+		errs := []error{a.raft.Shutdown().Error(), a.trans.Close()}
+		a.stream.wait()
+		a.wg.Wait()
+		errs = append(errs, a.store.Close())
+		if err := errors.Join(errs...); err != nil {
+			a.closeErr = fmt.Errorf("authority: closing: %w", err)
+		}
+	})
+	return a.closeErr
+}
