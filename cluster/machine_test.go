@@ -649,3 +649,137 @@ func TestVIPClaimRefused(t *testing.T) {
 		t.Fatalf("r0 served by %v after the claim succeeded", got)
 	}
 }
+
+// solo drives one machine against a private log: every Propose is applied
+// to rec (or refused, or failed, as the test says) and fed back.
+type solo struct {
+	t    *testing.T
+	m    *Machine
+	rec  *Record
+	now  time.Time
+	acts []string
+	// refuse, if set, answers a proposal with this refusal and this record
+	// instead of applying it.
+	refuse func(Command) (*Record, error)
+	// fail, if set and returning an error, answers ProposalFailed.
+	fail func(Command) error
+}
+
+func newSolo(t *testing.T, node string) *solo {
+	m, err := NewMachine(Config{Node: node, Boot: "1", Voters: []string{"a", "b", "w"},
+		Resources: []ResourceConfig{{Name: "r0", Replicas: [2]string{"a", "b"}, Preferred: "a"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &solo{t: t, m: m, rec: NewRecord(), now: simStart}
+}
+
+func (s *solo) step(ev Event) {
+	queue := []Event{ev}
+	for len(queue) > 0 {
+		ev, queue = queue[0], queue[1:]
+		for _, a := range s.m.Step(ev).Actions {
+			s.acts = append(s.acts, a.String())
+			p, ok := a.(Propose)
+			if !ok {
+				continue
+			}
+			if s.fail != nil {
+				if err := s.fail(p.Cmd); err != nil {
+					queue = append(queue, ProposalFailed{At: s.now, ID: p.Cmd.ID, Err: err})
+					continue
+				}
+			}
+			if s.refuse != nil {
+				if rec, err := s.refuse(p.Cmd); err != nil {
+					s.rec = rec
+					queue = append(queue, Committed{At: s.now, Cmd: p.Cmd, Err: err, Record: rec})
+					continue
+				}
+			}
+			next, err := Apply(s.rec, p.Cmd)
+			s.rec = next
+			queue = append(queue, Committed{At: s.now, Cmd: p.Cmd, Err: err, Record: next})
+		}
+	}
+}
+
+func (s *solo) at(d time.Duration) time.Time { s.now = simStart.Add(d); return s.now }
+
+func (s *solo) did(prefix string) bool {
+	for _, a := range s.acts {
+		if strings.HasPrefix(a, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// primaryA is machine a, primary of r0 at epoch 1 with b connected.
+func primaryA(t *testing.T) *solo {
+	s := newSolo(t, "a")
+	s.step(MemberChange{At: s.at(0), Node: "b", State: MemberAlive})
+	s.step(MemberChange{At: s.at(0), Node: "w", State: MemberAlive})
+	s.step(VolumeReport{At: s.at(0), Resource: "r0", State: VolumeState{Disk: DiskUpToDate, Connected: true, PeerDisk: DiskUpToDate}})
+	s.rec = mustApply(t, s.rec, report("b", StateUpToDate))
+	s.step(Committed{At: s.at(0), Cmd: Command{ID: "b/1/1"}, Record: s.rec})
+	s.step(Tick{At: s.at(time.Second)})
+	if !s.did("promote r0 epoch=1") {
+		t.Fatalf("a did not become primary: %v", s.acts)
+	}
+	s.acts = nil
+	return s
+}
+
+// takenOver is the record after b took r0 over at epoch 2.
+func takenOver(t *testing.T, rec *Record) *Record {
+	return mustApply(t, rec, fenced("a", "b", 1), promote("b", 2))
+}
+
+// A MarkOutdated refused because the primary was deposed never lets the
+// degraded write through.
+func TestDeposedPrimaryRefusesDegradedWrite(t *testing.T) {
+	s := primaryA(t)
+	s.refuse = func(c Command) (*Record, error) {
+		if c.Op == OpMarkOutdated {
+			return takenOver(t, s.rec), ErrStaleEpoch
+		}
+		return nil, nil
+	}
+	s.step(DegradedRequest{At: s.at(2 * time.Second), Resource: "r0"})
+	if s.did("allow-degraded") || !s.did("refuse-degraded r0") || !s.did("demote r0") {
+		t.Fatalf("actions: %v", s.acts)
+	}
+}
+
+// After a quorum loss the primary resumes only on a committed
+// confirm-primary: a failed proposal keeps it suspended, a refusal demotes.
+func TestResumeNeedsCommittedConfirmation(t *testing.T) {
+	s := primaryA(t)
+	s.step(MemberChange{At: s.at(2 * time.Second), Node: "b", State: MemberDead})
+	s.step(MemberChange{At: s.at(2 * time.Second), Node: "w", State: MemberDead})
+	if !s.did("suspend-io r0") {
+		t.Fatalf("no suspend: %v", s.acts)
+	}
+	s.acts = nil
+	// Quorum is back but the log is unreachable: nothing resumes.
+	s.fail = func(c Command) error { return errors.New("no leader") }
+	s.step(MemberChange{At: s.at(3 * time.Second), Node: "w", State: MemberAlive})
+	s.step(Tick{At: s.at(3*time.Second + 200*time.Millisecond)})
+	if !s.did("propose confirm-primary r0 node=a epoch=1") || s.did("resume-io") {
+		t.Fatalf("actions: %v", s.acts)
+	}
+	// The log answers: someone else took over meanwhile.
+	s.fail = nil
+	s.refuse = func(c Command) (*Record, error) {
+		if c.Op == OpConfirmPrimary {
+			return takenOver(t, s.rec), ErrStaleEpoch
+		}
+		return nil, nil
+	}
+	s.acts = nil
+	s.step(Tick{At: s.at(4 * time.Second)})
+	if s.did("resume-io") || !s.did("demote r0") {
+		t.Fatalf("actions: %v", s.acts)
+	}
+}
