@@ -282,7 +282,7 @@ func (d *Daemon) volumeConfig(r *resource, secret []byte, log *slog.Logger) (rep
 		Logger:     log,
 	}
 	if t := r.cfg.TLS; t != nil {
-		tc, err := linkTLS(t)
+		tc, err := linkTLS(t, r.peer.Node)
 		if err != nil {
 			return c, fmt.Errorf("resource %s: tls: %w", r.cfg.Name, err)
 		}
@@ -291,9 +291,11 @@ func (d *Daemon) volumeConfig(r *resource, secret []byte, log *slog.Logger) (rep
 	return c, nil
 }
 
-// linkTLS is mutual TLS 1.3 between the two replicas, both checked
-// against the resource's CA.
-func linkTLS(t *config.TLS) (*tls.Config, error) {
+// linkTLS is mutual TLS 1.3 between the two replicas: both certificates
+// are checked against the resource's CA, and the peer's must name the peer
+// node (a DNS name in its subject alternative names), so a certificate of
+// another node of the same CA does not pass for the peer.
+func linkTLS(t *config.TLS, peer string) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 	if err != nil {
 		return nil, err
@@ -311,7 +313,19 @@ func linkTLS(t *config.TLS) (*tls.Config, error) {
 		RootCAs:      pool,
 		ClientCAs:    pool,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ServerName:   peer, // the dialing side checks the listener's name
 		MinVersion:   tls.VersionTLS13,
+		// The listening side checks the dialer's name too (the chain was
+		// verified against the CA before this runs).
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("tls: the peer sent no certificate")
+			}
+			if err := cs.PeerCertificates[0].VerifyHostname(peer); err != nil {
+				return fmt.Errorf("tls: the peer's certificate does not name node %s: %w", peer, err)
+			}
+			return nil
+		},
 	}, nil
 }
 
