@@ -38,9 +38,10 @@ type node struct {
 }
 
 type pairOptions struct {
-	protocol string // A, B, C (default C)
-	size     int64  // default 64 MiB
-	maxRate  string // resync max-rate (default 100M)
+	protocol    string // A, B, C (default C)
+	compression string // off, s2, zstd (default off)
+	size        int64  // default 64 MiB
+	maxRate     string // resync max-rate (default 100M)
 }
 
 func newPair(t *testing.T, o pairOptions) *pair {
@@ -53,6 +54,9 @@ func newPair(t *testing.T, o pairOptions) *pair {
 	}
 	if o.maxRate == "" {
 		o.maxRate = "100M"
+	}
+	if o.compression == "" {
+		o.compression = "off"
 	}
 	dir := t.TempDir()
 	p := &pair{t: t, bin: testenv.BuildTandem(t), dir: dir, path: filepath.Join(dir, "tandem.yaml"), size: o.size, nodes: map[string]*node{}}
@@ -81,6 +85,7 @@ resources:
   - name: r0
     size: %[3]d
     protocol: %[4]s
+    compression: %[10]s
     resync:
       max-rate: %[5]s
     replicas:
@@ -92,7 +97,7 @@ resources:
         device: %[2]s/beta.img
         address: 127.0.0.1:%[8]d
         nbd-listen: 127.0.0.1:%[9]d
-`, secret, dir, o.size, o.protocol, o.maxRate, ports["alpha-repl"], ports["alpha-nbd"], ports["beta-repl"], ports["beta-nbd"])
+`, secret, dir, o.size, o.protocol, o.maxRate, ports["alpha-repl"], ports["alpha-nbd"], ports["beta-repl"], ports["beta-nbd"], o.compression)
 	writeFile(t, p.path, yaml, 0o644)
 	cfg, err := config.Load(p.path)
 	if err != nil {

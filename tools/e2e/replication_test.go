@@ -45,10 +45,11 @@ func (p *pair) fileRange(n string, off, length int64) []byte {
 func TestReplicationProtocols(t *testing.T) {
 	t.Parallel()
 	testenv.RequireTool(t, "qemu-io", "fio", "nbdcopy")
-	for _, proto := range []string{"A", "B", "C"} {
-		t.Run(proto, func(t *testing.T) {
+	for _, c := range []struct{ proto, compression string }{{"A", "off"}, {"B", "s2"}, {"C", "off"}, {"C", "zstd"}} {
+		proto := c.proto
+		t.Run(proto+"/"+c.compression, func(t *testing.T) {
 			t.Parallel()
-			p := newPair(t, pairOptions{protocol: proto, size: 32 * mib})
+			p := newPair(t, pairOptions{protocol: proto, compression: c.compression, size: 32 * mib})
 			p.initialSync()
 			if st := p.status("alpha"); st.Protocol != proto || !st.NBDServing {
 				t.Fatalf("alpha status: %+v", st)
