@@ -533,6 +533,7 @@ func (m *Machine) handoffStep(r *resState, res *Resource) bool {
 	if !wanted {
 		r.handoff = false
 		m.clearAlert(name + ":standby")
+		m.clearAlert(name + ":switchover")
 		return false
 	}
 	to := r.peer
@@ -543,7 +544,8 @@ func (m *Machine) handoffStep(r *resState, res *Resource) bool {
 		}
 		if res.Target != "" {
 			m.propose(name, Command{Op: OpCancelSwitchover, Resource: name, Node: res.Target}, "", "")
-			m.emit(Alert{Resource: name, Text: fmt.Sprintf("switchover of %s to %s cancelled: %s", name, res.Target, why)})
+			// Once per switchover: the cancel may take a few tries to commit.
+			m.alertOnce(name+":switchover", name, fmt.Sprintf("switchover of %s to %s cancelled: %s", name, res.Target, why))
 		} else {
 			r.retryAfter = m.now.Add(m.cfg.SwitchoverTimeout)
 			m.alertOnce(name+":standby", name, fmt.Sprintf("standby: %s stays primary here: %s", name, why))

@@ -38,7 +38,7 @@ func randomStep(rt *rapid.T, s *sim, f faults) {
 		kinds = append(kinds, "crash", "restart")
 	}
 	if f.partitions {
-		kinds = append(kinds, "link", "link")
+		kinds = append(kinds, "link", "link", "isolate", "heal-node")
 	}
 	if f.admin {
 		kinds = append(kinds, "admin")
@@ -71,6 +71,15 @@ func randomStep(rt *rapid.T, s *sim, f faults) {
 		if x != y {
 			s.setLink(x, y, rapid.Bool().Draw(rt, "up"))
 		}
+	case "isolate", "heal-node":
+		x := node("node")
+		for _, y := range nodes {
+			if y != x {
+				s.links[mkpair(x, y)] = kind == "heal-node"
+			}
+		}
+		s.logf("%s %s", kind, x)
+		s.settle()
 	case "admin":
 		randomAdmin(rt, s, f)
 	}
