@@ -31,6 +31,11 @@ var (
 	ErrOutcomeUnknown = errors.New("authority: outcome unknown: the command may still commit")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("authority: closed")
+	// ErrRefused wraps cluster.Apply's refusal of a committed command
+	// (errors.Is also matches cluster's sentinel). The entry is in the
+	// log: OnCommit delivers it, with the refusal, on every node, so a
+	// caller must not also report it as a ProposalFailed.
+	ErrRefused = errors.New("authority: refused")
 	// ErrVoters: the on-disk voter set differs from the configured one.
 	ErrVoters = errors.New("authority: voter set differs from the one on disk")
 
@@ -61,7 +66,7 @@ type Status struct {
 	// LeaderLease without a majority), or it heard from a leader within
 	// the last Heartbeat timeout. Commands can be committed.
 	Quorum bool
-	// Applied is the raft index of the last entry applied here.
+	// Applied is the raft index of the last command applied here.
 	Applied uint64
 }
 
@@ -241,7 +246,8 @@ func (a *Authority) observe(ch <-chan raft.Observation) {
 // Status reports this node's view of the log.
 func (a *Authority) Status() Status {
 	_, id := a.raft.LeaderWithID()
-	st := Status{State: a.raft.State().String(), Leader: string(id), Applied: a.raft.AppliedIndex()}
+	applied, _, _ := a.fsm.progress()
+	st := Status{State: a.raft.State().String(), Leader: string(id), Applied: applied}
 	switch a.raft.State() {
 	case raft.Leader:
 		st.Quorum = true
@@ -252,8 +258,8 @@ func (a *Authority) Status() Status {
 }
 
 // Record returns the authority record as applied on this node: every entry
-// committed before this node's last apply. A Propose that returned without
-// error has been applied here.
+// up to this node's last apply (a follower may lag the leader by a
+// heartbeat). A Propose from this node that returned has been applied here.
 func (a *Authority) Record() *cluster.Record { return a.fsm.record().Clone() }
 
 // Snapshot makes raft write a snapshot of the record now and compact the
@@ -266,11 +272,12 @@ func (a *Authority) Snapshot() error {
 }
 
 // Propose appends cmd to the log and returns once a majority of voters has
-// it and this node has applied it: the record after it, or cluster.Apply's
+// it and this node has applied it (unless ctx ends first: it is committed
+// either way): the record after it, or ErrRefused wrapping cluster.Apply's
 // refusal (errors.Is works with cluster's sentinels) with the record
 // unchanged. From a follower the command is forwarded to the leader. Other
 // failures are ErrNoQuorum (nothing appended), ErrOutcomeUnknown, ErrClosed
-// or the command's own encoding error.
+// or the command's own encoding error; those are a cluster.ProposalFailed.
 func (a *Authority) Propose(ctx context.Context, cmd cluster.Command) (*cluster.Record, error) {
 	b, err := cmd.Marshal()
 	if err != nil {
@@ -313,7 +320,7 @@ func (a *Authority) Propose(ctx context.Context, cmd cluster.Command) (*cluster.
 		}
 		a.waitApplied(ctx, index)
 		if res.err != nil {
-			return res.rec, res.err
+			return res.rec, fmt.Errorf("%w: %w", ErrRefused, res.err)
 		}
 		return res.rec, nil
 	}
@@ -334,12 +341,35 @@ func sleep(ctx context.Context, done <-chan struct{}, d time.Duration) bool {
 
 // waitApplied waits until this node applied index, so a proposer reads its
 // own write and its OnCommit saw the entry before Propose returns; bounded
-// by ctx (the entry is committed either way).
+// by ctx (the entry is committed either way). A snapshot restore covers
+// the entries raft counts as applied once it is done.
 func (a *Authority) waitApplied(ctx context.Context, index uint64) {
-	for a.raft.AppliedIndex() < index {
-		if !sleep(ctx, a.done, 2*time.Millisecond) {
+	_, restores0, _ := a.fsm.progress()
+	for {
+		applied, restores, changed := a.fsm.progress()
+		if applied >= index || (restores > restores0 && a.raft.AppliedIndex() >= index) {
 			return
 		}
+		t := time.NewTimer(10 * time.Millisecond) // raft sets AppliedIndex after a restore
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+		case <-a.done:
+		}
+		t.Stop()
+		if ctx.Err() != nil || a.isClosed() {
+			return
+		}
+	}
+}
+
+func (a *Authority) isClosed() bool {
+	select {
+	case <-a.done:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -333,7 +333,7 @@ func TestRefusalReachesProposerAndChangesNothing(t *testing.T) {
 	stale := cmd(cluster.OpPromote, "b", func(c *cluster.Command) { c.Resource, c.Node, c.Epoch = "r0", "b", 5 })
 	for _, i := range []int{f, l} {
 		rec, err := c.propose(i, stale)
-		if !errors.Is(err, cluster.ErrStaleEpoch) {
+		if !errors.Is(err, cluster.ErrStaleEpoch) || !errors.Is(err, ErrRefused) {
 			t.Fatalf("from %s: %v, want ErrStaleEpoch", c.names[i], err)
 		}
 		if rec == nil || rec.Index != before.Index {
@@ -486,6 +486,9 @@ func TestConfigRefused(t *testing.T) {
 		"no dir":         func(c *Config) { c.Dir = "" },
 		"no secret":      func(c *Config) { c.Secret = nil },
 		"negative":       func(c *Config) { c.Timeouts.Heartbeat = -time.Second },
+		"lease > hb":     func(c *Config) { c.Timeouts.LeaderLease = time.Second },
+		"election < hb":  func(c *Config) { c.Timeouts.Heartbeat, c.Timeouts.Election = time.Second, 500*time.Millisecond },
+		"tiny":           func(c *Config) { c.Timeouts.Heartbeat = time.Millisecond },
 	}
 	for name, mod := range cases {
 		cfg := good()

@@ -78,8 +78,9 @@ type Config struct {
 	OnStatus func(Status)
 	Timeouts Timeouts
 	// SnapshotThreshold: entries since the last snapshot before raft takes
-	// another (default 1024); TrailingLogs: entries kept behind a snapshot
-	// for slow followers (default 1024).
+	// another (0: raft's 8192); TrailingLogs: entries kept behind a
+	// snapshot for a follower that lags (0: raft's 10240). Raft also looks
+	// every two minutes.
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
 }
@@ -118,9 +119,18 @@ func (c *Config) check() error {
 	if len(c.Secret) == 0 {
 		return fmt.Errorf("authority: no cluster secret (the authority port is authenticated with it): %w", ErrConfig)
 	}
-	t := c.Timeouts
-	if t.Heartbeat < 0 || t.Election < 0 || t.LeaderLease < 0 || t.Commit < 0 {
+	if t := c.Timeouts; t.Heartbeat < 0 || t.Election < 0 || t.LeaderLease < 0 || t.Commit < 0 {
 		return fmt.Errorf("authority: negative timeout: %w", ErrConfig)
+	}
+	// What raft.ValidateConfig would refuse, said in our terms.
+	t := c.timeouts()
+	switch {
+	case t.Heartbeat < 5*time.Millisecond || t.Election < 5*time.Millisecond || t.LeaderLease < 5*time.Millisecond || t.Commit < time.Millisecond:
+		return fmt.Errorf("authority: timeouts %+v: heartbeat, election and leader lease need at least 5ms, commit 1ms: %w", t, ErrConfig)
+	case t.Election < t.Heartbeat:
+		return fmt.Errorf("authority: election timeout %v is shorter than the heartbeat timeout %v: %w", t.Election, t.Heartbeat, ErrConfig)
+	case t.LeaderLease > t.Heartbeat:
+		return fmt.Errorf("authority: leader lease %v is longer than the heartbeat timeout %v: %w", t.LeaderLease, t.Heartbeat, ErrConfig)
 	}
 	return nil
 }

@@ -119,7 +119,7 @@ func (a *Authority) forward(ctx context.Context, leader string, b []byte) (apply
 		}
 		return applyResult{}, 0, fmt.Errorf("%w: forwarded to %s: %w", ErrOutcomeUnknown, leader, err)
 	}
-	if !resp.Refused && resp.Code != "" || resp.Error != "" && !resp.Refused {
+	if !resp.Refused && (resp.Code != "" || resp.Error != "") {
 		return applyResult{}, 0, decodeError(resp.Code, fmt.Sprintf("authority: leader %s: %s", leader, resp.Error))
 	}
 	rec, err := cluster.UnmarshalRecord(resp.Record)
@@ -146,8 +146,6 @@ func (a *Authority) serveForward(conn net.Conn) {
 	wait := min(time.Duration(req.TimeoutMS)*time.Millisecond, maxForwardWait)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() {})
-	defer stop()
 	go func() {
 		select {
 		case <-a.done:

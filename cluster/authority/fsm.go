@@ -20,6 +20,13 @@ type fsm struct {
 
 	mu  sync.RWMutex
 	rec *cluster.Record
+	// applied is the raft index of the last command applied here (raft's
+	// own AppliedIndex runs ahead: it counts entries handed to the FSM
+	// goroutine, not applied). restores counts snapshot restores, which
+	// jump over entries without applying them one by one.
+	applied, restores uint64
+	// changed is closed and replaced whenever applied or restores moves.
+	changed chan struct{}
 }
 
 // applyResult is what raft hands back to the proposer on the leader.
@@ -29,7 +36,21 @@ type applyResult struct {
 }
 
 func newFSM(now func() time.Time, onCommit func(cluster.Committed)) *fsm {
-	return &fsm{now: now, onCommit: onCommit, rec: cluster.NewRecord()}
+	return &fsm{now: now, onCommit: onCommit, rec: cluster.NewRecord(), changed: make(chan struct{})}
+}
+
+// progress returns the applied index, the restore count and a channel
+// closed when either moves.
+func (f *fsm) progress() (applied, restores uint64, changed <-chan struct{}) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied, f.restores, f.changed
+}
+
+// moved must be called with mu held.
+func (f *fsm) moved() {
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 func (f *fsm) record() *cluster.Record {
@@ -59,6 +80,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		// voter, like a refusal.
 		err = fmt.Errorf("authority: log entry %d: %w", l.Index, err)
 	}
+	f.applied = l.Index
+	f.moved()
 	f.mu.Unlock()
 	if f.onCommit != nil {
 		f.onCommit(cluster.Committed{At: f.now(), Cmd: cmd, Err: err, Record: rec})
@@ -87,6 +110,8 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.rec = rec
+	f.restores++
+	f.moved()
 	f.mu.Unlock()
 	if f.onCommit != nil {
 		f.onCommit(cluster.Committed{At: f.now(), Record: rec})

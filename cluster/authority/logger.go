@@ -15,13 +15,18 @@ import (
 // logger, so raft's elections and errors land in the same log, with the same
 // handler, as everything else.
 type hclogAdapter struct {
+	base    *slog.Logger // without name and implied arguments
 	l       *slog.Logger
 	name    string
 	implied []any
 }
 
 func newHclog(l *slog.Logger, name string) hclog.Logger {
-	return &hclogAdapter{l: l.With("component", name), name: name}
+	return named(l, name, nil)
+}
+
+func named(base *slog.Logger, name string, implied []any) *hclogAdapter {
+	return &hclogAdapter{base: base, l: base.With("component", name).With(implied...), name: name, implied: implied}
 }
 
 func slogLevel(l hclog.Level) slog.Level {
@@ -82,19 +87,18 @@ func (h *hclogAdapter) ImpliedArgs() []any            { return h.implied }
 func (h *hclogAdapter) Name() string                  { return h.name }
 
 func (h *hclogAdapter) With(args ...any) hclog.Logger {
-	args = fixArgs(args)
-	return &hclogAdapter{l: h.l.With(args...), name: h.name, implied: append(h.implied[:len(h.implied):len(h.implied)], args...)}
+	return named(h.base, h.name, append(h.implied[:len(h.implied):len(h.implied)], fixArgs(args)...))
 }
 
 func (h *hclogAdapter) Named(name string) hclog.Logger {
 	if h.name != "" {
 		name = h.name + "." + name
 	}
-	return &hclogAdapter{l: h.l.With("component", name), name: name, implied: h.implied}
+	return named(h.base, name, h.implied)
 }
 
 func (h *hclogAdapter) ResetNamed(name string) hclog.Logger {
-	return &hclogAdapter{l: h.l.With("component", name), name: name, implied: h.implied}
+	return named(h.base, name, h.implied)
 }
 
 // SetLevel is ignored: the slog handler decides what is logged.
