@@ -77,6 +77,7 @@ func newRootCmd(a *app) *cobra.Command {
 	root.AddCommand(adminCommands(a)...)
 	root.AddCommand(newVIPCmd(a))
 	root.AddCommand(newFenceCmd(a))
+	root.AddCommand(newLabCmd(a))
 	addConfigCommand(root, a) // the global --config flag and tandem config
 	return root
 }
