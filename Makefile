@@ -34,7 +34,8 @@ DEPS := nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
 	fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
 	lsblk:util-linux mountpoint:util-linux losetup:mount mount:mount \
 	umount:mount sha256sum:coreutils strace:strace ip:iproute2 gcc:gcc \
-	ipmi_sim:openipmi ipmitool:ipmitool fence_ipmilan:fence-agents jq:jq
+	ipmi_sim:openipmi ipmitool:ipmitool fence_ipmilan:fence-agents jq:jq \
+	nft:nftables timeout:coreutils
 
 .PHONY: help deps build test bench demo lint fuzz clean check-go
 

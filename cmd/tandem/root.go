@@ -34,6 +34,10 @@ Fencing, by hand through each node's configured levels (docs/operations.md):
   tandem fence status|test|off|on|reboot NODE
   tandem fence confirm NODE   record that you checked NODE is off
 
+A whole cluster on this machine, in network namespaces (docs/operations.md):
+
+  tandem lab up|status|exec|crash|restart|isolate|cut|heal|down
+
 One node, no replication:
 
   tandem serve    export files or block devices over NBD to any NBD client
