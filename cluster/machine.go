@@ -623,7 +623,9 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 	case r.peer:
 		if !m.gone(r.peer) {
 			m.clearAlert(name + ":nofailover")
-			delete(m.fences, r.peer)
+			if fs := m.fences[r.peer]; fs != nil && !fs.inFlight {
+				delete(m.fences, r.peer) // it came back: a later failure fences afresh
+			}
 			m.failback(r, res, localOK && q)
 			return
 		}
