@@ -92,31 +92,51 @@ func adminError(a *app, f *adminFlags, what, resource string, err error) error {
 	return fmt.Errorf("%s %s: %s", what, resource, ae.Message)
 }
 
-// simpleAdminCmd is a command RESOURCE whose reply is only "done".
-func simpleAdminCmd(a *app, use, short, long string, call func(ctx context.Context, c *daemon.Client, res string) error, done string) *cobra.Command {
+// doneCmd describes a command RESOURCE whose reply is only "done".
+type doneCmd struct {
+	use, short, long, example string
+	// flags adds the command's own flags, bound to variables that call
+	// reads.
+	flags func(cmd *cobra.Command)
+	// check refuses a command line before the daemon is asked (nil: none).
+	check func() error
+	call  func(ctx context.Context, c *daemon.Client, res string) error
+	done  string // printed with the resource name
+}
+
+func newDoneCmd(a *app, d doneCmd) *cobra.Command {
 	var f adminFlags
 	cmd := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Long:  long,
-		Args:  oneResource,
+		Use:     d.use,
+		Short:   d.short,
+		Long:    d.long,
+		Example: d.example,
+		Args:    oneResource,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			what := cmd.Name()
+			if d.check != nil {
+				if err := d.check(); err != nil {
+					return err
+				}
+			}
 			c, err := f.client(cmd, what)
 			if err != nil {
 				return err
 			}
-			if err := call(cmd.Context(), c, args[0]); err != nil {
+			if err := d.call(cmd.Context(), c, args[0]); err != nil {
 				return adminError(a, &f, what, args[0], err)
 			}
 			if f.asJSON {
 				return printJSON(a.stdout, daemon.Done{OK: true})
 			}
-			fmt.Fprintf(a.stdout, done+"\n", args[0])
+			fmt.Fprintf(a.stdout, d.done+"\n", args[0])
 			return nil
 		},
 	}
 	f.add(cmd)
+	if d.flags != nil {
+		d.flags(cmd)
+	}
 	return cmd
 }
 
@@ -213,71 +233,46 @@ until the comparison is done; interrupting it stops the verify. It exits
 }
 
 func newResyncCmd(a *app) *cobra.Command {
-	var f adminFlags
 	var full bool
-	cmd := &cobra.Command{
-		Use:   "resync RESOURCE [--full]",
-		Short: "Resync this replica from the peer",
-		Long: `Make this node's replica of RESOURCE the sync target: the blocks marked
+	return newDoneCmd(a, doneCmd{
+		use:   "resync RESOURCE [--full]",
+		short: "Resync this replica from the peer",
+		long: `Make this node's replica of RESOURCE the sync target: the blocks marked
 out of sync (or, with --full, every block) are copied from the peer. Needs
 the replicas connected; progress shows in tandem status.`,
-		Example: "  tandem resync r0\n  tandem resync r0 --full",
-		Args:    oneResource,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client(cmd, "resync")
-			if err != nil {
-				return err
-			}
-			if err := c.Resync(cmd.Context(), args[0], full); err != nil {
-				return adminError(a, &f, "resync", args[0], err)
-			}
-			if f.asJSON {
-				return printJSON(a.stdout, daemon.Done{OK: true})
-			}
-			fmt.Fprintf(a.stdout, "%s: resync from the peer started (tandem status %s shows progress)\n", args[0], args[0])
-			return nil
+		example: "  tandem resync r0\n  tandem resync r0 --full",
+		flags: func(cmd *cobra.Command) {
+			cmd.Flags().BoolVar(&full, "full", false, "copy every block, not only those marked out of sync")
 		},
-	}
-	f.add(cmd)
-	cmd.Flags().BoolVar(&full, "full", false, "copy every block, not only those marked out of sync")
-	return cmd
+		call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Resync(ctx, res, full) },
+		done: "%[1]s: resync from the peer started (tandem status %[1]s shows progress)",
+	})
 }
 
 func newResolveCmd(a *app) *cobra.Command {
-	var f adminFlags
 	var discard bool
-	cmd := &cobra.Command{
-		Use:   "resolve RESOURCE --discard-my-data",
-		Short: "End a split brain by discarding this node's changes",
-		Long: `After a split brain (both replicas of RESOURCE wrote while apart, so
+	return newDoneCmd(a, doneCmd{
+		use:   "resolve RESOURCE --discard-my-data",
+		short: "End a split brain by discarding this node's changes",
+		long: `After a split brain (both replicas of RESOURCE wrote while apart, so
 neither overwrote the other and both stay StandAlone), run this on the node
 whose changes are to be thrown away: it becomes the sync target, its
 changes since the split are overwritten by the peer's, and the replicas
 connect and resync. It must not be Primary (demote it first). Then run
 tandem connect RESOURCE on the other node if it is StandAlone.`,
-		Example: "  tandem demote r0 && tandem resolve r0 --discard-my-data",
-		Args:    oneResource,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		example: "  tandem demote r0 && tandem resolve r0 --discard-my-data",
+		flags: func(cmd *cobra.Command) {
+			cmd.Flags().BoolVar(&discard, "discard-my-data", false, "throw away this node's changes since the split brain")
+		},
+		check: func() error {
 			if !discard {
 				return errors.New("resolve: --discard-my-data is required: run it on the node whose changes since the split are thrown away")
 			}
-			c, err := f.client(cmd, "resolve")
-			if err != nil {
-				return err
-			}
-			if err := c.Resolve(cmd.Context(), args[0], true); err != nil {
-				return adminError(a, &f, "resolve", args[0], err)
-			}
-			if f.asJSON {
-				return printJSON(a.stdout, daemon.Done{OK: true})
-			}
-			fmt.Fprintf(a.stdout, "%s: this node's changes are discarded; it resyncs from the peer\n", args[0])
 			return nil
 		},
-	}
-	f.add(cmd)
-	cmd.Flags().BoolVar(&discard, "discard-my-data", false, "throw away this node's changes since the split brain")
-	return cmd
+		call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Resolve(ctx, res, true) },
+		done: "%s: this node's changes are discarded; it resyncs from the peer",
+	})
 }
 
 // adminCommands are the commands that drive a running daemon.
@@ -285,20 +280,20 @@ func adminCommands(a *app) []*cobra.Command {
 	return []*cobra.Command{
 		newStatusCmd(a),
 		newPromoteCmd(a),
-		simpleAdminCmd(a, "demote RESOURCE", "Make this node Secondary for a resource",
-			`Make this node Secondary for RESOURCE: its NBD export stops passing I/O
+		newDoneCmd(a, doneCmd{use: "demote RESOURCE", short: "Make this node Secondary for a resource",
+			long: `Make this node Secondary for RESOURCE: its NBD export stops passing I/O
 (clients get EPERM), writes in flight finish and are flushed on both
 replicas first.`,
-			func(ctx context.Context, c *daemon.Client, res string) error { return c.Demote(ctx, res) }, "%s: Secondary"),
-		simpleAdminCmd(a, "connect RESOURCE", "Connect a resource's replication link",
-			`Start connecting RESOURCE's replication link to the peer (after disconnect,
+			call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Demote(ctx, res) }, done: "%s: Secondary"}),
+		newDoneCmd(a, doneCmd{use: "connect RESOURCE", short: "Connect a resource's replication link",
+			long: `Start connecting RESOURCE's replication link to the peer (after disconnect,
 a refused peer or a split brain). On connect the replicas compare
 generations and resync what differs.`,
-			func(ctx context.Context, c *daemon.Client, res string) error { return c.Connect(ctx, res) }, "%s: connecting to the peer"),
-		simpleAdminCmd(a, "disconnect RESOURCE", "Disconnect a resource's replication link",
-			`Drop RESOURCE's replication link and stay StandAlone until tandem connect.
+			call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Connect(ctx, res) }, done: "%s: connecting to the peer"}),
+		newDoneCmd(a, doneCmd{use: "disconnect RESOURCE", short: "Disconnect a resource's replication link",
+			long: `Drop RESOURCE's replication link and stay StandAlone until tandem connect.
 A Primary keeps serving and records its writes in the out-of-sync bitmap.`,
-			func(ctx context.Context, c *daemon.Client, res string) error { return c.Disconnect(ctx, res) }, "%s: StandAlone"),
+			call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Disconnect(ctx, res) }, done: "%s: StandAlone"}),
 		newResyncCmd(a),
 		newVerifyCmd(a),
 		newResolveCmd(a),
