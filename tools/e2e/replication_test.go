@@ -169,6 +169,10 @@ func TestPrimaryKilledSecondaryPromoted(t *testing.T) {
 		t.Errorf("the old primary came back as %s", st.Role)
 	}
 	p.waitStatus("beta", "beta in sync", inSync)
+	// Never two primaries while connected.
+	if _, stderr, err := p.tandemErr("alpha", "promote", "r0"); err == nil || !strings.Contains(stderr, "demote it first") {
+		t.Errorf("promote of the old primary while beta is Primary: %v\n%s", err, stderr)
+	}
 	p.stopBoth()
 	p.sameData()
 	if b := p.fileRange("alpha", 40*mib, 2*mib); !isPattern(b, 0x77) {
