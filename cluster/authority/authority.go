@@ -146,7 +146,7 @@ func Open(cfg Config) (_ *Authority, err error) {
 			return nil, fmt.Errorf("authority: %w", err)
 		}
 	}
-	a.stream = newStreamLayer(ln, adv, cfg.Secret, a.log, a.serveForward)
+	a.stream = newStreamLayer(ln, adv, cfg.Secret, cfg.TLS, a.log, a.serveForward)
 	a.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  a.stream,
 		MaxPool: 3,

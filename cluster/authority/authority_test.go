@@ -3,6 +3,7 @@ package authority
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -26,13 +27,14 @@ type testCluster struct {
 	cfgs  []Config
 	nodes []*Authority
 
-	mu      sync.Mutex
-	commits map[string][]cluster.Committed
+	mu       sync.Mutex
+	commits  map[string][]cluster.Committed
+	statuses map[string][]Status
 }
 
 func newTestCluster(t *testing.T) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, names: []string{"a", "b", "w"}, commits: map[string][]cluster.Committed{}}
+	c := &testCluster{t: t, names: []string{"a", "b", "w"}, commits: map[string][]cluster.Committed{}, statuses: map[string][]Status{}}
 	var voters []Voter
 	var lns []net.Listener
 	for _, n := range c.names {
@@ -53,6 +55,7 @@ func newTestCluster(t *testing.T) *testCluster {
 			Node: n, Voters: voters, Listener: lns[i], Dir: t.TempDir(), Secret: secret,
 			Logger:   log,
 			OnCommit: func(e cluster.Committed) { c.mu.Lock(); c.commits[n] = append(c.commits[n], e); c.mu.Unlock() },
+			OnStatus: func(s Status) { c.mu.Lock(); c.statuses[n] = append(c.statuses[n], s); c.mu.Unlock() },
 		})
 	}
 	c.nodes = make([]*Authority, len(c.names))
@@ -230,6 +233,16 @@ func TestLeaderFailover(t *testing.T) {
 	}
 	t.Logf("first commit %v after the old leader closed", time.Since(start))
 	c.sameEverywhere(nl)
+	waitFor(t, 2*time.Second, "OnStatus never reported the new leader", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, s := range c.statuses[c.names[f]] {
+			if s.Leader == c.names[nl] && s.State == "Follower" {
+				return true
+			}
+		}
+		return false
+	})
 	// The old leader comes back from its disk and catches up.
 	c.start(l)
 	c.sameEverywhere(nl)
@@ -278,6 +291,39 @@ func TestNoQuorumNothingTakesEffect(t *testing.T) {
 	rec := c.sameEverywhere(nl)
 	if rec.Resource("lost") != nil || rec.Index != 2 {
 		t.Fatalf("after recovery: %+v", rec)
+	}
+}
+
+func TestCloseEndsAWaitingProposal(t *testing.T) {
+	c := newTestCluster(t)
+	c.startAll()
+	l := c.leader()
+	survivor := (l + 1) % 3
+	for i := range c.nodes {
+		if i != survivor {
+			c.stop(i)
+		}
+	}
+	a := c.nodes[survivor]
+	errc := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err := a.Propose(ctx, define("r0"))
+		errc <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	c.stop(survivor)
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("propose during close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end a waiting Propose")
+	}
+	if _, err := a.Propose(context.Background(), define("r1")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("propose after close: %v", err)
 	}
 }
 
@@ -489,6 +535,7 @@ func TestConfigRefused(t *testing.T) {
 		"lease > hb":     func(c *Config) { c.Timeouts.LeaderLease = time.Second },
 		"election < hb":  func(c *Config) { c.Timeouts.Heartbeat, c.Timeouts.Election = time.Second, 500*time.Millisecond },
 		"tiny":           func(c *Config) { c.Timeouts.Heartbeat = time.Millisecond },
+		"tls, no cert":   func(c *Config) { c.TLS = &tls.Config{} },
 	}
 	for name, mod := range cases {
 		cfg := good()

@@ -2,9 +2,11 @@ package authority
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -19,10 +21,11 @@ import (
 // Every connection to the authority port starts with a mutual HMAC-SHA256
 // challenge over the cluster secret, then carries either raft's own RPCs or
 // one forwarded proposal. The challenge proves both ends hold the secret, so
-// nothing without it can vote, append entries or propose; it does not
-// encrypt or protect the integrity of what follows (as DRBD's cram-hmac):
-// an attacker on the path between voters could still tamper with an
-// established connection. TLS for this port is not built.
+// nothing without it can vote, append entries or propose. By itself it does
+// not encrypt or protect the integrity of what follows (as DRBD's
+// cram-hmac): an attacker on the path between voters could tamper with an
+// established connection. With Config.TLS the connection is TLS first and
+// the challenge runs inside it.
 const (
 	handshakeMagic   = "TNDA"
 	handshakeVersion = 1
@@ -119,6 +122,7 @@ type streamLayer struct {
 	ln      net.Listener
 	addr    net.Addr
 	secret  []byte
+	tls     *tls.Config // nil: plain TCP
 	log     *slog.Logger
 	forward func(net.Conn)
 
@@ -128,8 +132,8 @@ type streamLayer struct {
 	wg        sync.WaitGroup
 }
 
-func newStreamLayer(ln net.Listener, advertise net.Addr, secret []byte, log *slog.Logger, forward func(net.Conn)) *streamLayer {
-	s := &streamLayer{ln: ln, addr: advertise, secret: secret, log: log, forward: forward,
+func newStreamLayer(ln net.Listener, advertise net.Addr, secret []byte, tlsc *tls.Config, log *slog.Logger, forward func(net.Conn)) *streamLayer {
+	s := &streamLayer{ln: ln, addr: advertise, secret: secret, tls: tlsc, log: log, forward: forward,
 		raftConns: make(chan net.Conn), done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -162,6 +166,18 @@ func (s *streamLayer) acceptLoop() {
 }
 
 func (s *streamLayer) serve(conn net.Conn) {
+	if s.tls != nil {
+		tc := tls.Server(conn, s.tls)
+		ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.log.Warn("authority: refused a connection: TLS", "remote", conn.RemoteAddr().String(), "err", err)
+			conn.Close()
+			return
+		}
+		conn = tc
+	}
 	purpose, err := serverHandshake(conn, s.secret)
 	if err != nil {
 		s.log.Warn("authority: refused a connection", "remote", conn.RemoteAddr().String(), "err", err)
@@ -210,9 +226,25 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 }
 
 func (s *streamLayer) dial(address string, timeout time.Duration, purpose byte) (net.Conn, error) {
+	deadline := time.Now().Add(timeout)
 	conn, err := net.DialTimeout("tcp", address, timeout)
 	if err != nil {
 		return nil, err
+	}
+	if s.tls != nil {
+		cfg := s.tls.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(address)
+		}
+		tc := tls.Client(conn, cfg)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("authority: TLS with %s: %w", address, err)
+		}
+		conn = tc
 	}
 	if err := clientHandshake(conn, s.secret, purpose); err != nil {
 		conn.Close()
