@@ -39,7 +39,14 @@ func newLabCmd(a *app) *cobra.Command {
 		Example: labExample,
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir, "the lab's directory (state, disks, logs); one lab per directory")
-	open := func() (*lab.Lab, error) { return lab.Open(dir) }
+	// Every command but the BMC hook (which ipmi_sim runs as root) acts
+	// on namespaces or root-only admin sockets.
+	open := func() (*lab.Lab, error) {
+		if err := lab.RequireRoot(); err != nil {
+			return nil, err
+		}
+		return lab.Open(dir)
+	}
 
 	var size string
 	var resources int

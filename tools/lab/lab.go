@@ -369,6 +369,9 @@ func (lab *Lab) powerOn(ctx context.Context, node string, wait bool) error {
 	if err := writeAtomic(lab.l.power(node), PowerOn+"\n", 0o644); err != nil {
 		return err
 	}
+	if err := linkPower(ctx, lab.n, node, true); err != nil {
+		return err
+	}
 	p, err := startDetached(rec, lab.l.log(node), inNetns(lab.n.netns(node), st.Tandem,
 		"--config", lab.l.config(), "daemon", "--node", node,
 		"--pid-file", lab.l.pidFile(node), "--ready-file", lab.l.readyFile(node)))
@@ -397,8 +400,9 @@ func (lab *Lab) powerOn(ctx context.Context, node string, wait bool) error {
 	}
 }
 
-// powerOff SIGKILLs node's daemon, like a power cut, and records the
-// power as off.
+// powerOff SIGKILLs node's daemon, like a power cut, takes its link down
+// (a machine without power answers nothing, not even ARP for a VIP it
+// held) and records the power as off.
 func (lab *Lab) powerOff(node string) error {
 	unlock, err := lockNode(lab.l, node)
 	if err != nil {
@@ -408,7 +412,10 @@ func (lab *Lab) powerOff(node string) error {
 	if err := writeAtomic(lab.l.power(node), PowerOff+"\n", 0o644); err != nil {
 		return err
 	}
-	return stopRecorded(lab.l.procRecord(node), syscall.SIGKILL, 0)
+	if err := stopRecorded(lab.l.procRecord(node), syscall.SIGKILL, 0); err != nil {
+		return err
+	}
+	return linkPower(context.Background(), lab.n, node, false)
 }
 
 func (lab *Lab) checkNode(node string, clusterOnly bool) error {

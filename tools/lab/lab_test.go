@@ -219,6 +219,10 @@ func TestLab(t *testing.T) {
 	if out, code := inNS(t, lab, Witness, ipmi...); code != 0 || !strings.Contains(out, "is off") {
 		t.Fatalf("ipmitool power status of bravo: exit %d: %s", code, out)
 	}
+	// A node without power answers nothing.
+	if reachable(t, lab, Witness, hostAddr[Bravo].String(), nbdPort) {
+		t.Error("bravo's address answers while bravo is powered off")
+	}
 	// Alpha keeps serving, degraded; then bravo comes back and resyncs.
 	qemuIO(t, lab, "write -P 0x6b 1M 1M")
 	if err := lab.Restart(context.Background(), Bravo); err != nil {
@@ -285,6 +289,29 @@ func TestLab(t *testing.T) {
 		return len(a.Resources) == 1 && a.Resources[0].Connection == "Connected" && a.Resources[0].PeerDisk == "UpToDate"
 	})
 	qemuIO(t, lab, "read -P 0x5a 0 1M")
+
+	// A failover by hand, as the cluster layer will do it: fence alpha
+	// through its BMC from bravo, promote bravo, move the VIP. The
+	// powered-off alpha no longer answers for the VIP, so the claim's
+	// probe finds nobody; the client reads its data through the VIP.
+	if out, code := inNS(t, lab, Bravo, bin, "--config", cfg, "fence", "off", Alpha, "--node", Bravo); code != 0 {
+		t.Fatalf("fence off alpha from bravo: exit %d:\n%s", code, out)
+	}
+	if out, code := inNS(t, lab, Bravo, bin, "--config", cfg, "promote", "r0", "--node", Bravo); code != 0 {
+		t.Fatalf("promote r0 on bravo: exit %d:\n%s", code, out)
+	}
+	if out, code := inNS(t, lab, Bravo, bin, "--config", cfg, "vip", "claim", "r0", "--node", Bravo); code != 0 {
+		t.Fatalf("vip claim r0 on bravo: exit %d:\n%s", code, out)
+	}
+	qemuIO(t, lab, "read -P 0x6b 1M 1M")
+	if err := lab.Restart(ctx, Alpha); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, lab, "bravo Primary, VIP on bravo, alpha back as UpToDate Secondary", func(s *Status) bool {
+		a := s.Node(Alpha)
+		return s.Resources[0].Primary == Bravo && s.Resources[0].VIPHolder == Bravo &&
+			a.Role == "Secondary" && a.Disk == "UpToDate" && a.Resources[0].Connection == "Connected"
+	})
 }
 
 // TestDownAfterCrashedRun: the remains of a run that died half way (its

@@ -94,6 +94,27 @@ func buildNetwork(ctx context.Context, n names) error {
 	return nil
 }
 
+// linkPower follows a host's power: off takes its interface down; on
+// gives it back its own address only (a machine that boots has none of
+// the VIPs it held before) and brings it up.
+func linkPower(ctx context.Context, n names, host string, on bool) error {
+	ns := n.netns(host)
+	steps := [][]string{{"ip", "-n", ns, "link", "set", ifName, "down"}}
+	if on {
+		steps = [][]string{
+			{"ip", "-n", ns, "addr", "flush", "dev", ifName},
+			{"ip", "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", hostAddr[host], prefixLen), "dev", ifName},
+			{"ip", "-n", ns, "link", "set", ifName, "up"},
+		}
+	}
+	for _, s := range steps {
+		if _, err := run(ctx, "", s...); err != nil {
+			return fmt.Errorf("lab: power of %s: %w", host, err)
+		}
+	}
+	return nil
+}
+
 // netnsInode is the identity of a named namespace: the inode of its file.
 func netnsInode(ns string) (uint64, bool) {
 	var st syscall.Stat_t
