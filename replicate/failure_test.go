@@ -237,6 +237,15 @@ func TestSplitBrainDetectedAndResolved(t *testing.T) {
 	}
 	mustPromote(t, p.a, true)
 	mustPromote(t, p.b, true)
+	// The victim-to-be went through one more promotion: it holds the
+	// higher epoch, and must still accept the survivor's data.
+	if err := p.b.v.Demote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustPromote(t, p.b, true)
+	if ea, eb := p.a.v.Status().Epoch, p.b.v.Status().Epoch; eb <= ea {
+		t.Fatalf("epochs %d and %d: the test needs the victim ahead", ea, eb)
+	}
 	if err := p.a.v.WriteAt(ctx, block('a', 0, 1), 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -279,6 +288,9 @@ func TestSplitBrainDetectedAndResolved(t *testing.T) {
 	}
 	p.waitConnected(10 * time.Second)
 	p.identical()
+	if ea, eb := p.a.v.Status().Epoch, p.b.v.Status().Epoch; ea != eb || ea != 3 {
+		t.Fatalf("epochs after resolve: survivor %d, victim %d; want both 3 (above both)", ea, eb)
+	}
 	if !bytes.Equal(p.b.data.Bytes()[:4096], block('a', 0, 1)) {
 		t.Fatal("the survivor's write did not reach the victim")
 	}

@@ -751,6 +751,9 @@ func (v *Volume) runSession(l *link, first *wire.Frame) bool {
 		return false
 	}
 	v.log.Info("replicate: connected to the peer", "peer", v.cfg.Peer, "decision", d.String())
+	if v.primary.Load() {
+		v.announce() // the epoch may have moved in the setup (a resolved split brain)
+	}
 	if d.IsSource() {
 		l.background.Add(1)
 		go l.resyncSource(d == SourceFull)
@@ -817,12 +820,15 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		refuse("the peer's data area is %d bytes at bitmap granularity %d, this node's %d at %d", peer.Size, peer.Gran, local.Size, local.Gran)
 	case peer.Role == Primary && local.Role == Primary:
 		refuse("both nodes are primary (split brain); demote one, then resolve")
-	case peer.Role == Primary && peer.Epoch < local.Epoch:
+	// A deposed primary is refused, except by a split-brain victim that
+	// an admin told to take the survivor's data (the survivor then moves
+	// to an epoch above both).
+	case peer.Role == Primary && peer.Epoch < local.Epoch && local.Want != wantDiscard:
+		standalone = why != "" // a split brain found by the decision says more
 		refuse("%v: the peer is primary at epoch %d, this node knows epoch %d (a deposed primary)", ErrStaleEpoch, peer.Epoch, local.Epoch)
-		standalone = false
-	case local.Role == Primary && local.Epoch < peer.Epoch:
+	case local.Role == Primary && local.Epoch < peer.Epoch && peer.Want != wantDiscard:
+		standalone = why != ""
 		refuse("%v: this node is primary at epoch %d, the peer knows epoch %d: this node was deposed", ErrStaleEpoch, local.Epoch, peer.Epoch)
-		standalone = false
 	case local.Role == Primary && d.IsTarget():
 		refuse("this node is primary but would be the sync target (its data is older than the peer's); demote it")
 	case peer.Role == Primary && d.IsSource():
@@ -862,7 +868,11 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	case len(df.Payload) != 1 || Sync(df.Payload[0]) != d.mirror():
 		return 0, fmt.Errorf("%w: this node decided %s, the peer %v (different split-brain policies?)", errStandAlone, d, df.Payload)
 	}
-	if err := v.adoptEpoch(peer.Epoch); err != nil {
+	newEpoch := peer.Epoch
+	if local.Role == Primary && peer.Epoch > local.Epoch {
+		newEpoch = peer.Epoch + 1 // the survivor of a resolved split brain
+	}
+	if err := v.adoptEpoch(newEpoch); err != nil {
 		return 0, err
 	}
 	switch d {
