@@ -372,7 +372,7 @@ func (l *link) downstream(f wire.Frame) error {
 	// The last frame of a burst, with nothing to wait for, is applied
 	// right here: a hand-off to another goroutine would cost a wake-up on
 	// every lone write, and nothing else is waiting to be read.
-	if f.Type == wire.Write && l.c.Reader().Buffered() == 0 && !l.rord.conflict(sp.seq, sp.off, sp.end) {
+	if f.Type == wire.Write && f.Flags&wire.FlagFUA == 0 && l.c.Reader().Buffered() == 0 && !l.rord.conflict(sp.seq, sp.off, sp.end) {
 		l.apply(f, sp)
 		return nil
 	}
