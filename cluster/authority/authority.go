@@ -292,13 +292,12 @@ func (a *Authority) Propose(ctx context.Context, cmd cluster.Command) (*cluster.
 		ctx, cancel = context.WithTimeout(ctx, proposeDefault)
 		defer cancel()
 	}
-	lastErr := ErrNoQuorum
 	for {
 		select {
 		case <-a.done:
 			return nil, fmt.Errorf("authority: %s: %w", cmd, ErrClosed)
 		case <-ctx.Done():
-			return nil, fmt.Errorf("authority: %s: %w: %w", cmd, lastErr, ctx.Err())
+			return nil, fmt.Errorf("authority: %s: %w: %w", cmd, ErrNoQuorum, ctx.Err())
 		default:
 		}
 		var res applyResult
