@@ -417,7 +417,7 @@ func (l *link) apply(f wire.Frame, sp *span) {
 	if err != nil {
 		if v.ctx.Err() == nil {
 			_ = v.diskFailed("applying "+f.Type.String()+" from the peer", err)
-			go l.end(fmt.Sprintf("the local disk failed: %v", err), true)
+			go l.detach(err)
 		}
 		return
 	}
@@ -427,6 +427,17 @@ func (l *link) apply(f wire.Frame, sp *span) {
 	case f.Type == wire.ResyncData, fua, l.peer.Proto == 'C' && f.Type != wire.ResyncRequest:
 		_ = l.c.Write(wire.Frame{Type: wire.Written, Seq: f.Seq, Epoch: v.epoch.Load()})
 	}
+}
+
+// detach ends the session after the local disk failed on a secondary: it
+// stays StandAlone (reconnecting would only fail the next write again),
+// and the primary goes on without it.
+func (l *link) detach(err error) {
+	why := fmt.Sprintf("the local disk failed (%v): detached; replace the disk and recreate the metadata", err)
+	l.v.mu.Lock()
+	l.v.standalone = true
+	l.v.mu.Unlock()
+	l.end(why, true)
 }
 
 // resyncApplied makes resync progress durable now and then on a sync
@@ -453,7 +464,7 @@ func (l *link) applyFlush(seq uint64) {
 	if err := v.data.Flush(v.ctx); err != nil {
 		if v.ctx.Err() == nil {
 			_ = v.diskFailed("flush for the peer", err)
-			go l.end(fmt.Sprintf("the local disk failed: %v", err), true)
+			go l.detach(err)
 		}
 		return
 	}

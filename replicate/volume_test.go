@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -218,5 +219,31 @@ func TestLargeTrimAndZeroWithFewHotExtents(t *testing.T) {
 	p.identical()
 	if !bytes.Equal(p.a.data.Bytes()[3<<20+512:6<<20+512], big) {
 		t.Fatal("large write not in place")
+	}
+}
+
+func TestSecondaryDiskFailureDetaches(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	p.b.data.SetFault(func(op string, off, n int64) error {
+		if op == "write" {
+			return syscall.EIO
+		}
+		return nil
+	})
+	ctx := context.Background()
+	for i := range 20 {
+		off := int64(i) * 4096
+		if err := p.a.v.WriteAt(ctx, block('q', off, 1), off, false); err != nil {
+			t.Fatalf("write %d on the primary while the secondary's disk fails: %v", i, err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the secondary detached", func() bool {
+		s := p.b.v.Status()
+		return s.Disk == Failed && s.Conn == StandAlone && strings.Contains(s.Reason, "disk failed")
+	})
+	if s := p.a.v.Status(); s.OutOfSync == 0 || p.a.degraded.Load() != 1 {
+		t.Fatalf("primary after losing the secondary's disk: %+v, OnDegraded %d", s, p.a.degraded.Load())
 	}
 }
