@@ -75,7 +75,12 @@ func newLabCmd(a *app) *cobra.Command {
 			if err := l.Up(cmd.Context(), self, p, a.stderr); err != nil {
 				return err
 			}
-			return printLabSummary(a, l, p)
+			s, err := l.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			printLabSummary(a, l, s)
+			return nil
 		},
 	}
 	up.Flags().StringVar(&size, "size", "64M", "size of each resource (a multiple of 4K)")
@@ -127,16 +132,20 @@ func newLabCmd(a *app) *cobra.Command {
 		},
 	}
 
+	// withLab is the RunE of a command that acts on the lab.
+	withLab := func(act func(cmd *cobra.Command, l *lab.Lab, args []string) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, args []string) error {
+			l, err := open()
+			if err != nil {
+				return err
+			}
+			return act(cmd, l, args)
+		}
+	}
 	nodeCmd := func(use, short string, act func(cmd *cobra.Command, l *lab.Lab, node string) error) *cobra.Command {
 		return &cobra.Command{
 			Use: use + " NODE", Short: short, Args: cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				l, err := open()
-				if err != nil {
-					return err
-				}
-				return act(cmd, l, args[0])
-			},
+			RunE: withLab(func(cmd *cobra.Command, l *lab.Lab, args []string) error { return act(cmd, l, args[0]) }),
 		}
 	}
 	crash := nodeCmd("crash", "SIGKILL a node's daemon, like a power cut (its BMC reports off)", func(cmd *cobra.Command, l *lab.Lab, node string) error {
@@ -162,45 +171,33 @@ func newLabCmd(a *app) *cobra.Command {
 	})
 	cut := &cobra.Command{
 		Use: "cut NODE1 NODE2", Short: "Drop the traffic between two nodes only", Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := open()
-			if err != nil {
-				return err
-			}
+		RunE: withLab(func(cmd *cobra.Command, l *lab.Lab, args []string) error {
 			if err := l.Cut(cmd.Context(), args[0], args[1]); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "%s <-> %s: cut (tandem lab heal undoes it)\n", args[0], args[1])
 			return nil
-		},
+		}),
 	}
 	heal := &cobra.Command{
 		Use: "heal", Short: "Remove every isolation and cut", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := open()
-			if err != nil {
-				return err
-			}
+		RunE: withLab(func(cmd *cobra.Command, l *lab.Lab, args []string) error {
 			if err := l.Heal(cmd.Context()); err != nil {
 				return err
 			}
 			fmt.Fprintln(a.stdout, "network healed")
 			return nil
-		},
+		}),
 	}
 	down := &cobra.Command{
 		Use: "down", Short: "Remove every namespace, link, process and file of the lab (idempotent)", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := open()
-			if err != nil {
-				return err
-			}
+		RunE: withLab(func(cmd *cobra.Command, l *lab.Lab, args []string) error {
 			if err := l.Down(cmd.Context()); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "lab in %s removed\n", l.Dir())
 			return nil
-		},
+		}),
 	}
 	// ipmi_sim's chassis control; not for people.
 	hook := &cobra.Command{
@@ -213,11 +210,11 @@ func newLabCmd(a *app) *cobra.Command {
 	return cmd
 }
 
-func printLabSummary(a *app, l *lab.Lab, p lab.Params) error {
+func printLabSummary(a *app, l *lab.Lab, s *lab.Status) {
 	w := a.stdout
 	fmt.Fprintf(w, "lab up in %s (config %s)\n\n", l.Dir(), l.ConfigPath())
-	for i := range p.Resources {
-		fmt.Fprintf(w, "%s: %s (VIP %s), primary alpha\n", lab.ResourceName(i), lab.URI(i), lab.VIP(i))
+	for _, r := range s.Resources {
+		fmt.Fprintf(w, "%s: %s (VIP %s), primary %s\n", r.Name, r.URI, r.VIP, r.Primary)
 	}
 	fmt.Fprintln(w, "\nnodes (each in its own network namespace):")
 	for _, n := range []string{lab.Alpha, lab.Bravo, lab.Witness, lab.Client} {
@@ -231,5 +228,4 @@ func printLabSummary(a *app, l *lab.Lab, p lab.Params) error {
 	if l.Dir() != lab.DefaultDir {
 		fmt.Fprintf(w, "(add --dir %s to every tandem lab command)\n", l.Dir())
 	}
-	return nil
 }

@@ -215,17 +215,19 @@ func (lab *Lab) Up(ctx context.Context, tandem string, p Params, progress io.Wri
 		pr, _ := readProc(lab.l.procRecord(n))
 		say("daemon: %s pid %d in %s", n, pr.PID, lab.n.netns(n))
 	}
-	if err := lab.waitAll(ctx, cfg, func(s resState) bool {
-		return s.conn == "Connected" && s.disk == "UpToDate" && s.peerDisk == "UpToDate"
-	}, "alpha and bravo connected and UpToDate"); err != nil {
+	if err := lab.WaitFor(ctx, "alpha and bravo connected and UpToDate", syncWait, func(s *Status) bool {
+		return s.InSync(len(cfg.Resources))
+	}); err != nil {
 		return err
 	}
+	// The one manual step: remove this call once the cluster layer
+	// elects the primary and claims the VIP; the wait below stays.
 	if err := lab.bootstrapPrimary(ctx, abs, cfg, say); err != nil {
 		return err
 	}
-	return lab.waitAll(ctx, cfg, func(s resState) bool {
-		return s.role == "Primary" && s.disk == "UpToDate" && s.peerDisk == "UpToDate"
-	}, "alpha Primary with bravo UpToDate")
+	return lab.WaitFor(ctx, "a Primary for every resource, its peer UpToDate", syncWait, func(s *Status) bool {
+		return s.Serving(len(cfg.Resources))
+	})
 }
 
 // bootstrapPrimary makes alpha Primary of every resource and puts the
@@ -234,7 +236,7 @@ func (lab *Lab) Up(ctx context.Context, tandem string, p Params, progress io.Wri
 //
 // This is the one manual step of the lab. Once the cluster layer elects
 // a primary and claims the VIP by itself, Up drops this call and only
-// waits (the waitAll after it) for the cluster to do it.
+// waits (the Serving wait after it) for the cluster to do it.
 func (lab *Lab) bootstrapPrimary(ctx context.Context, tandem string, cfg *config.Config, say func(string, ...any)) error {
 	for i, r := range cfg.Resources {
 		if _, err := run(ctx, "", tandem, "--config", lab.l.config(), "promote", r.Name, "--node", Alpha); err != nil {

@@ -165,23 +165,46 @@ func (lab *Lab) holdsAddr(ctx context.Context, node string, addr netip.Addr) (bo
 	return strings.Contains(out, " "+addr.String()+"/"), nil
 }
 
-// resState is one resource's state on alpha, as Up waits on it.
-type resState struct{ role, disk, conn, peerDisk string }
-
-// waitAll waits until ok holds for every resource on alpha.
-func (lab *Lab) waitAll(ctx context.Context, cfg *config.Config, ok func(resState) bool, what string) error {
-	return lab.WaitFor(ctx, what, syncWait, func(s *Status) bool {
-		n := s.node(Alpha)
-		if n == nil || len(n.Resources) != len(cfg.Resources) {
+// InSync reports whether both data nodes hold all n resources, Connected
+// and UpToDate on both sides, whatever their roles.
+func (s *Status) InSync(n int) bool {
+	for _, name := range dataNodes {
+		node := s.node(name)
+		if node == nil || len(node.Resources) != n {
 			return false
 		}
-		for _, r := range n.Resources {
-			if !ok(resState{r.Role, r.Disk, r.Connection, r.PeerDisk}) {
+		for _, r := range node.Resources {
+			if r.Connection != "Connected" || r.Disk != "UpToDate" || r.PeerDisk != "UpToDate" {
 				return false
 			}
 		}
-		return true
-	})
+	}
+	return true
+}
+
+// Serving reports whether each of the n resources has exactly one
+// Primary, UpToDate, holding the resource's VIP, with its peer UpToDate
+// and connected: the state `lab up` returns in.
+func (s *Status) Serving(n int) bool {
+	if len(s.Resources) != n {
+		return false
+	}
+	for _, r := range s.Resources {
+		if r.Primary == "" || r.VIPHolder != r.Primary {
+			return false
+		}
+		p := s.node(r.Primary)
+		ok := false
+		for _, nr := range p.Resources {
+			if nr.Resource == r.Name {
+				ok = nr.Disk == "UpToDate" && nr.PeerDisk == "UpToDate" && nr.Connection == "Connected"
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Status) node(name string) *NodeStatus {
