@@ -154,6 +154,12 @@ func (lab *Lab) Up(ctx context.Context, tandem string, p Params, progress io.Wri
 	if err != nil {
 		return fmt.Errorf("lab: %w", err)
 	}
+	if err := os.MkdirAll(lab.l.dir, 0o755); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	if err := checkDirSafe(lab.l.dir); err != nil {
+		return err
+	}
 	say := func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) }
 	defer func() {
 		if err == nil {
@@ -167,9 +173,6 @@ func (lab *Lab) Up(ctx context.Context, tandem string, p Params, progress io.Wri
 			err = fmt.Errorf("%w\n%s", err, logs)
 		}
 	}()
-	if err := os.MkdirAll(lab.l.dir, 0o755); err != nil {
-		return fmt.Errorf("lab: %w", err)
-	}
 	// The state file goes first: from here on, Down knows there is a lab.
 	b, _ := json.Marshal(state{Tandem: abs, Params: p})
 	if err := writeAtomic(lab.l.state(), string(b)+"\n", 0o644); err != nil {
@@ -294,6 +297,27 @@ func (lab *Lab) writeFiles(tandem string, p Params) (*config.Config, error) {
 		return nil, fmt.Errorf("lab: the generated configuration does not validate: %w", err)
 	}
 	return cfg, writeBMCFiles(lab.l, tandem, pw)
+}
+
+// checkDirSafe refuses a directory that another user could change under
+// root's feet (a symlink, someone else's directory, a group- or
+// world-writable one): the lab runs as root what it finds there (the BMC
+// hook, the configuration).
+func checkDirSafe(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("lab: %s is not a directory (a symlink?); give --dir a directory of its own", dir)
+	case ok && st.Uid != uint32(os.Geteuid()):
+		return fmt.Errorf("lab: %s belongs to uid %d, not to this user; give --dir a directory of its own", dir, st.Uid)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("lab: %s is writable by other users (mode %v); chmod go-w it or give --dir another directory", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 func truncate(path string, size int64) error {

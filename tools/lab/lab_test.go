@@ -380,3 +380,33 @@ func TestRefusals(t *testing.T) {
 		}
 	}
 }
+
+// TestUpRefusesUnsafeDir: a directory others could write to is refused
+// before anything is made in it.
+func TestUpRefusesUnsafeDir(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "ip", "nft", "ipmi_sim")
+	dir := filepath.Join(t.TempDir(), "lab")
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	lab, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = lab.Up(context.Background(), "/bin/true", Params{Size: labSize, Resources: 1}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "writable by other users") {
+		t.Fatalf("lab up in a mode 0777 directory: %v, want a refusal", err)
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+		t.Errorf("the refused up changed %s: %v %v", dir, ents, err)
+	}
+	for _, ns := range lab.n.allNetns() {
+		if netnsExists(ns) {
+			t.Errorf("the refused up left namespace %s", ns)
+		}
+	}
+}
