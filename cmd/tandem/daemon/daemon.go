@@ -353,7 +353,7 @@ func (d *Daemon) startNBD() error {
 		if err != nil {
 			return fmt.Errorf("daemon: nbd %s: %w", addr, err)
 		}
-		l, err := nbd.Listen(addr)
+		l, err := listenNBD(addr)
 		if err != nil {
 			return fmt.Errorf("daemon: nbd: listening on %s: %w", addr, err)
 		}
