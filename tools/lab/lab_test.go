@@ -105,8 +105,8 @@ func inNS(t *testing.T, lab *Lab, node string, argv ...string) (string, int) {
 }
 
 // reachable tries a TCP connection from node to addr:port. A connection
-// or a refusal (RST) means the packets flow; a timeout that they are
-// dropped.
+// or a refusal (RST) means the packets flow; a timeout, or no answer to
+// ARP, that they are dropped.
 func reachable(t *testing.T, lab *Lab, node, addr string, port int) bool {
 	t.Helper()
 	out, code := inNS(t, lab, node, "timeout", "2", "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", addr, port))
@@ -118,6 +118,9 @@ func reachable(t *testing.T, lab *Lab, node, addr string, port int) bool {
 	}
 	if strings.Contains(out, "refused") {
 		return true
+	}
+	if strings.Contains(out, "No route to host") || strings.Contains(out, "unreachable") {
+		return false // neighbour resolution failed: nothing answers ARP
 	}
 	t.Fatalf("probe %s -> %s:%d: exit %d: %s", node, addr, port, code, out)
 	return false
