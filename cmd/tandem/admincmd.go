@@ -192,11 +192,12 @@ func newVerifyCmd(a *app) *cobra.Command {
 		Use:   "verify RESOURCE [--repair]",
 		Short: "Compare both replicas online",
 		Long: `Compare the digests of both replicas of RESOURCE, block by block, while
-they stay in use, and print the ranges that differ. With --repair the
-differing ranges are marked out of sync and resynced from the Primary (or,
-between two Secondaries, from the side running verify). The command waits
-until the comparison is done; interrupting it stops the verify. It exits
-1 when the replicas differ and were not repaired.`,
+they stay in use, and print the ranges that differ. Run it on the Primary
+(or on either node while neither is Primary), with the replicas connected.
+With --repair the differing ranges are marked out of sync and resynced from
+this side. The command waits until the comparison is done; interrupting it
+stops the verify. It exits 1 when the replicas differ and were not
+repaired.`,
 		Example: "  tandem verify r0\n  tandem verify r0 --repair",
 		Args:    oneResource,
 		RunE: func(cmd *cobra.Command, args []string) error {
