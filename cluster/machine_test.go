@@ -433,6 +433,12 @@ func TestFailback(t *testing.T) {
 			if auto && s.acked["r0"] != s.nodes["a"].vols["r0"].version {
 				t.Fatalf("failback lost writes")
 			}
+			if !auto {
+				s.advance(DefaultFailbackAfter + 10*time.Second)
+				if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+					t.Fatalf("manual failback: r0 moved to %v by itself", got)
+				}
+			}
 		})
 	}
 }
@@ -564,6 +570,11 @@ func TestMachineTable(t *testing.T) {
 		{"dead primary is fenced at once",
 			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true), dead("a", time.Second)},
 			[]string{"fence a [r0]"}, []string{"propose promote"}},
+		{"no promotion while fencing fails",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true), dead("a", time.Second),
+				FenceResult{At: at(2 * time.Second), Node: "a", Epochs: map[string]uint64{"r0": 1}, Err: errors.New("BMC unreachable")},
+				Tick{At: at(10 * time.Second)}},
+			nil, []string{"propose promote"}},
 		{"suspect is not dead",
 			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true),
 				MemberChange{At: at(time.Second), Node: "a", State: MemberSuspect}, Tick{At: at(10 * time.Second)}},
