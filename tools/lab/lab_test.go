@@ -199,6 +199,21 @@ func TestLab(t *testing.T) {
 	}
 	qemuIO(t, lab, "write -P 0x5a 0 1M")
 	qemuIO(t, lab, "read -P 0x5a 0 1M")
+	// lab exec: the command runs in the namespace, its exit code comes back.
+	outFile, err := os.Create(filepath.Join(t.TempDir(), "exec.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outFile.Close()
+	if code, err := lab.Exec(context.Background(), Client, []string{"ip", "-o", "-4", "addr", "show", "dev", ifName}, nil, outFile, outFile); err != nil || code != 0 {
+		t.Fatalf("lab exec client ip addr: code %d, %v", code, err)
+	}
+	if b, _ := os.ReadFile(outFile.Name()); !strings.Contains(string(b), hostAddr[Client].String()+"/24") {
+		t.Errorf("lab exec client does not run in the client's namespace: %s", b)
+	}
+	if code, err := lab.Exec(context.Background(), Client, []string{"sh", "-c", "exit 3"}, nil, outFile, outFile); err != nil || code != 3 {
+		t.Errorf("lab exec client sh -c 'exit 3': code %d, %v; want 3", code, err)
+	}
 
 	// Fencing bravo through its BMC, from alpha, as the cluster will:
 	// ipmi_sim's power-off kills bravo's daemon.

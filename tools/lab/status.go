@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -311,8 +311,9 @@ func (s *Status) Table() string {
 }
 
 // Exec runs argv inside node's namespace with the given standard streams
-// and returns its exit code (-1 if it could not run).
-func (lab *Lab) Exec(ctx context.Context, node string, argv []string, stdin *os.File, stdout, stderr *os.File) (int, error) {
+// (nil: /dev/null) and returns its exit code (-1 if it could not run).
+// Pass *os.File streams (a terminal) to give the command the terminal.
+func (lab *Lab) Exec(ctx context.Context, node string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	if _, err := lab.Netns(node); err != nil {
 		return -1, err
 	}
