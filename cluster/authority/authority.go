@@ -287,6 +287,32 @@ func (a *Authority) Propose(ctx context.Context, cmd cluster.Command) (*cluster.
 	if _, err := cluster.UnmarshalCommand(b); err != nil {
 		return nil, fmt.Errorf("authority: %s: %w", cmd, err)
 	}
+	res, err := a.submit(ctx, cmd.String(), b)
+	if err != nil {
+		return nil, err
+	}
+	if res.err != nil {
+		return res.rec, fmt.Errorf("%w: %w", ErrRefused, res.err)
+	}
+	return res.rec, nil
+}
+
+// ReadRecord returns a record no older than any entry committed before the
+// call, confirmed by the leader (through the log: a barrier entry committed
+// on a majority), and applied on this node too. It fails with ErrNoQuorum
+// when no leader answers before ctx ends. Record is the cheaper local read.
+func (a *Authority) ReadRecord(ctx context.Context) (*cluster.Record, error) {
+	res, err := a.submit(ctx, "read", nil)
+	if err != nil {
+		return nil, err
+	}
+	return res.rec.Clone(), nil
+}
+
+// submit runs a proposal (b) or a read (b nil) on the leader, forwarded if
+// that is not this node, looking for the leader again while there is none,
+// and waits until this node applied the outcome.
+func (a *Authority) submit(ctx context.Context, what string, b []byte) (applyResult, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, proposeDefault)
@@ -295,18 +321,22 @@ func (a *Authority) Propose(ctx context.Context, cmd cluster.Command) (*cluster.
 	for {
 		select {
 		case <-a.done:
-			return nil, fmt.Errorf("authority: %s: %w", cmd, ErrClosed)
+			return applyResult{}, fmt.Errorf("authority: %s: %w", what, ErrClosed)
 		case <-ctx.Done():
-			return nil, fmt.Errorf("authority: %s: %w: %w", cmd, ErrNoQuorum, ctx.Err())
+			return applyResult{}, fmt.Errorf("authority: %s: %w: %w", what, ErrNoQuorum, ctx.Err())
 		default:
 		}
 		var res applyResult
 		var index uint64
-		if a.raft.State() == raft.Leader {
+		var err error
+		switch _, id := a.raft.LeaderWithID(); {
+		case a.raft.State() == raft.Leader && b != nil:
 			res, index, err = a.applyLocal(ctx, b)
-		} else if _, id := a.raft.LeaderWithID(); id != "" {
+		case a.raft.State() == raft.Leader:
+			res, index, err = a.readLocal(ctx)
+		case id != "":
 			res, index, err = a.forward(ctx, string(id), b)
-		} else {
+		default:
 			err = errNotLeader
 		}
 		if errors.Is(err, errNotLeader) {
@@ -315,13 +345,10 @@ func (a *Authority) Propose(ctx context.Context, cmd cluster.Command) (*cluster.
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("authority: %s: %w", cmd, err)
+			return applyResult{}, fmt.Errorf("authority: %s: %w", what, err)
 		}
 		a.waitApplied(ctx, index)
-		if res.err != nil {
-			return res.rec, fmt.Errorf("%w: %w", ErrRefused, res.err)
-		}
-		return res.rec, nil
+		return res, nil
 	}
 }
 
@@ -375,38 +402,73 @@ func (a *Authority) isClosed() bool {
 // applyLocal appends b on this node, which believes it leads. A refusal is
 // in the result; err is the log's failure.
 func (a *Authority) applyLocal(ctx context.Context, b []byte) (applyResult, uint64, error) {
+	timeout, err := remaining(ctx)
+	if err != nil {
+		return applyResult{}, 0, err
+	}
+	f := a.raft.Apply(b, timeout)
+	if err := a.await(ctx, f); err != nil {
+		return applyResult{}, 0, err
+	}
+	res, ok := f.Response().(applyResult)
+	if !ok {
+		return applyResult{}, 0, fmt.Errorf("authority: log entry %d: no result", f.Index())
+	}
+	return res, f.Index(), nil
+}
+
+// readLocal returns the record once this node, which believes it leads,
+// has committed an entry in its term on a majority and applied everything
+// before it: no record committed before the call is missing.
+func (a *Authority) readLocal(ctx context.Context) (applyResult, uint64, error) {
+	timeout, err := remaining(ctx)
+	if err != nil {
+		return applyResult{}, 0, err
+	}
+	if err := a.await(ctx, a.raft.Barrier(timeout)); err != nil {
+		if errors.Is(err, ErrOutcomeUnknown) {
+			err = errNotLeader // a read has no outcome to lose: ask again
+		}
+		return applyResult{}, 0, err
+	}
+	applied, _, _ := a.fsm.progress()
+	return applyResult{rec: a.fsm.record()}, applied, nil
+}
+
+func remaining(ctx context.Context) (time.Duration, error) {
 	timeout := proposeDefault
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
 	if timeout <= 0 {
-		return applyResult{}, 0, fmt.Errorf("%w: %w", ErrNoQuorum, context.DeadlineExceeded)
+		return 0, fmt.Errorf("%w: %w", ErrNoQuorum, context.DeadlineExceeded)
 	}
-	f := a.raft.Apply(b, timeout)
+	return timeout, nil
+}
+
+// await waits for a raft future and says its failure in this package's
+// terms.
+func (a *Authority) await(ctx context.Context, f raft.Future) error {
 	errc := make(chan error, 1)
 	go func() { errc <- f.Error() }()
 	select {
 	case err := <-errc:
 		switch {
 		case err == nil:
+			return nil
 		case errors.Is(err, raft.ErrNotLeader):
-			return applyResult{}, 0, errNotLeader
+			return errNotLeader
 		case errors.Is(err, raft.ErrEnqueueTimeout):
-			return applyResult{}, 0, fmt.Errorf("%w: %w", ErrNoQuorum, err)
+			return fmt.Errorf("%w: %w", ErrNoQuorum, err)
 		case errors.Is(err, raft.ErrRaftShutdown):
-			return applyResult{}, 0, ErrClosed
+			return ErrClosed
 		default: // ErrLeadershipLost and the like: appended, not known to commit
-			return applyResult{}, 0, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+			return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 		}
-		res, ok := f.Response().(applyResult)
-		if !ok {
-			return applyResult{}, 0, fmt.Errorf("authority: log entry %d: no result", f.Index())
-		}
-		return res, f.Index(), nil
 	case <-ctx.Done():
-		return applyResult{}, 0, fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
 	case <-a.done:
-		return applyResult{}, 0, ErrClosed
+		return ErrClosed
 	}
 }
 

@@ -196,6 +196,15 @@ func TestCommitIsAppliedOnEveryVoter(t *testing.T) {
 	if got := c.nodes[f].Record(); got.Resource("r1") == nil {
 		t.Fatalf("proposer has not applied its own command: %+v", got)
 	}
+	// A confirmed read from the other follower sees both, at once.
+	for i := range c.nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		rec, err := c.nodes[i].ReadRecord(ctx)
+		cancel()
+		if err != nil || rec.Index != 2 || c.nodes[i].Record().Index != 2 {
+			t.Fatalf("ReadRecord on %s: %v, %+v", c.names[i], err, rec)
+		}
+	}
 	c.sameEverywhere(l)
 	for _, n := range c.names {
 		var ops []string
@@ -274,6 +283,11 @@ func TestNoQuorumNothingTakesEffect(t *testing.T) {
 	_, err := c.nodes[survivor].Propose(ctx, define("lost"))
 	if !errors.Is(err, ErrNoQuorum) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("propose without quorum: %v, want ErrNoQuorum", err)
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer rcancel()
+	if _, err := c.nodes[survivor].ReadRecord(rctx); !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("confirmed read without quorum: %v, want ErrNoQuorum", err)
 	}
 	if got := c.nodes[survivor].Record(); got.Index != before.Index || got.Resource("lost") != nil {
 		t.Fatalf("a failed proposal changed the record: %+v", got)

@@ -25,7 +25,8 @@ const maxForward = 4 << 20
 const maxForwardWait = time.Minute
 
 type forwardRequest struct {
-	Cmd json.RawMessage `json:"cmd"`
+	// Cmd is the command to propose; none asks for a confirmed read.
+	Cmd json.RawMessage `json:"cmd,omitempty"`
 	// TimeoutMS is what is left of the proposer's deadline.
 	TimeoutMS int64 `json:"timeout_ms"`
 }
@@ -91,7 +92,7 @@ func decodeError(code, msg string) error {
 	return errors.New(msg)
 }
 
-// forward sends b to the leader named leader.
+// forward sends b (nil: a read) to the leader named leader.
 func (a *Authority) forward(ctx context.Context, leader string, b []byte) (applyResult, uint64, error) {
 	v, ok := a.cfg.voter(leader)
 	if !ok {
@@ -156,12 +157,19 @@ func (a *Authority) serveForward(conn net.Conn) {
 	conn.SetDeadline(time.Now().Add(wait + time.Second))
 
 	var resp forwardResponse
-	if _, err := cluster.UnmarshalCommand(req.Cmd); err != nil {
+	read := len(req.Cmd) == 0
+	if _, err := cluster.UnmarshalCommand(req.Cmd); err != nil && !read {
 		resp.Code, resp.Error = errCode(err), err.Error()
 	} else if a.raft.State() != raft.Leader {
 		resp.Code, resp.Error = "not-leader", errNotLeader.Error()
 	} else {
-		res, index, err := a.applyLocal(ctx, req.Cmd)
+		var res applyResult
+		var index uint64
+		if read {
+			res, index, err = a.readLocal(ctx)
+		} else {
+			res, index, err = a.applyLocal(ctx, req.Cmd)
+		}
 		if err != nil {
 			resp.Code, resp.Error = errCode(err), err.Error()
 		} else {
