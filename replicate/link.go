@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,7 @@ type link struct {
 	active atomic.Bool
 
 	lastRecv atomic.Int64 // since start, ns
+	acking   atomic.Int32 // acknowledgements being queued
 	pingBusy atomic.Bool
 
 	pendMu     sync.Mutex
@@ -425,7 +427,23 @@ func (l *link) apply(f wire.Frame, sp *span) {
 	case f.Type == wire.VerifyRequest:
 		_ = l.c.Write(wire.Frame{Type: wire.VerifyDigest, Seq: f.Seq, Epoch: v.epoch.Load(), Offset: f.Offset, Length: f.Length, Payload: payload})
 	case f.Type == wire.ResyncData, fua, l.peer.Proto == 'C' && f.Type != wire.ResyncRequest:
-		_ = l.c.Write(wire.Frame{Type: wire.Written, Seq: f.Seq, Epoch: v.epoch.Load()})
+		l.ack(wire.Frame{Type: wire.Written, Seq: f.Seq, Epoch: v.epoch.Load()})
+	}
+}
+
+// ack queues an acknowledgement; the last of a burst sends them all in
+// one system call, after letting appliers that are ready run first.
+func (l *link) ack(f wire.Frame) {
+	l.acking.Add(1)
+	err := l.c.Queue(f)
+	if l.acking.Add(-1) == 0 && err == nil {
+		runtime.Gosched()
+		if l.acking.Load() == 0 {
+			err = l.c.Flush()
+		}
+	}
+	if err != nil {
+		l.end(fmt.Sprintf("sending to the peer: %v", err), false)
 	}
 }
 

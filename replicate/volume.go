@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -380,7 +381,13 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	}
 	v.seqMu.Unlock()
 	if v.sending.Add(-1) == 0 && l != nil {
-		l.flush()
+		// Let writers that are ready to run queue their frames first, so
+		// that one system call carries them all; alone, this costs
+		// nothing.
+		runtime.Gosched()
+		if v.sending.Load() == 0 {
+			l.flush()
+		}
 	}
 
 	v.ord.waitBefore(sp.seq, sp.off, sp.end)
