@@ -299,7 +299,7 @@ func (r *Record) applyResource(res *Resource, cmd Command) error {
 	case OpPromote:
 		return r.promote(res, cmd)
 	case OpDemote:
-		if err := res.primaryAt(cmd, cmd.Node); err != nil {
+		if err := res.selfByPrimary(cmd); err != nil {
 			return err
 		}
 		res.LastPrimary, res.Primary, res.Fenced = res.Primary, "", nil
@@ -307,9 +307,9 @@ func (r *Record) applyResource(res *Resource, cmd Command) error {
 		res.Seq++
 		return nil
 	case OpConfirmPrimary:
-		return res.primaryAt(cmd, cmd.Node)
+		return res.selfByPrimary(cmd)
 	case OpMarkOutdated, OpMarkUpToDate:
-		if err := res.primaryAt(cmd, cmd.By); err != nil {
+		if err := res.byPrimary(cmd); err != nil {
 			return err
 		}
 		if cmd.Node == res.Primary {
@@ -355,15 +355,23 @@ func (r *Record) applyResource(res *Resource, cmd Command) error {
 	return fmt.Errorf("unknown op %q: %w", cmd.Op, ErrBadCommand)
 }
 
-// primaryAt checks that node is the primary at the command's epoch.
-func (res *Resource) primaryAt(cmd Command, node string) error {
+// byPrimary checks that the proposer is the primary at the command's epoch.
+func (res *Resource) byPrimary(cmd Command) error {
 	if cmd.Epoch != res.Epoch {
 		return fmt.Errorf("epoch %d, current %d: %w", cmd.Epoch, res.Epoch, ErrStaleEpoch)
 	}
-	if res.Primary != node || (cmd.Op != OpMarkOutdated && cmd.Op != OpMarkUpToDate && cmd.By != node) {
-		return fmt.Errorf("%s is not primary of %s (primary %q): %w", node, res.Name, res.Primary, ErrNotPrimary)
+	if res.Primary != cmd.By {
+		return fmt.Errorf("%s is not primary of %s (primary %q): %w", cmd.By, res.Name, res.Primary, ErrNotPrimary)
 	}
 	return nil
+}
+
+// selfByPrimary: byPrimary, for a command about the proposer itself.
+func (res *Resource) selfByPrimary(cmd Command) error {
+	if cmd.Node != cmd.By {
+		return fmt.Errorf("%s cannot %s for %s (a primary speaks for itself): %w", cmd.By, cmd.Op, cmd.Node, ErrBadCommand)
+	}
+	return res.byPrimary(cmd)
 }
 
 func (res *Resource) setState(node string, st ReplicaState, at time.Time) {

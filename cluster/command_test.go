@@ -98,6 +98,8 @@ func TestApplyRefusals(t *testing.T) {
 		}), ErrBadCommand},
 		{"demote by a node that is not primary", running, demote("b", 1), ErrNotPrimary},
 		{"demote at a stale epoch", running, demote("a", 0), ErrStaleEpoch},
+		{"demote on behalf of the primary", running, cmd(OpDemote, "b", func(c *Command) { c.Node = "a"; c.Epoch = 1 }), ErrBadCommand},
+		{"confirm on behalf of the primary", running, cmd(OpConfirmPrimary, "w", func(c *Command) { c.Node = "a"; c.Epoch = 1 }), ErrBadCommand},
 		{"a deposed primary marks the new one Outdated", func(t *testing.T) *Record {
 			return mustApply(t, aFenced(t), promote("b", 2))
 		}, markOutdated("a", "b", 1), ErrStaleEpoch},
