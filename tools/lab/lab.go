@@ -211,6 +211,11 @@ func (lab *Lab) Up(ctx context.Context, tandem string, p Params, progress io.Wri
 		}
 		say("bmc: %s's ipmi_sim at %s:%d (in %s)", n, bmcAddr[n], bmcPort, lab.n.bridgeNS())
 	}
+	for _, n := range dataNodes {
+		if err := lab.waitBMC(ctx, n); err != nil {
+			return err
+		}
+	}
 	for _, n := range clusterNodes {
 		if err := lab.powerOn(ctx, n, true); err != nil {
 			return err
@@ -231,6 +236,30 @@ func (lab *Lab) Up(ctx context.Context, tandem string, p Params, progress io.Wri
 	return lab.WaitFor(ctx, "a Primary for every resource, its peer UpToDate", syncWait, func(s *Status) bool {
 		return s.Serving(len(cfg.Resources))
 	})
+}
+
+// bmcWait bounds how long a fresh ipmi_sim may take to answer.
+const bmcWait = 15 * time.Second
+
+// waitBMC waits until node's BMC answers over IPMI, through the path
+// fencing takes, so that a BMC that did not start (its address or port
+// taken, a bad configuration) fails Up instead of the first fencing.
+func (lab *Lab) waitBMC(ctx context.Context, node string) error {
+	deadline := time.Now().Add(bmcWait)
+	for {
+		_, err := lab.bmcQuery(ctx, node)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("lab: the BMC of %s does not answer after %v (log %s): %w", node, bmcWait, lab.l.log("bmc-"+node), err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(4 * pollEvery):
+		}
+	}
 }
 
 // bootstrapPrimary makes alpha Primary of every resource and puts the
