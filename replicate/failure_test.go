@@ -597,3 +597,40 @@ func TestPowerCutOfBothNodes(t *testing.T) {
 }
 
 func verOf(b []byte) uint32 { return uint32(b[3]) | uint32(b[4])<<8 }
+
+func TestSplitBrainPolicyDiscardYoungerPrimary(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, splitBrain: "discard-younger-primary"})
+	p.waitConnected(10 * time.Second)
+	ctx := context.Background()
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Disconnect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPromote(t, p.a, false)
+	if err := p.a.v.WriteAt(ctx, block('a', 0, 1), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Second, "a later promotion time", func() bool { return time.Now().UnixNano() > p.a.v.meta.Superblock().PromotedAt })
+	mustPromote(t, p.b, false) // the younger primary: its writes go
+	if err := p.b.v.Demote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustPromote(t, p.b, false) // at a higher epoch than the survivor's
+	if err := p.b.v.WriteAt(ctx, block('b', 8192, 1), 8192, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.v.Demote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+	if !bytes.Equal(p.b.data.Bytes()[8192:12288], make([]byte, 4096)) || !bytes.Equal(p.b.data.Bytes()[:4096], block('a', 0, 1)) {
+		t.Fatal("the younger primary's writes were not the ones discarded")
+	}
+}

@@ -838,6 +838,10 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	if idle {
 		why = ""
 	}
+	// A split brain that an admin or a policy resolved: the victim takes
+	// the survivor's data whatever their epochs.
+	raw := Decide(local.side(), peer.side())
+	resolved := (raw == SplitBrain || raw == Unrelated) && (d.IsSource() || d.IsTarget())
 	refuse := func(format string, args ...any) {
 		if why == "" {
 			why = fmt.Sprintf(format, args...)
@@ -849,13 +853,12 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		refuse("the peer's data area is %d bytes at bitmap granularity %d, this node's %d at %d", peer.Size, peer.Gran, local.Size, local.Gran)
 	case peer.Role == Primary && local.Role == Primary:
 		refuse("both nodes are primary (split brain); demote one, then resolve")
-	// A deposed primary is refused, except by a split-brain victim that
-	// an admin told to take the survivor's data (the survivor then moves
-	// to an epoch above both).
-	case peer.Role == Primary && peer.Epoch < local.Epoch && local.Want != wantDiscard:
+	// A deposed primary is refused, except by the victim of a resolved
+	// split brain (the survivor then moves to an epoch above both).
+	case peer.Role == Primary && peer.Epoch < local.Epoch && !(resolved && d.IsTarget()):
 		standalone = why != "" // a split brain found by the decision says more
 		refuse("%v: the peer is primary at epoch %d, this node knows epoch %d (a deposed primary)", ErrStaleEpoch, peer.Epoch, local.Epoch)
-	case local.Role == Primary && local.Epoch < peer.Epoch && peer.Want != wantDiscard:
+	case local.Role == Primary && local.Epoch < peer.Epoch && !(resolved && d.IsSource()):
 		standalone = why != ""
 		refuse("%v: this node is primary at epoch %d, the peer knows epoch %d: this node was deposed", ErrStaleEpoch, local.Epoch, peer.Epoch)
 	case local.Role == Primary && d.IsTarget():
