@@ -176,6 +176,12 @@ func TestLab(t *testing.T) {
 	if len(js.Resources) != 1 || js.Resources[0].Name != "r0" || js.Resources[0].Primary != Alpha || js.Resources[0].VIP != "198.51.100.100" {
 		t.Fatalf("status resources %+v, want r0 primary alpha with VIP 198.51.100.100\n%s", js.Resources, b)
 	}
+	// The CLI prints the same status as JSON.
+	cliOut, cliErr, err := testenv.RunErr(bin, "lab", "status", "--json", "--dir", lab.Dir())
+	var cli Status
+	if err != nil || json.Unmarshal([]byte(cliOut), &cli) != nil || cli.Resources[0].Primary != Alpha || cli.Node(Bravo).Disk != "UpToDate" {
+		t.Fatalf("tandem lab status --json: %v:\n%s%s", err, cliOut, cliErr)
+	}
 	if s.Resources[0].VIPHolder != Alpha {
 		t.Errorf("VIP held by %q, want alpha", s.Resources[0].VIPHolder)
 	}
