@@ -103,6 +103,11 @@ type Node struct {
 	// Fencing is how the other nodes switch this one off, levels in order
 	// (nil: not configured). See fencing.go.
 	Fencing []FenceLevel
+	// Gossip and Authority are the node's membership (memberlist, UDP and
+	// TCP) and authority-log (raft, TCP) addresses; set on every node, they
+	// enable the cluster layer. See clusterlayer.go.
+	Gossip    string
+	Authority string
 
 	lines lines
 }

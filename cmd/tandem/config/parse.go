@@ -23,7 +23,7 @@ import (
 // misspelt optional key would otherwise silently leave its default in force.
 var (
 	topKeys      = []string{"cluster", "secret-file", "nodes", "resources"}
-	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing"}
+	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
 		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "replicas", "vip"}
 	resyncKeys  = []string{"max-rate", "app-share", "checksum"}
@@ -244,6 +244,12 @@ func (d *decoder) node(n *yaml.Node, path string) Node {
 	}
 	if e, ok := f["fencing"]; ok {
 		nd.Fencing = d.fencing(e, path+".fencing") // fencing.go
+	}
+	if e, ok := f["gossip"]; ok {
+		nd.Gossip = d.hostPort(e, path+".gossip") // clusterlayer.go
+	}
+	if e, ok := f["authority"]; ok {
+		nd.Authority = d.hostPort(e, path+".authority")
 	}
 	return nd
 }

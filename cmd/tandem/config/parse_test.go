@@ -147,7 +147,7 @@ func TestParseProblems(t *testing.T) {
 		{"key at the wrong level", []string{"    size: 10G\n", "    size: 10G\n    device: /dev/sdb #A\n"},
 			[]want{{"#A", "resources[0].device", `"device" belongs in resources[N].replicas.NODE`}}},
 		{"unknown key without suggestion", []string{"    address: 192.0.2.13\n", "    address: 192.0.2.13\n    colour: blue #A\n"},
-			[]want{{"#A", "nodes[2].colour", "remove it (keys here: name, address, admin-socket, data-dir, fencing)"}}},
+			[]want{{"#A", "nodes[2].colour", "remove it (keys here: name, address, admin-socket, data-dir, fencing, gossip, authority)"}}},
 		{"key twice", []string{"    size: 10G\n", "    size: 10G\n    size: 20G #A\n"},
 			[]want{{"#A", "resources[0].size", `key "size" given twice (first on line 12)`}}},
 		{"merge key", []string{"    size: 10G\n", "    size: 10G\n    <<: {protocol: A} #A\n"},

@@ -114,6 +114,7 @@ func (c *Config) check(ps *problems) {
 	c.checkListeners(ps, nodes)
 	c.checkVIPs(ps)
 	c.checkFencing(ps)
+	c.checkClusterLayer(ps)
 }
 
 // checkFields covers, for a Config built in code, the per-key rules that
