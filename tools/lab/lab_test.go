@@ -434,3 +434,54 @@ func TestUpRefusesUnsafeDir(t *testing.T) {
 		}
 	}
 }
+
+// TestTwoLabsCoexist: the networks of two labs, with the same addresses,
+// live side by side, and taking one down leaves the other whole.
+func TestTwoLabsCoexist(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "ip", "nft", "ipmi_sim", "bash", "timeout", "sleep")
+	var labs [2]*Lab
+	for i := range labs {
+		l, err := Open(filepath.Join(t.TempDir(), "lab"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		labs[i] = l
+		t.Cleanup(func() { _ = l.Down(context.Background()) })
+		if err := os.MkdirAll(l.l.run(), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := buildNetwork(context.Background(), l.n); err != nil {
+			t.Fatalf("network of lab %d: %v", i, err)
+		}
+	}
+	if labs[0].n.bridgeNS() == labs[1].n.bridgeNS() {
+		t.Fatal("two labs share a bridge namespace name")
+	}
+	// A process in lab 1's alpha: lab 0's down must leave it alone, lab
+	// 1's must kill it.
+	resident := testenv.Start(t, "ip", "netns", "exec", labs[1].n.netns(Alpha), "sleep", "600")
+	for i, l := range labs {
+		if !reachable(t, l, Client, hostAddr[Alpha].String(), nbdPort) {
+			t.Errorf("lab %d: the client does not reach alpha", i)
+		}
+	}
+	checkDown(t, labs[0])
+	for _, ns := range labs[1].n.allNetns() {
+		if !netnsExists(ns) {
+			t.Errorf("taking lab 0 down removed lab 1's namespace %s", ns)
+		}
+	}
+	if !reachable(t, labs[1], Client, hostAddr[Alpha].String(), nbdPort) {
+		t.Error("lab 1's client lost alpha when lab 0 went down")
+	}
+	if !resident.Running() {
+		t.Error("taking lab 0 down killed a process in lab 1")
+	}
+	checkDown(t, labs[1])
+	select {
+	case <-resident.Exited():
+	case <-time.After(10 * time.Second):
+		t.Errorf("a process in lab 1 (pid %d) survived its lab down", resident.Pid())
+	}
+}
