@@ -219,8 +219,11 @@ type PromoteResult struct {
 //	(*Volume) Resync(ctx, full bool) error    make this side the sync target
 //	(*Volume) Verify(ctx, repair bool) (VerifyReport, error)
 //	(*Volume) Resolve(ctx, discardMyData bool) error   after split brain
+//	(*Volume) Outdate(ctx) error              mark the local data Outdated (not on a primary)
 //	(*Volume) Close(ctx) error                drain, flush, metadata clean
 //
-// and nbd.Device (Size, ReadAt, WriteAt, Flush, Trim, Zero, Features):
-// reads are local, writes follow the protocol, on a secondary they fail
-// with ErrNotPrimary (EPERM to NBD clients).
+// and nbd.Device (Size, ReadAt, WriteAt, Flush, Trim, Zero, Features)
+// plus nbd.FileSource (FileRange; ok only when the data area is a
+// FileSource and this node is primary): reads are local, writes follow
+// the protocol, on a secondary both fail with ErrNotPrimary wrapping
+// nbd.ErrReadOnly (EPERM to NBD clients).
