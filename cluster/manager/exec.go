@@ -257,4 +257,3 @@ func (m *Manager) resync(resource string) {
 func (m *Manager) alert(resource, text string) {
 	m.execute(cluster.Ready{Actions: []cluster.Action{cluster.Alert{Resource: resource, Text: text}}})
 }
-

@@ -417,4 +417,3 @@ func (c *testCluster) primary(name string, epoch uint64) func() bool {
 		return false
 	}
 }
-

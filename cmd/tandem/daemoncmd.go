@@ -76,6 +76,7 @@ func runDaemon(ctx context.Context, a *app, path string, f daemonFlags) error {
 	d, err := daemon.New(daemon.Options{
 		Config: cfg, Node: node, Open: openVolume, Logger: a.log,
 		ShutdownTimeout: f.shutdownTimeout, Version: version,
+		Fencer: clusterFencer(cfg, node, a.log),
 	})
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
 	"github.com/tandem-ha/tandem/fence"
 )
 
@@ -275,7 +276,7 @@ func newFenceConfirmCmd(a *app) *cobra.Command {
 
 func runFenceConfirm(a *app, cmd *cobra.Command, path, target string, yes bool, f fenceFlags) error {
 	what := "fence confirm " + target
-	_, local, err := loadForFence(a, path, target, f.node, what)
+	cfg, local, err := loadForFence(a, path, target, f.node, what)
 	if err != nil {
 		return err
 	}
@@ -314,6 +315,17 @@ func runFenceConfirm(a *app, cmd *cobra.Command, path, target string, yes bool, 
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	a.log.Warn("fencing confirmed by hand", "node", target, "by", by, "host", host, "at", c.At, "dir", store.Dir())
+	if cfg.ClusterLayer() {
+		// The cluster layer records it in the authority log (method
+		// "manual"), which unblocks a failover waiting for this node.
+		reply, err := daemon.NewClient(local.AdminSocket, local.Name).Cluster(cmd.Context(), "fence-confirm", daemon.ClusterRequest{Node: target})
+		if err != nil {
+			return fmt.Errorf("%s: recorded locally in %s, but the cluster layer refused it: %w", what, store.Dir(), err)
+		}
+		if !f.asJSON {
+			fmt.Fprintln(a.stdout, reply.Text)
+		}
+	}
 	if f.asJSON {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 
+	"github.com/tandem-ha/tandem/cluster/manager"
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/fence"
 )
@@ -68,4 +69,21 @@ func fenceMethod(l config.FenceLevel, target string, store *fence.Store, log *sl
 		return fence.NewManual(target, store, l.Timeout, nil), nil
 	}
 	return nil, fmt.Errorf("unknown fencing type %q", l.Type)
+}
+
+// clusterFencer gives the cluster layer of node local the fencer of any
+// other node, built from its configured levels at each use (a password
+// file changed since is read again).
+func clusterFencer(cfg *config.Config, local string, log *slog.Logger) func(string) (manager.Fencer, error) {
+	return func(target string) (manager.Fencer, error) {
+		n, err := cfg.Node(local)
+		if err != nil {
+			return nil, err
+		}
+		f, err := fencerFor(cfg, target, confirmStore(n), log)
+		if err != nil {
+			return nil, err
+		}
+		return f, nil
+	}
 }

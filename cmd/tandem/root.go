@@ -79,6 +79,7 @@ func newRootCmd(a *app) *cobra.Command {
 	root.AddCommand(newVersionCmd(a), newServeCmd(a), newAttachCmd(a), newDetachCmd(a))
 	root.AddCommand(newDaemonCmd(a), newCreateMDCmd(a), newDumpMDCmd(a))
 	root.AddCommand(adminCommands(a)...)
+	root.AddCommand(clusterCommands(a)...)
 	root.AddCommand(newVIPCmd(a))
 	root.AddCommand(newFenceCmd(a))
 	root.AddCommand(newLabCmd(a))

@@ -60,6 +60,7 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 		kind = "witness: no replicas here"
 	}
 	fmt.Fprintf(w, "node %s of cluster %s (%s), daemon pid %d, version %s\n", ns.Node, ns.Cluster, kind, ns.PID, ns.Version)
+	printClusterLayer(w, ns.ClusterLayer) // clustercmd.go
 	if len(ns.Resources) == 0 {
 		return
 	}

@@ -45,6 +45,7 @@ func (d *Daemon) handler() http.Handler {
 			return Done{true}, r.vol.Resolve(ctx, true)
 		})
 	})
+	d.clusterRoutes(mux) // clusterapi.go
 	return mux
 }
 
@@ -53,7 +54,7 @@ var errBadRequest = errors.New("bad request")
 // Status is the node's status, as GET /v1/status returns it.
 func (d *Daemon) Status() NodeStatus {
 	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resources) == 0,
-		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}}
+		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus()}
 	for _, r := range d.resources {
 		ns.Resources = append(ns.Resources, r.status(d.node.Name))
 	}
@@ -162,6 +163,9 @@ func (d *Daemon) op(w http.ResponseWriter, req *http.Request, in any, fn func(co
 }
 
 func (d *Daemon) promote(ctx context.Context, r *resource, force bool) (replicate.PromoteResult, error) {
+	if d.cl.Load() != nil {
+		return d.clusterPromote(ctx, r, force)
+	}
 	r.roleMu.Lock()
 	defer r.roleMu.Unlock()
 	res, err := r.vol.Promote(ctx, force)
@@ -179,6 +183,9 @@ func (d *Daemon) promote(ctx context.Context, r *resource, force bool) (replicat
 // demote closes the gate first, so no new request reaches a volume that is
 // about to refuse it, then lets the volume flush and step down.
 func (d *Daemon) demote(ctx context.Context, r *resource) error {
+	if d.cl.Load() != nil {
+		return d.clusterDemote(ctx, r)
+	}
 	r.roleMu.Lock()
 	defer r.roleMu.Unlock()
 	r.gate.primary.Store(false)

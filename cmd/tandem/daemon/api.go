@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/tandem-ha/tandem/cluster/manager"
 	"github.com/tandem-ha/tandem/replicate"
 )
 
@@ -32,6 +33,9 @@ type NodeStatus struct {
 	Version   string           `json:"version"`
 	PID       int              `json:"pid"`
 	Resources []ResourceStatus `json:"resources"`
+	// ClusterLayer is the node manager's view (membership, quorum, the
+	// authority record, the last failover); absent with manual roles.
+	ClusterLayer *manager.Status `json:"cluster_layer,omitempty"`
 }
 
 // ResourceStatus is one resource on this node: the volume's status, plus

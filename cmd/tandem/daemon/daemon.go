@@ -13,8 +13,10 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/tandem-ha/tandem/cluster/manager"
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/nbd"
 	"github.com/tandem-ha/tandem/replicate"
@@ -38,6 +40,9 @@ type Options struct {
 	ReconcileInterval time.Duration
 	// Version is reported in status.
 	Version string
+	// Fencer returns the fencer of a node, for the cluster layer (nil:
+	// fencing always fails, so nothing fails over automatically).
+	Fencer func(node string) (manager.Fencer, error)
 }
 
 // Daemon runs one node's resources. Start opens everything, Shutdown
@@ -64,6 +69,8 @@ type Daemon struct {
 	stopOnce sync.Once
 	stopErr  error
 	bg       sync.WaitGroup
+
+	cl atomic.Pointer[clusterLayer] // nil: manual roles (cluster.go)
 }
 
 // resource is one local replica and what serves it.
@@ -154,11 +161,12 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 		}
 	}()
 
-	if len(d.resources) == 0 {
-		d.log.Info("witness node: no replica here; the admin API runs, quorum voting comes with the cluster layer")
+	layer := d.cfg.ClusterLayer()
+	if len(d.resources) == 0 && !layer {
+		d.log.Info("witness node: no replica here; the admin API runs; with gossip and authority addresses it votes in the cluster layer")
 	}
 	var secret []byte
-	if len(d.resources) > 0 {
+	if len(d.resources) > 0 || layer {
 		if secret, err = readSecret(d.cfg.SecretFile); err != nil {
 			return fmt.Errorf("daemon: %w", err)
 		}
@@ -169,6 +177,11 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 	if err := d.startNBD(); err != nil {
 		return err
 	}
+	if layer {
+		if err := d.startCluster(secret); err != nil {
+			return err
+		}
+	}
 	d.http = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	d.httpDone = make(chan struct{})
 	go func() {
@@ -177,8 +190,11 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 			d.log.Error("admin API stopped", "err", err)
 		}
 	}()
-	d.bg.Add(1)
-	go d.reconcileLoop()
+	if !layer {
+		// With the cluster layer the node manager sets the gates.
+		d.bg.Add(1)
+		go d.reconcileLoop()
+	}
 	d.log.Info("daemon running", "admin_socket", d.node.AdminSocket, "resources", len(d.resources), "nbd", d.NBDAddrs())
 	return nil
 }
@@ -280,6 +296,9 @@ func (d *Daemon) volumeConfig(r *resource, secret []byte, log *slog.Logger) (rep
 		},
 		SplitBrain: string(r.cfg.SplitBrain),
 		Logger:     log,
+	}
+	if d.cfg.ClusterLayer() {
+		c.OnDegraded = d.degradedHook(r.cfg.Name)
 	}
 	if t := r.cfg.TLS; t != nil {
 		tc, err := linkTLS(t, r.peer.Node)
@@ -429,6 +448,13 @@ func (d *Daemon) shutdown(ctx context.Context) {
 			d.opCancel()
 		}
 		var errs []error
+		if cl := d.cl.Swap(nil); cl != nil {
+			// First: a node going away stops deciding, and says so to
+			// the others, before its volumes close under the manager.
+			if err := cl.close(); err != nil {
+				d.log.Warn("cluster layer: stopping", "err", err)
+			}
+		}
 		for _, s := range d.servers {
 			if err := s.srv.Shutdown(ctx); err != nil {
 				d.log.Warn("nbd: graceful shutdown incomplete, closing", "addr", s.addr, "err", err)

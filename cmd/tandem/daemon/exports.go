@@ -28,6 +28,7 @@ type gate struct {
 
 	vol     atomic.Pointer[volumeRef] // nil while the resource is down
 	primary atomic.Bool
+	hold    ioHold // the cluster layer's suspend/fail (hold.go)
 
 	mu      sync.Mutex
 	lastLog time.Time
@@ -75,7 +76,10 @@ func (e *errNotServing) As(target any) bool {
 }
 
 // serving returns the volume if requests may pass.
-func (g *gate) serving() (Volume, error) {
+func (g *gate) serving(ctx context.Context) (Volume, error) {
+	if err := g.wait(ctx); err != nil {
+		return nil, err
+	}
 	ref := g.vol.Load()
 	var why string
 	switch {
@@ -116,7 +120,7 @@ func (g *gate) Features() nbd.Features {
 }
 
 func (g *gate) ReadAt(ctx context.Context, p []byte, off int64) error {
-	v, err := g.serving()
+	v, err := g.serving(ctx)
 	if err != nil {
 		return err
 	}
@@ -124,7 +128,7 @@ func (g *gate) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 func (g *gate) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	v, err := g.serving()
+	v, err := g.serving(ctx)
 	if err != nil {
 		return err
 	}
@@ -132,7 +136,7 @@ func (g *gate) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
 }
 
 func (g *gate) Flush(ctx context.Context) error {
-	v, err := g.serving()
+	v, err := g.serving(ctx)
 	if err != nil {
 		return err
 	}
@@ -140,7 +144,7 @@ func (g *gate) Flush(ctx context.Context) error {
 }
 
 func (g *gate) Trim(ctx context.Context, off, length int64, fua bool) error {
-	v, err := g.serving()
+	v, err := g.serving(ctx)
 	if err != nil {
 		return err
 	}
@@ -148,7 +152,7 @@ func (g *gate) Trim(ctx context.Context, off, length int64, fua bool) error {
 }
 
 func (g *gate) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
-	v, err := g.serving()
+	v, err := g.serving(ctx)
 	if err != nil {
 		return err
 	}
@@ -158,7 +162,7 @@ func (g *gate) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags)
 // Extents and Cache pass on only when the volume has them (Features says
 // whether the server may call them at all).
 func (g *gate) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
-	v, err := g.serving()
+	v, err := g.serving(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +173,7 @@ func (g *gate) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, er
 }
 
 func (g *gate) Cache(ctx context.Context, off, length int64) error {
-	v, err := g.serving()
+	v, err := g.serving(ctx)
 	if err != nil {
 		return err
 	}

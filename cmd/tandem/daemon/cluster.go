@@ -1,0 +1,232 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/tandem-ha/tandem/cluster"
+	"github.com/tandem-ha/tandem/cluster/authority"
+	"github.com/tandem-ha/tandem/cluster/manager"
+	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/vip"
+)
+
+// clusterLayer is the automatic part of a node, running when the
+// configuration has gossip and authority addresses: membership (memberlist),
+// the authority log (raft among every node) and the node manager that
+// drives this node's volumes, NBD gates and VIPs from the cluster machine.
+type clusterLayer struct {
+	ms     *cluster.Membership
+	auth   *authority.Authority
+	mgr    *manager.Manager
+	vips   *vip.Set
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// joinRetry is how often a node that reached no other member tries again.
+const joinRetry = time.Second
+
+// gossipKey derives the memberlist key from the cluster secret, so a
+// cluster needs one secret file, and the gossip key is not the secret
+// itself.
+func gossipKey(secret []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte("tandem gossip key v1\x00"))
+	h.Write(secret)
+	return h.Sum(nil)
+}
+
+// lazyLog lets the manager exist before the authority it proposes to: the
+// authority's OnCommit must reach the manager from its first replayed
+// entry on.
+type lazyLog struct {
+	a atomic.Pointer[authority.Authority]
+}
+
+func (l *lazyLog) Propose(ctx context.Context, cmd cluster.Command) (*cluster.Record, error) {
+	a := l.a.Load()
+	if a == nil {
+		return nil, fmt.Errorf("daemon: authority log not open yet: %w", authority.ErrNoQuorum)
+	}
+	return a.Propose(ctx, cmd)
+}
+
+// downVolume stands in for a resource that did not open: it reports no
+// disk, so the machine never promotes it and tells the record.
+type downVolume struct{ r *resource }
+
+func (v downVolume) Status() replicate.Status {
+	return v.r.status("").Status
+}
+func (v downVolume) Promote(context.Context, bool) (replicate.PromoteResult, error) {
+	return replicate.PromoteResult{}, fmt.Errorf("resource %s: %w: %v", v.r.cfg.Name, ErrResourceDown, v.r.downErr)
+}
+func (v downVolume) Demote(context.Context) error       { return nil }
+func (v downVolume) Resync(context.Context, bool) error { return ErrResourceDown }
+
+// degradedHook is the volumes' OnDegraded while the cluster layer runs.
+func (d *Daemon) degradedHook(resource string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		cl := d.cl.Load()
+		if cl == nil {
+			return fmt.Errorf("resource %s: a write without the peer needs the cluster layer, which is not running", resource)
+		}
+		return cl.mgr.DegradedHook(resource)(ctx)
+	}
+}
+
+func (d *Daemon) machineConfig() cluster.Config {
+	mc := cluster.Config{Node: d.node.Name}
+	for _, n := range d.cfg.Nodes {
+		mc.Voters = append(mc.Voters, n.Name)
+	}
+	for _, r := range d.cfg.Resources {
+		if len(r.Replicas) != 2 {
+			continue // Validate refused it already
+		}
+		mc.Resources = append(mc.Resources, cluster.ResourceConfig{
+			Name: r.Name, Replicas: [2]string{r.Replicas[0].Node, r.Replicas[1].Node},
+			Preferred: r.PreferredPrimary, OnNoQuorum: cluster.NoQuorumPolicy(r.OnNoQuorum),
+		})
+	}
+	return mc
+}
+
+// startCluster opens membership and the authority log and starts the
+// manager. An error leaves nothing of it running.
+func (d *Daemon) startCluster(secret []byte) (err error) {
+	log := d.log.With("layer", "cluster")
+	cl := &clusterLayer{done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			cl.close()
+		}
+	}()
+	if cl.vips, err = vip.NewSet(d.cfg.VIPs(d.node.Name), vip.WithLogger(log)); err != nil {
+		return fmt.Errorf("daemon: cluster layer: %w", err)
+	}
+	res := map[string]manager.Resource{}
+	for _, r := range d.resources {
+		var v manager.Volume = downVolume{r}
+		if r.vol != nil {
+			v = r.vol
+		}
+		res[r.cfg.Name] = manager.Resource{Volume: v, Gate: r.gate}
+	}
+	fencer := d.opts.Fencer
+	if fencer == nil {
+		fencer = func(node string) (manager.Fencer, error) {
+			return nil, fmt.Errorf("node %s: no fencer wired into this daemon", node)
+		}
+	}
+	host, port, err := net.SplitHostPort(d.node.Gossip)
+	if err != nil {
+		return fmt.Errorf("daemon: gossip %q: %w", d.node.Gossip, err)
+	}
+	p, _ := strconv.Atoi(port)
+	mc := cluster.MembershipConfig{Node: d.node.Name, BindAddr: host, BindPort: p, Keys: [][]byte{gossipKey(secret)}, Logger: log}
+	var voters []authority.Voter
+	var peers []string
+	for _, n := range d.cfg.Nodes {
+		mc.Voters = append(mc.Voters, n.Name)
+		voters = append(voters, authority.Voter{Name: n.Name, Addr: n.Authority})
+		if n.Name != d.node.Name {
+			peers = append(peers, n.Gossip)
+		}
+	}
+	if cl.ms, err = cluster.NewMembership(mc); err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	ll := &lazyLog{}
+	cl.mgr, err = manager.New(manager.Config{
+		Machine: d.machineConfig(), Resources: res, Log: ll, Members: cl.ms.Events(), Fencer: fencer, VIPs: cl.vips, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("daemon: cluster layer: %w", err)
+	}
+	cl.auth, err = authority.Open(authority.Config{
+		Node: d.node.Name, Voters: voters, Dir: filepath.Join(d.node.DataDir, "authority"),
+		Secret: secret, Logger: log, OnCommit: cl.mgr.Commit,
+	})
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	ll.a.Store(cl.auth)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cl.cancel = cancel
+	go func() {
+		defer close(cl.done)
+		mgrDone := make(chan struct{})
+		go func() {
+			defer close(mgrDone)
+			_ = cl.mgr.Run(ctx)
+		}()
+		cl.join(ctx, peers, log)
+		<-mgrDone
+	}()
+	d.cl.Store(cl)
+	log.Info("cluster layer running", "gossip", cl.ms.Addr(), "authority", d.node.Authority, "voters", mc.Voters)
+	return nil
+}
+
+// join contacts the other members until one answers; memberlist then
+// learns the rest by gossip (and a node that comes back later is found by
+// the others' probes of its address).
+func (cl *clusterLayer) join(ctx context.Context, peers []string, log interface {
+	Warn(string, ...any)
+	Info(string, ...any)
+}) {
+	for attempt := 1; ; attempt++ {
+		n, err := cl.ms.Join(peers)
+		if err == nil && n > 0 {
+			log.Info("joined the cluster", "reached", n)
+			return
+		}
+		if attempt == 1 || attempt%30 == 0 {
+			log.Warn("no other member reachable yet; retrying", "peers", peers, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(joinRetry):
+		}
+	}
+}
+
+// close stops the manager, leaves membership (the others see this node
+// gone at once), closes the log and releases this node's VIPs.
+func (cl *clusterLayer) close() error {
+	var errs []error
+	if cl.cancel != nil {
+		cl.cancel()
+		<-cl.done
+	}
+	if cl.ms != nil {
+		if err := cl.ms.Leave(time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cl.auth != nil {
+		if err := cl.auth.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cl.vips != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := cl.vips.ReleaseAll(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		cl.vips.Close()
+	}
+	return errors.Join(errs...)
+}
