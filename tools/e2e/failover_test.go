@@ -1,0 +1,144 @@
+package e2e_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
+	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/tools/testenv"
+)
+
+// clusterPair is a pair with the cluster layer: gossip and authority
+// addresses on every node, and a manual fencing level on the data nodes
+// (there is no BMC on loopback: the admin's `tandem fence confirm` is the
+// fence).
+func clusterPair(t *testing.T) *pair {
+	t.Helper()
+	p := newPair(t, pairOptions{size: 16 * mib})
+	b, err := os.ReadFile(p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := regexp.MustCompile(`(?m)^    data-dir: (.*)/(alpha|beta|witness)$`)
+	text := dataDir.ReplaceAllStringFunc(string(b), func(line string) string {
+		name := dataDir.FindStringSubmatch(line)[2]
+		add := fmt.Sprintf("\n    gossip: 127.0.0.1:%d\n    authority: 127.0.0.1:%d", testenv.FreePort(t), testenv.FreePort(t))
+		if name != "witness" {
+			add += "\n    fencing:\n      - type: manual"
+		}
+		return line + add
+	})
+	writeFile(t, p.path, text, 0o644)
+	if p.cfg, err = config.Load(p.path); err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	if !p.cfg.ClusterLayer() {
+		t.Fatal("the configuration does not enable the cluster layer")
+	}
+	const gen = "0x5c1e4f2a9b3d7e60"
+	for _, n := range []string{"alpha", "beta"} {
+		p.tandem(n, "create-md", "r0", "--new-blank", "--generation", gen)
+	}
+	return p
+}
+
+func (p *pair) clusterStatus(n string) daemon.NodeStatus {
+	p.t.Helper()
+	var ns daemon.NodeStatus
+	out := p.tandem(n, "status", "--json")
+	if err := json.Unmarshal([]byte(out), &ns); err != nil || ns.ClusterLayer == nil {
+		p.t.Fatalf("status --json of %s: %v\n%s", n, err, out)
+	}
+	return ns
+}
+
+func serving(st daemon.ResourceStatus) bool {
+	return st.Role == replicate.Primary && st.NBDServing
+}
+
+// A killed primary is replaced automatically once it is fenced: here the
+// fence is an admin's confirmation (manual level), so the failover waits
+// for it, alerts, then goes on; the old primary comes back as secondary and
+// resyncs.
+func TestClusterFailover(t *testing.T) {
+	t.Parallel()
+	testenv.RequireTool(t, "qemu-io")
+	p := clusterPair(t)
+	for _, n := range []string{"witness", "alpha", "beta"} {
+		p.start(n)
+	}
+	p.waitStatus("alpha", "alpha promoted by the cluster layer", serving)
+	p.waitStatus("beta", "beta in sync", inSync)
+	qemuIO(t, p.uri("alpha"), "write -P 0x5a 1M 2M", "flush")
+
+	p.nodes["alpha"].proc.Kill(t)
+	killed := time.Now()
+	// The manual level has no confirmation: fencing fails, nothing is
+	// promoted, beta alerts and retries.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.nodes["beta"].proc.Stderr(), "fence confirm alpha") {
+		if time.Now().After(deadline) {
+			t.Fatalf("beta never alerted about fencing alpha:\n%s", tail(p.nodes["beta"].proc.Stderr(), 40))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := p.status("beta"); st.Role == replicate.Primary {
+		t.Fatal("beta promoted without a fence")
+	}
+	out := p.tandem("beta", "fence", "confirm", "alpha", "--yes")
+	if !strings.Contains(out, "recorded as off") {
+		t.Fatalf("fence confirm: %s", out)
+	}
+	p.waitStatus("beta", "beta promoted after the confirmation", serving)
+	t.Logf("beta serves %v after alpha was killed (including the wait for the confirmation)", time.Since(killed).Round(time.Millisecond))
+	if b := []byte(qemuIO(t, p.uri("beta"), "read -P 0x5a 1M 2M")); strings.Contains(string(b), "Pattern verification failed") {
+		t.Fatalf("beta lacks what alpha acknowledged: %s", b)
+	}
+	qemuIO(t, p.uri("beta"), "write -P 0x6b 4M 1M", "flush")
+
+	ns := p.clusterStatus("beta")
+	res := ns.ClusterLayer.Record.Resource("r0")
+	if res == nil || res.Primary != "beta" || res.Epoch != 2 || res.LastFailover == nil || res.LastFailover.How != "fenced" {
+		t.Fatalf("record after the failover: %+v", res)
+	}
+	f := ns.ClusterLayer.LastFailover["r0"]
+	if f == nil || len(f.Steps) == 0 || f.Steps[len(f.Steps)-1].Name != "serve" {
+		t.Fatalf("beta's failover timeline: %+v", f)
+	}
+	for _, s := range f.Steps {
+		t.Logf("failover step %-12s %.3fs (elapsed %.3fs) %s", s.Name, s.Seconds, s.Elapsed, s.Detail)
+	}
+	human := p.tandem("beta", "status")
+	if !strings.Contains(human, "cluster layer: quorum") || !strings.Contains(human, "fenced") {
+		t.Fatalf("tandem status:\n%s", human)
+	}
+
+	p.start("alpha")
+	st := p.waitStatus("alpha", "alpha back as secondary, resynced", inSync)
+	if st.Role != replicate.Secondary {
+		t.Fatalf("alpha came back as %s", st.Role)
+	}
+	p.waitStatus("beta", "beta in sync", inSync)
+	if b := p.fileRange("alpha", 4*mib, mib); !isPattern(b, 0x6b) {
+		t.Fatalf("alpha lacks beta's writes after the resync: %s", describe(b))
+	}
+
+	// A switchover moves it back, without fencing.
+	out = p.tandem("witness", "switchover", "r0", "--to", "alpha")
+	if !strings.Contains(out, "switchover of r0 to alpha") {
+		t.Fatalf("switchover: %s", out)
+	}
+	p.waitStatus("alpha", "alpha primary after the switchover", serving)
+	p.waitStatus("beta", "beta secondary and in sync", func(st daemon.ResourceStatus) bool { return inSync(st) && st.Role == replicate.Secondary })
+	p.stop("beta")
+	p.stop("alpha")
+	p.stop("witness")
+	p.sameData()
+}
