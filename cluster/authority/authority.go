@@ -104,7 +104,11 @@ func Open(cfg Config) (_ *Authority, err error) {
 		cfg.Now = time.Now
 	}
 	a := &Authority{cfg: cfg, t: cfg.timeouts(), log: cfg.Logger.With("node", cfg.Node), done: make(chan struct{})}
+	// Open owns cfg.Listener from here on, also when it fails.
 	var closers []func() error
+	if cfg.Listener != nil {
+		closers = append(closers, cfg.Listener.Close)
+	}
 	defer func() {
 		if err != nil {
 			for _, c := range slices.Backward(closers) {
@@ -145,6 +149,7 @@ func Open(cfg Config) (_ *Authority, err error) {
 		if ln, err = net.Listen("tcp", bind); err != nil {
 			return nil, fmt.Errorf("authority: %w", err)
 		}
+		closers = append(closers, ln.Close)
 	}
 	a.stream = newStreamLayer(ln, adv, cfg.Secret, cfg.TLS, a.log, a.serveForward)
 	a.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{

@@ -562,3 +562,22 @@ func TestConfigRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestDirInUseRefused(t *testing.T) {
+	c := newTestCluster(t)
+	c.start(0)
+	cfg := c.cfgs[0]
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listener = ln
+	if a, err := Open(cfg); err == nil {
+		a.Close()
+		t.Fatal("a second voter opened the same data directory")
+	}
+	// The refused open closed what it opened, the listener included.
+	if _, err := ln.Accept(); err == nil {
+		t.Fatal("the refused open left its listener open")
+	}
+}

@@ -55,7 +55,8 @@ type Config struct {
 	// different set is refused.
 	Voters []Voter
 	// Listener, if set, is the already bound authority port (tests; socket
-	// activation). Otherwise Open listens on Bind.
+	// activation); Open takes it over, and closes it if it fails.
+	// Otherwise Open listens on Bind.
 	Listener net.Listener
 	// Bind is the address to listen on; "" means this node's Voter.Addr.
 	Bind string

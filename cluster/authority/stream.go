@@ -53,9 +53,11 @@ func mac(secret []byte, label string, purpose byte, cn, sn []byte) []byte {
 	return m.Sum(nil)
 }
 
-// clientHandshake authenticates an outgoing connection for purpose.
-func clientHandshake(conn net.Conn, secret []byte, purpose byte) error {
-	if err := conn.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
+// clientHandshake authenticates an outgoing connection for purpose by
+// deadline (the dialer's: a peer that accepts and stalls must not hold up
+// raft's RPC longer than a dead one).
+func clientHandshake(conn net.Conn, secret []byte, purpose byte, deadline time.Time) error {
+	if err := conn.SetDeadline(deadline); err != nil {
 		return err
 	}
 	cn := make([]byte, nonceSize)
@@ -246,7 +248,7 @@ func (s *streamLayer) dial(address string, timeout time.Duration, purpose byte) 
 		}
 		conn = tc
 	}
-	if err := clientHandshake(conn, s.secret, purpose); err != nil {
+	if err := clientHandshake(conn, s.secret, purpose, deadline); err != nil {
 		conn.Close()
 		return nil, err
 	}
