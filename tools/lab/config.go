@@ -15,6 +15,10 @@ type Params struct {
 	Size int64
 	// Resources is how many resources (r0, r1, ...) the pair holds.
 	Resources int
+	// ClusterLayer gives every node gossip and authority addresses: the
+	// daemons elect the primary, claim the VIP and fail over by themselves
+	// (cluster/manager), and Up promotes nobody by hand.
+	ClusterLayer bool `json:",omitempty"`
 }
 
 // DefaultParams: one small resource, quick to create and to resync.
@@ -29,6 +33,12 @@ func (p Params) check() error {
 	}
 	return nil
 }
+
+// The cluster layer's ports on every node's lab address.
+const (
+	gossipPort    = 7946
+	authorityPort = 7947
+)
 
 // fenceTimeout bounds one fencing action through a lab BMC; the lab's
 // BMCs answer in milliseconds, so a few seconds only catch a hung one.
@@ -45,6 +55,9 @@ func configYAML(l layout, p Params) string {
 	for _, n := range clusterNodes {
 		fmt.Fprintf(&b, "  - name: %s\n    address: %s\n    admin-socket: %s\n    data-dir: %s\n",
 			n, hostAddr[n], l.adminSocket(n), l.dataDir(n))
+		if p.ClusterLayer {
+			fmt.Fprintf(&b, "    gossip: %[1]s:%[2]d\n    authority: %[1]s:%[3]d\n", hostAddr[n], gossipPort, authorityPort)
+		}
 		if a, ok := bmcAddr[n]; ok {
 			fmt.Fprintf(&b, "    fencing:\n      - type: ipmi\n        address: %s\n        port: %d\n"+
 				"        username: %s\n        password-file: %s\n        cipher-suite: 3\n        timeout: %s\n",

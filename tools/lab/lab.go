@@ -228,10 +228,14 @@ func (lab *Lab) Up(ctx context.Context, tandem string, p Params, progress io.Wri
 	}); err != nil {
 		return err
 	}
-	// The one manual step: remove this call once the cluster layer
+	// The one manual step, left to the cluster layer when it runs: it
 	// elects the primary and claims the VIP; the wait below stays.
-	if err := lab.bootstrapPrimary(ctx, abs, cfg, say); err != nil {
-		return err
+	if !cfg.ClusterLayer() {
+		if err := lab.bootstrapPrimary(ctx, abs, cfg, say); err != nil {
+			return err
+		}
+	} else {
+		say("primary: left to the cluster layer (preferred: alpha)")
 	}
 	return lab.WaitFor(ctx, "a Primary for every resource, its peer UpToDate", syncWait, func(s *Status) bool {
 		return s.Serving(len(cfg.Resources))

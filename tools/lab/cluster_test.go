@@ -1,0 +1,111 @@
+package lab
+
+import (
+	"context"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
+	"github.com/tandem-ha/tandem/tools/testenv"
+)
+
+// TestClusterLayerFailover is the cluster layer in the lab: nobody
+// promotes by hand; the daemons elect alpha (preferred) and put the VIP on
+// it; a client writes through the VIP; alpha is crashed (power cut
+// through its BMC's hook); bravo detects it, fences it through the IPMI
+// BMC, commits itself at epoch 2, claims the VIP and serves the client's
+// data; alpha, powered on again, resyncs and rejoins as Secondary.
+func TestClusterLayerFailover(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "ip", "nft", "ipmi_sim", "ipmitool", "nbdinfo", "qemu-io", "bash", "timeout")
+	bin := testenv.BuildTandem(t)
+	lab, err := Open(filepath.Join(t.TempDir(), "lab"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if err := lab.Up(ctx, bin, Params{Size: labSize, Resources: 1, ClusterLayer: true}, io.Discard); err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(lab.logTails())
+		}
+		checkDown(t, lab)
+	})
+	cfg, err := config.Load(lab.ConfigPath())
+	if err != nil || !cfg.ClusterLayer() {
+		t.Fatalf("lab config: %v, cluster layer %v", err, err == nil && cfg.ClusterLayer())
+	}
+	s := status(t, lab)
+	if s.Resources[0].Primary != Alpha || s.Resources[0].VIPHolder != Alpha {
+		t.Fatalf("after up: primary %q, VIP on %q; want alpha for both", s.Resources[0].Primary, s.Resources[0].VIPHolder)
+	}
+	qemuIO(t, lab, "write -P 0x3c 0 2M")
+	qemuIO(t, lab, "read -P 0x3c 0 2M")
+
+	crashed := time.Now()
+	if err := lab.Crash(Alpha); err != nil {
+		t.Fatal(err)
+	}
+	// The client retries, as a reconnecting NBD client would, until the
+	// VIP serves again; every read is verified.
+	var resumed time.Duration
+	for i := 0; ; i++ {
+		out, code := inNS(t, lab, Client, "timeout", "5", "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 2M", URI(0))
+		if code == 0 && !strings.Contains(out, "failed") && !strings.Contains(out, "error") {
+			resumed = time.Since(crashed)
+			break
+		}
+		if strings.Contains(out, "Pattern verification failed") {
+			t.Fatalf("the client read other data than it wrote after the failover:\n%s", out)
+		}
+		if time.Since(crashed) > time.Minute {
+			t.Fatalf("the VIP did not serve again within a minute of the crash; last try exit %d:\n%s", code, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("crash of alpha to verified I/O at the VIP: %v", resumed.Round(time.Millisecond))
+	s = status(t, lab)
+	if s.Resources[0].Primary != Bravo || s.Resources[0].VIPHolder != Bravo {
+		t.Fatalf("after the failover: primary %q, VIP on %q; want bravo", s.Resources[0].Primary, s.Resources[0].VIPHolder)
+	}
+	nb, _ := cfg.Node(Bravo)
+	ns, err := daemon.NewClient(nb.AdminSocket, Bravo).Status(ctx, "")
+	if err != nil || ns.ClusterLayer == nil {
+		t.Fatalf("bravo status: %v", err)
+	}
+	res := ns.ClusterLayer.Record.Resource("r0")
+	if res == nil || res.Primary != Bravo || res.Epoch != 2 || res.LastFailover == nil || res.LastFailover.How != "fenced" {
+		t.Fatalf("record: %+v", res)
+	}
+	f := ns.ClusterLayer.LastFailover["r0"]
+	if f == nil {
+		t.Fatal("no failover timeline on bravo")
+	}
+	var names []string
+	for _, st := range f.Steps {
+		names = append(names, st.Name)
+		t.Logf("failover step %-7s %.3fs (elapsed %.3fs) %s", st.Name, st.Seconds, st.Elapsed, st.Detail)
+	}
+	if strings.Join(names, ",") != "detect,fence,commit,promote,vip,serve" {
+		t.Fatalf("failover steps %v", names)
+	}
+	qemuIO(t, lab, "write -P 0x4d 2M 1M")
+
+	if err := lab.Restart(ctx, Alpha); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, lab, "alpha back as an UpToDate Secondary, bravo Primary with the VIP", func(s *Status) bool {
+		a := s.Node(Alpha)
+		return s.Resources[0].Primary == Bravo && s.Resources[0].VIPHolder == Bravo &&
+			a.Role == "Secondary" && a.Disk == "UpToDate" && len(a.Resources) == 1 && a.Resources[0].Connection == "Connected"
+	})
+	qemuIO(t, lab, "read -P 0x3c 0 2M")
+	qemuIO(t, lab, "read -P 0x4d 2M 1M")
+}
