@@ -50,13 +50,15 @@ func newLabCmd(a *app) *cobra.Command {
 
 	var size string
 	var resources int
+	var clusterLayer bool
 	up := &cobra.Command{
-		Use:   "up [--size SIZE] [--resources N]",
+		Use:   "up [--size SIZE] [--resources N] [--cluster-layer]",
 		Short: "Build the lab and wait until r0 is Primary on alpha with bravo UpToDate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p := lab.DefaultParams
 			p.Resources = resources
+			p.ClusterLayer = clusterLayer
 			if size != "" {
 				n, err := config.ParseSize(size)
 				if err != nil {
@@ -85,6 +87,7 @@ func newLabCmd(a *app) *cobra.Command {
 	}
 	up.Flags().StringVar(&size, "size", "64M", "size of each resource (a multiple of 4K)")
 	up.Flags().IntVar(&resources, "resources", 1, "number of resources (r0, r1, ...), each with its own VIP")
+	up.Flags().BoolVar(&clusterLayer, "cluster-layer", false, "run the cluster layer (gossip and authority on every node): the daemons elect the primary, fence and fail over by themselves")
 
 	var asJSON bool
 	status := &cobra.Command{
