@@ -112,18 +112,28 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// leader waits for a leader among the running nodes and returns it.
+// leader waits until the running nodes agree on a leader and returns it.
+// (Right after a start a late candidate can still depose the first leader;
+// once every node follows one, proposals in the tests commit.)
 func (c *testCluster) leader() int {
 	c.t.Helper()
 	idx := -1
 	waitFor(c.t, 5*time.Second, "no leader elected", func() bool {
+		idx = -1
 		for i, a := range c.nodes {
 			if a != nil && a.raft.State() == raft.Leader {
 				idx = i
-				return true
 			}
 		}
-		return false
+		if idx < 0 {
+			return false
+		}
+		for _, a := range c.nodes {
+			if a != nil && a.Status().Leader != c.names[idx] {
+				return false
+			}
+		}
+		return true
 	})
 	return idx
 }
