@@ -94,17 +94,7 @@ type Authority struct {
 // and joins the election. It refuses a log whose voter set differs from
 // cfg.Voters.
 func Open(cfg Config) (_ *Authority, err error) {
-	if err := cfg.check(); err != nil {
-		return nil, err
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	a := &Authority{cfg: cfg, t: cfg.timeouts(), log: cfg.Logger.With("node", cfg.Node), done: make(chan struct{})}
-	// Open owns cfg.Listener from here on, also when it fails.
+	// Open owns cfg.Listener, also when it fails.
 	var closers []func() error
 	if cfg.Listener != nil {
 		closers = append(closers, cfg.Listener.Close)
@@ -116,6 +106,16 @@ func Open(cfg Config) (_ *Authority, err error) {
 			}
 		}
 	}()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	a := &Authority{cfg: cfg, t: cfg.timeouts(), log: cfg.Logger.With("node", cfg.Node), done: make(chan struct{})}
 
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("authority: %w", err)
@@ -181,7 +181,21 @@ func Open(cfg Config) (_ *Authority, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("authority: reading %s: %w", cfg.Dir, err)
 	}
-	if !existing {
+	if existing {
+		// Refuse another voter set before this node takes part in any
+		// election with it.
+		probe := *rc
+		_, inmem := raft.NewInmemTransport("")
+		got, err := raft.GetConfiguration(&probe, newFSM(cfg.Now, nil), a.store, a.store, snaps, inmem)
+		inmem.Close()
+		if err != nil {
+			return nil, fmt.Errorf("authority: reading the voter set in %s: %w", cfg.Dir, err)
+		}
+		if !sameVoters(got, want) {
+			return nil, fmt.Errorf("authority: %s holds voters %v, the configuration names %v (changing the voter set is not supported): %w",
+				cfg.Dir, got.Servers, want.Servers, ErrVoters)
+		}
+	} else {
 		if err := raft.BootstrapCluster(rc, a.store, a.store, snaps, a.trans, want); err != nil {
 			return nil, fmt.Errorf("authority: bootstrapping the voters: %w", err)
 		}
@@ -193,14 +207,6 @@ func Open(cfg Config) (_ *Authority, err error) {
 		return nil, fmt.Errorf("authority: starting raft: %w", err)
 	}
 	closers = append(closers, func() error { return a.raft.Shutdown().Error() })
-	cf := a.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
-		return nil, fmt.Errorf("authority: reading the voter set: %w", err)
-	}
-	if !sameVoters(cf.Configuration(), want) {
-		return nil, fmt.Errorf("authority: %s holds voters %v, the configuration names %v (changing the voter set is not supported): %w",
-			cfg.Dir, cf.Configuration().Servers, want.Servers, ErrVoters)
-	}
 
 	ch := make(chan raft.Observation, 16)
 	a.obs = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
@@ -344,8 +350,9 @@ func (a *Authority) submit(ctx context.Context, what string, b []byte) (applyRes
 		default:
 			err = errNotLeader
 		}
-		if errors.Is(err, errNotLeader) {
-			// Nothing was appended: wait for (or find) the leader.
+		if errors.Is(err, errNotLeader) || (b == nil && errors.Is(err, ErrOutcomeUnknown)) {
+			// Nothing was appended (or it was a read): wait for (or find)
+			// the leader.
 			sleep(ctx, a.done, retryPause)
 			continue
 		}

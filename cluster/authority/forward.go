@@ -106,9 +106,9 @@ func (a *Authority) forward(ctx context.Context, leader string, b []byte) (apply
 		return applyResult{}, 0, errNotLeader
 	}
 	defer conn.Close()
+	conn.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
-	conn.SetDeadline(dl)
 	req := forwardRequest{Cmd: b, TimeoutMS: time.Until(dl).Milliseconds()}
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
 		return applyResult{}, 0, fmt.Errorf("%w: forwarding to %s: %w", ErrOutcomeUnknown, leader, err)
