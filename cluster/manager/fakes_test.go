@@ -221,7 +221,8 @@ type fakeFencer struct {
 	mu    sync.Mutex
 	err   error
 	calls int
-	off   func() // the node's power goes
+	since []time.Time // Request.Since of each call
+	off   func()      // the node's power goes
 	j     *journal
 	node  string
 }
@@ -229,6 +230,7 @@ type fakeFencer struct {
 func (f *fakeFencer) Off(ctx context.Context, req fence.Request) (*fence.Result, error) {
 	f.mu.Lock()
 	f.calls++
+	f.since = append(f.since, req.Since)
 	err, off := f.err, f.off
 	f.mu.Unlock()
 	if err != nil {

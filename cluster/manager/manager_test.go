@@ -228,3 +228,29 @@ func TestAdminStopped(t *testing.T) {
 		t.Fatalf("a replica without a volume: %v", err)
 	}
 }
+
+// A fencing need that ended (the node came back) does not carry its start
+// over to the next failure: a manual confirmation given for the first must
+// not count for the second.
+func TestFenceSinceRestartsAfterReturn(t *testing.T) {
+	c := newTestCluster(t, "")
+	c.until("a primary at epoch 1", 30*time.Second, c.primary("a", 1))
+	f := c.fencers["a"]
+	f.set(errors.New("BMC unreachable"))
+	c.stop("a")
+	c.nodes["b"].vol.peerGone()
+	c.dead("a", "b", "w")
+	c.until("a fencing attempt", 30*time.Second, func() bool { return f.count() >= 1 })
+	c.nodes["b"].m.Inject(cluster.MemberChange{At: c.clock.Now(), Node: "a", State: cluster.MemberAlive})
+	c.until("a back at b", 10*time.Second, func() bool { return c.nodes["b"].m.Status().Members["a"] == cluster.MemberAlive })
+	c.clock.advance(10 * time.Second)
+	n := f.count()
+	c.dead("a", "b")
+	c.until("a new fencing attempt", 30*time.Second, func() bool { return f.count() > n })
+	f.mu.Lock()
+	first, last := f.since[0], f.since[len(f.since)-1]
+	f.mu.Unlock()
+	if !last.After(first) {
+		t.Fatalf("the second failure's fence request starts at %v, the first's at %v", last, first)
+	}
+}

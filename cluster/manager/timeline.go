@@ -56,6 +56,9 @@ func (m *Manager) observe(ev cluster.Event) {
 		if e.Record != nil && e.Record.Index >= m.record.Index {
 			m.record = e.Record
 		}
+		if e.Cmd.Op == cluster.OpFenced && e.Err == nil {
+			delete(m.fenceFrom, e.Cmd.Node) // confirmed (by any level, or an admin)
+		}
 		if e.Cmd.Op != cluster.OpPromote {
 			return
 		}
@@ -86,6 +89,9 @@ func (m *Manager) observe(ev cluster.Event) {
 				m.log.Warn("failover: primary declared dead", "resource", name, "primary", e.Node, "epoch", res.Epoch)
 			}
 		case cluster.MemberAlive:
+			// Back: a later failure is a new need to fence, and only a
+			// confirmation given after it counts.
+			delete(m.fenceFrom, e.Node)
 			for name, t := range m.tl {
 				if t.f.From == e.Node && t.commitID == "" && !t.promoted {
 					m.log.Info("failover: primary came back before a promotion was proposed", "resource", name, "primary", e.Node)

@@ -137,8 +137,19 @@ func TestClusterFailover(t *testing.T) {
 	}
 	p.waitStatus("alpha", "alpha primary after the switchover", serving)
 	p.waitStatus("beta", "beta secondary and in sync", func(st daemon.ResourceStatus) bool { return inSync(st) && st.Role == replicate.Secondary })
-	p.stop("beta")
+
+	// A clean stop of the primary hands the resource over first: beta
+	// takes it without fencing.
 	p.stop("alpha")
+	if !strings.Contains(p.nodes["alpha"].proc.Stderr(), "handing the resource over") {
+		t.Fatalf("alpha's log does not show the handover:\n%s", tail(p.nodes["alpha"].proc.Stderr(), 30))
+	}
+	p.waitStatus("beta", "beta primary after alpha stopped", serving)
+	res = p.clusterStatus("beta").ClusterLayer.Record.Resource("r0")
+	if res.Primary != "beta" || res.LastFailover == nil || res.LastFailover.How != "demoted" {
+		t.Fatalf("record after a clean stop of the primary: %+v %+v", res, res.LastFailover)
+	}
+	p.stop("beta")
 	p.stop("witness")
 	p.sameData()
 }

@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -198,6 +200,57 @@ func (cl *clusterLayer) join(ctx context.Context, peers []string, log interface 
 		case <-ctx.Done():
 			return
 		case <-time.After(joinRetry):
+		}
+	}
+}
+
+// handOver switches every resource this node is primary of over to its
+// peer before the daemon stops, so a clean stop (systemctl stop, restart)
+// needs no fencing. A switchover that is refused or cancelled (the peer is
+// not connected and UpToDate) leaves the resource here: the others then
+// see this node leave, and fence it if they can take over.
+func (cl *clusterLayer) handOver(ctx context.Context, log *slog.Logger) {
+	var moving []string
+	for _, r := range cl.mgr.Status().Resources {
+		if !r.Primary {
+			continue
+		}
+		text, err := cl.mgr.Admin(ctx, cluster.AdminRequest{Op: cluster.AdminSwitchover, Resource: r.Resource})
+		if err != nil {
+			log.Warn("stopping: cannot hand the resource over; the peer will fence this node to take it", "resource", r.Resource, "err", err)
+			continue
+		}
+		log.Info("stopping: handing the resource over", "resource", r.Resource, "result", text)
+		moving = append(moving, r.Resource)
+	}
+	// The status may lag the reply by one step: a switchover counts as
+	// cancelled only once it was seen running and then stopped.
+	seen := map[string]bool{}
+	for len(moving) > 0 {
+		st := cl.mgr.Status()
+		moving = slices.DeleteFunc(moving, func(name string) bool {
+			res := st.Record.Resource(name)
+			if res == nil || res.Primary != st.Node {
+				return true // handed over
+			}
+			running := res.Target != "" || slices.ContainsFunc(st.Resources, func(r cluster.ResourceStatus) bool { return r.Resource == name && r.Handoff })
+			if running {
+				seen[name] = true
+			}
+			if seen[name] && !running {
+				log.Warn("stopping: the switchover was cancelled; the peer will fence this node to take it", "resource", name)
+				return true
+			}
+			return false
+		})
+		if len(moving) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			log.Warn("stopping: resources not handed over in time", "resources", moving)
+			return
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }

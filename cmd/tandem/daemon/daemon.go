@@ -448,9 +448,14 @@ func (d *Daemon) shutdown(ctx context.Context) {
 			d.opCancel()
 		}
 		var errs []error
-		if cl := d.cl.Swap(nil); cl != nil {
-			// First: a node going away stops deciding, and says so to
+		if cl := d.cl.Load(); cl != nil {
+			// First: a node going away hands its resources over (within
+			// half the shutdown timeout), stops deciding and says so to
 			// the others, before its volumes close under the manager.
+			hctx, hcancel := context.WithTimeout(ctx, d.opts.ShutdownTimeout/2)
+			cl.handOver(hctx, d.log.With("layer", "cluster"))
+			hcancel()
+			d.cl.Store(nil)
 			if err := cl.close(); err != nil {
 				d.log.Warn("cluster layer: stopping", "err", err)
 			}
