@@ -149,6 +149,19 @@ func (m *Manager) promote(a cluster.Promote) {
 	defer cancel()
 	res, err := r.Volume.Promote(ctx, a.Force)
 	took := m.clock.Now().Sub(start)
+	if err != nil && errors.Is(err, replicate.ErrPeerPrimary) {
+		// The record made this node primary after the peer was fenced or
+		// demoted, but the volume has not yet noticed that the link is
+		// dead (its ping timeout) and still sees the peer Primary: retry
+		// at every tick while the machine still wants it, instead of
+		// forcing a split brain on the volume.
+		if _, again := m.retry[a.Resource]; !again {
+			m.log.Warn("failover: the volume still sees the peer Primary; retrying the promotion at every tick", "resource", a.Resource, "err", err)
+		}
+		m.retry[a.Resource] = a
+		return
+	}
+	delete(m.retry, a.Resource)
 	if err != nil {
 		// The record names this node primary but the volume refused: the
 		// gate stays shut (nothing is served that the volume cannot
@@ -169,6 +182,7 @@ func (m *Manager) demote(resource string) {
 	if !ok {
 		return
 	}
+	delete(m.retry, resource)
 	// Shut the gate first: no new request reaches a volume that is about to
 	// refuse it; held ones fail with "not primary" and clients reconnect.
 	r.Gate.SetIO(IORefuse)

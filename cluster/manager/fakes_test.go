@@ -147,11 +147,12 @@ func (f logFor) Propose(ctx context.Context, cmd cluster.Command) (*cluster.Reco
 }
 
 type fakeVolume struct {
-	mu     sync.Mutex
-	node   string
-	st     replicate.Status
-	refuse error // Promote fails with it
-	j      *journal
+	mu      sync.Mutex
+	node    string
+	st      replicate.Status
+	refuse  error // Promote fails with it
+	refuseN int   // ... this many more times (0: always)
+	j       *journal
 }
 
 func newFakeVolume(node string, j *journal) *fakeVolume {
@@ -169,7 +170,13 @@ func (v *fakeVolume) Promote(ctx context.Context, force bool) (replicate.Promote
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.refuse != nil {
-		return replicate.PromoteResult{}, v.refuse
+		err := v.refuse
+		if v.refuseN > 0 {
+			if v.refuseN--; v.refuseN == 0 {
+				v.refuse = nil
+			}
+		}
+		return replicate.PromoteResult{}, err
 	}
 	v.st.Role = replicate.Primary
 	v.st.Epoch++

@@ -81,7 +81,8 @@ type Manager struct {
 	volKnown  map[string]bool
 	fenceFrom map[string]time.Time // node -> when the need to fence it arose
 	record    *cluster.Record
-	tl        map[string]*timeline // resource -> failover in progress
+	tl        map[string]*timeline       // resource -> failover in progress
+	retry     map[string]cluster.Promote // promotions the volume refused for now
 	workers   sync.WaitGroup
 	workCtx   context.Context
 	cancel    context.CancelFunc
@@ -138,7 +139,7 @@ func New(cfg Config) (*Manager, error) {
 		log:      cfg.Logger.With("component", "manager", "node", mc.Node),
 		vols:     map[string]cluster.VolumeState{},
 		volKnown: map[string]bool{}, fenceFrom: map[string]time.Time{},
-		record: cluster.NewRecord(), tl: map[string]*timeline{},
+		record: cluster.NewRecord(), tl: map[string]*timeline{}, retry: map[string]cluster.Promote{},
 		last: map[string]*Failover{}, admin: map[string]chan cluster.AdminReply{},
 		degraded: map[string][]chan error{}, boot: mc.Boot,
 	}, nil
@@ -271,6 +272,9 @@ const maxRounds = 4
 func (m *Manager) step(ev cluster.Event) {
 	m.observe(ev)
 	m.execute(m.machine.Step(ev))
+	if _, tick := ev.(cluster.Tick); tick {
+		m.retryPromotions()
+	}
 	for range maxRounds {
 		reps := m.pollVolumes()
 		if len(reps) == 0 {
@@ -299,4 +303,29 @@ func (m *Manager) pollVolumes() []cluster.Event {
 		out = append(out, cluster.VolumeReport{At: m.clock.Now(), Resource: name, State: st})
 	}
 	return out
+}
+
+// retryPromotions tries again the promotions the volume refused for now,
+// while the machine still holds the resource as primary at that epoch; a
+// success opens the gate and completes the failover (its VIP was claimed
+// already).
+func (m *Manager) retryPromotions() {
+	if len(m.retry) == 0 {
+		return
+	}
+	st := m.machine.Status()
+	for _, name := range slices.Sorted(mapsKeys(m.retry)) {
+		a := m.retry[name]
+		still := slices.ContainsFunc(st.Resources, func(r cluster.ResourceStatus) bool {
+			return r.Resource == name && r.Primary && r.Epoch == a.Epoch
+		})
+		if !still {
+			delete(m.retry, name)
+			continue
+		}
+		m.promote(a)
+		if _, failed := m.retry[name]; !failed {
+			m.noteServe(name)
+		}
+	}
 }

@@ -3,11 +3,13 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/tandem-ha/tandem/cluster"
+	"github.com/tandem-ha/tandem/replicate"
 )
 
 // before fails unless every line is in the journal, in this order.
@@ -252,5 +254,27 @@ func TestFenceSinceRestartsAfterReturn(t *testing.T) {
 	f.mu.Unlock()
 	if !last.After(first) {
 		t.Fatalf("the second failure's fence request starts at %v, the first's at %v", last, first)
+	}
+}
+
+// After a failover the survivor's volume may still see the old primary as
+// Primary until its link times out: the manager retries the promotion at
+// every tick, and serves once the volume agrees.
+func TestPromoteRetriedWhileVolumeSeesPeerPrimary(t *testing.T) {
+	c := newTestCluster(t, "")
+	c.until("a primary at epoch 1", 30*time.Second, c.primary("a", 1))
+	c.fencers["a"].off = func() {}
+	b := c.nodes["b"]
+	b.vol.mu.Lock()
+	b.vol.refuse, b.vol.refuseN = fmt.Errorf("replicate: r0: promote: a: %w", replicate.ErrPeerPrimary), 5
+	b.vol.mu.Unlock()
+	c.stop("a")
+	c.dead("a", "b", "w")
+	c.until("b primary at epoch 2", 30*time.Second, c.primary("b", 2))
+	if b.alertCount("refused to promote") != 0 {
+		t.Fatalf("alerted although the promotion was retried: %v", b.alerts)
+	}
+	if f := b.m.Status().LastFailover["r0"]; f == nil || f.Steps[len(f.Steps)-1].Name != "serve" {
+		t.Fatalf("failover timeline: %+v", f)
 	}
 }
