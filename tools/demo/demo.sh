@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tandem demo, in two parts.
+# tandem demo, in three parts; the third is the main story.
 #
 # Part 1, one node: serve a 1 GiB sparse file over NBD, put an ext4
 # filesystem on it through a real NBD client, write files, check the
@@ -9,10 +9,26 @@
 # witness) on 127.0.0.1, create their metadata, promote alpha, put ext4 on
 # the replicated device, write files, kill -9 the secondary, keep writing,
 # restart it and watch the bitmap resync, then compare both replicas' data
-# areas byte for byte. Everything is torn down at the end.
+# areas byte for byte.
+#
+# Part 3, the lab with the cluster layer: `tandem lab up --cluster-layer`
+# (alpha, bravo, a witness and a client in network namespaces, a BMC per
+# data node); the daemons elect alpha and put the VIP on it. The client
+# mounts ext4 through the VIP (qemu-nbd with reconnect-delay in the client
+# namespace, nbdfuse + losetup on its unix socket), writes files with
+# checksums; alpha is crashed with a write under way; the script prints how
+# long until a fresh client's read at the VIP succeeds, bravo's failover
+# steps (detect, fence over IPMI, commit, promote, VIP, serve) and when the
+# filesystem's write completed; then checks every file read back from
+# bravo, restarts alpha and waits for its resync, compares the replicas
+# (tandem verify online, then cmp), and takes the lab down.
+#
+# Everything is torn down at the end, or on any failure or Ctrl-C.
 #
 # Run as root from anywhere (`make demo` does): it needs nbdfuse (libnbd-bin),
-# fusermount3 (fuse3), losetup/mount, mkfs.ext4/e2fsck (e2fsprogs), jq. The kernel
+# fusermount3 (fuse3), losetup/mount, mkfs.ext4/e2fsck (e2fsprogs), jq, and
+# for the lab ip (iproute2), nft (nftables), ipmi_sim (openipmi), qemu-nbd
+# and qemu-io (qemu-utils). The kernel
 # needs no nbd module: the export becomes a file through FUSE (nbdfuse) and a
 # block device through a loop device.
 #
@@ -24,7 +40,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TANDEM=${TANDEM:-$ROOT/bin/tandem}
 START=${EPOCHREALTIME/[.,]/}
 STEP=0
-TOTAL=23
+TOTAL=33
 
 say() {
 	local us=$((${EPOCHREALTIME/[.,]/} - START))
@@ -45,12 +61,13 @@ wait_for() {
 }
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (mounting, loop devices and FUSE need it): sudo $0"
-for tool in nbdfuse fusermount3 losetup mkfs.ext4 e2fsck mount umount sha256sum jq cmp; do
-	command -v "$tool" >/dev/null || fail "$tool not found; run 'make deps' (libnbd-bin fuse3 e2fsprogs mount jq)"
+for tool in nbdfuse fusermount3 losetup mkfs.ext4 e2fsck mount umount sha256sum jq cmp ip nft ipmi_sim qemu-nbd qemu-io timeout; do
+	command -v "$tool" >/dev/null || fail "$tool not found; run 'make deps' (libnbd-bin fuse3 e2fsprogs mount jq iproute2 nftables openipmi qemu-utils)"
 done
 
 # Everything made is recorded here and undone in reverse order on any exit.
 WORK="" SERVE_PID="" FUSE_PID="" FUSE_DIR="" LOOP="" MNT=""
+LAB_UP="" PROXY_PID="" PROXY_EXEC="" FS_WRITER=""
 declare -A DAEMON_PID=()
 # stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL; by PID only.
 stop_pid() {
@@ -64,6 +81,13 @@ stop_pid() {
 cleanup() {
 	local rc=$?
 	set +e
+	# The lab's client first: with it gone, whatever still waits on the
+	# filesystem fails at once instead of waiting for a reconnection.
+	if [ -n "$PROXY_PID" ]; then stop_pid "$PROXY_PID"; fi
+	if [ -n "$PROXY_EXEC" ]; then wait "$PROXY_EXEC" 2>/dev/null; fi
+	if [ -n "$FS_WRITER" ]; then wait "$FS_WRITER" 2>/dev/null; fi
+	# The lab next: its processes hold copies of our mounts.
+	if [ -n "$LAB_UP" ]; then "$TANDEM" lab --dir "$WORK/lab" down >/dev/null || say "tandem lab --dir $WORK/lab down failed" >&2; fi
 	if [ -n "$MNT" ] && mountpoint -q "$MNT"; then umount "$MNT" || umount -l "$MNT"; fi
 	if [ -n "$LOOP" ]; then losetup -d "$LOOP"; fi
 	if [ -n "$FUSE_DIR" ] && mountpoint -q "$FUSE_DIR"; then fusermount3 -u "$FUSE_DIR"; fi
@@ -335,4 +359,148 @@ say "alpha.img and beta.img: the first $((SIZE >> 20)) MiB are identical"
 e2fsck -fn "$CL/beta.img" >"$WORK/fsck3.log" 2>&1 || { cat "$WORK/fsck3.log" >&2; fail "e2fsck of beta's replica found problems"; }
 say "beta's replica is a clean filesystem: $(tail -n1 "$WORK/fsck3.log")"
 
-say "PASS: single node and two replicas: ext4 written, secondary killed and resynced by bitmap, replicas identical; everything removed"
+say "part 2 done: two replicas, secondary killed and resynced by bitmap, replicas identical"
+
+# ---------------------------------------------------------------------------
+# Part 3: the lab, automatic failover.
+
+LAB=$WORK/lab
+LABCFG=$LAB/tandem.yaml
+LABSIZE=$((256 << 20))
+VIPURI=nbd://198.51.100.100:10809/r0
+LT=("$TANDEM" lab --dir "$LAB")
+C=("$TANDEM" --config "$LABCFG")
+SOCK=$WORK/run/client-nbd.sock
+
+step "the lab: tandem lab up --cluster-layer (alpha, bravo, a witness and a client, each in a network namespace; a BMC per data node)"
+LAB_UP=1
+"${LT[@]}" up --cluster-layer --size 256M >"$WORK/lab-up.out" 2>"$WORK/lab-up.log" || { cat "$WORK/lab-up.out" "$WORK/lab-up.log" >&2; fail "tandem lab up failed"; }
+grep -Ev '^(try:|     |\(add|$)' "$WORK/lab-up.out" | sed 's/^/           /'
+# lab_field JQ: evaluate JQ on tandem lab status --json.
+lab_field() { "${LT[@]}" status --json | jq -r "$1"; }
+NODE_STATE='.nodes[] | select(.name==$n) | "\(.role // "down")/\(.disk // "-"), \(.resources[0].connection // "-")"'
+lab_node() { "${LT[@]}" status --json | jq -r --arg n "$1" "$NODE_STATE"; }
+say "nobody promoted by hand: the daemons elected $(lab_field .resources[0].primary), which holds the VIP ($(lab_field .resources[0].vip_holder)); bravo: $(lab_node bravo)"
+
+step "the client: a reconnecting NBD client in the client namespace, nbdfuse + losetup on it, mkfs.ext4, mount"
+# nbdfuse (libnbd) does not reconnect when its server goes away; qemu's
+# NBD client does (reconnect-delay: requests wait for a new connection to
+# the VIP and are sent again). So qemu-nbd, inside the client's namespace,
+# is the client of the VIP, and re-exports it on a unix socket that
+# nbdfuse uses from here; the root namespace never talks to a lab address.
+rm -f "$SOCK" "$WORK/run/qemu-nbd.pid"
+"${LT[@]}" exec client -- qemu-nbd --image-opts \
+	"driver=nbd,server.type=inet,server.host=198.51.100.100,server.port=10809,export=r0,reconnect-delay=60" \
+	--socket "$SOCK" --shared 4 --persistent --pid-file "$WORK/run/qemu-nbd.pid" 2>"$WORK/qemu-nbd.log" &
+PROXY_EXEC=$!
+proxy_ready() {
+	kill -0 "$PROXY_EXEC" 2>/dev/null || { cat "$WORK/qemu-nbd.log" >&2; fail "qemu-nbd exited early"; }
+	[ -S "$SOCK" ] && [ -s "$WORK/run/qemu-nbd.pid" ]
+}
+wait_for "qemu-nbd to connect to the VIP" 300 proxy_ready
+PROXY_PID=$(cat "$WORK/run/qemu-nbd.pid")
+URI="nbd+unix:///?socket=$SOCK"
+attach
+say "client: qemu-nbd (pid $PROXY_PID, reconnect-delay 60 s) -> $VIPURI; nbdfuse (pid $FUSE_PID) -> $LOOP"
+mkfs.ext4 -q -F -L tandem-lab "$LOOP"
+mount -t ext4 -o noatime "$LOOP" "$MNT"
+say "$(df -h --output=source,size,avail,target "$MNT" | tail -n1)"
+
+step "write files through the VIP and record their checksums"
+head -c $((16 << 20)) /dev/urandom >"$MNT/sixteen-mib.bin"
+mkdir -p "$MNT/notes"
+for i in $(seq 1 30); do echo "note $i, written to alpha through the VIP at $(date -Is)" >"$MNT/notes/note-$i.txt"; done
+(cd "$MNT" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum) >"$WORK/sums3"
+head -c $((4 << 20)) /dev/urandom >"$WORK/during-failover.bin"
+echo "$(sha256sum <"$WORK/during-failover.bin" | cut -d' ' -f1)  ./during-failover.bin" >>"$WORK/sums3"
+sync
+lab_in_sync() { [ "$(lab_node bravo)" = "Secondary/UpToDate, Connected" ]; }
+wait_for "bravo to have every write" 300 lab_in_sync
+say "$(find "$MNT" -type f ! -path '*/lost+found/*' | wc -l) files synced; alpha $(lab_node alpha), bravo $(lab_node bravo)"
+
+step "crash alpha (tandem lab crash: SIGKILL and link down, like a power cut), then write 4 MiB to the mounted ext4 at once"
+CRASH=${EPOCHREALTIME/[.,]/}
+"${LT[@]}" crash alpha | sed 's/^/           /' || fail "tandem lab crash alpha failed"
+# The filesystem write is issued right after the crash: it waits in the
+# client while bravo takes over, then completes.
+(cp "$WORK/during-failover.bin" "$MNT/during-failover.bin" && sync -f "$MNT/during-failover.bin" && echo "${EPOCHREALTIME/[.,]/}" >"$WORK/fs-resumed") 2>"$WORK/fs-write.log" &
+FS_WRITER=$!
+# A fresh client reading at the VIP, every 0.1 s (each try at most 2 s).
+resumed=""
+for ((i = 0; i < 300; i++)); do
+	if "${LT[@]}" exec client -- timeout 2 qemu-io -r -f raw -c 'read 0 64k' "$VIPURI" >"$WORK/probe.log" 2>&1 && ! grep -qi 'fail\|error' "$WORK/probe.log"; then
+		resumed=${EPOCHREALTIME/[.,]/}
+		break
+	fi
+	[ $(((${EPOCHREALTIME/[.,]/} - CRASH) / 1000000)) -lt 60 ] || break
+	sleep 0.1
+done
+[ -n "$resumed" ] || { cat "$WORK/probe.log" >&2; fail "the VIP did not serve again within 60 s of the crash"; }
+ms=$(((resumed - CRASH) / 1000))
+say "I/O at the VIP resumed $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s after the crash (first read of a fresh client that succeeded)"
+
+step "bravo's failover, step by step (tandem status --node bravo)"
+failover_recorded() {
+	"${C[@]}" status --node bravo --json | jq -e '.cluster_layer.last_failover.r0.steps | map(.name) | index("serve")' >/dev/null
+}
+wait_for "bravo's failover record" 100 failover_recorded
+"${C[@]}" status --node bravo --json |
+	jq -r '.cluster_layer.last_failover.r0 | "from \(.from) at epoch \(.epoch), \(.seconds * 1000 | floor) ms in all:", (.steps[] | "  \(.name): \(.seconds * 1000 | floor) ms (at \(.elapsed_seconds * 1000 | floor) ms) \(.detail // "")")' |
+	sed 's/^/           /'
+say "now: primary $(lab_field .resources[0].primary), VIP on $(lab_field .resources[0].vip_holder), alpha's BMC reports power $(lab_field '.nodes[] | select(.name=="alpha") | .power')"
+
+step "the mounted filesystem carried on: its write waited in the client, which reconnected to the VIP"
+for ((i = 0; i < 900; i++)); do kill -0 "$FS_WRITER" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$FS_WRITER" 2>/dev/null && fail "the filesystem write did not complete within 90 s of the crash"
+wait "$FS_WRITER" || { cat "$WORK/fs-write.log" >&2; fail "the filesystem write failed"; }
+FS_WRITER=""
+ms=$(($(cat "$WORK/fs-resumed") - CRASH))
+ms=$((ms / 1000))
+say "4 MiB written and fsynced on ext4 $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s after the crash: qemu-nbd held the request and reconnected to the VIP, now on bravo"
+
+step "read everything back from bravo: unmount, e2fsck, a fresh nbdfuse and loop device, remount, check the checksums, unmount"
+umount "$MNT"
+e2fsck -fn "$LOOP" >"$WORK/fsck4.log" 2>&1 || { cat "$WORK/fsck4.log" >&2; fail "e2fsck after the failover found problems"; }
+say "$(tail -n1 "$WORK/fsck4.log")"
+detach
+attach
+mount -t ext4 -o noatime "$LOOP" "$MNT"
+(cd "$MNT" && sha256sum --quiet -c "$WORK/sums3") || fail "checksums differ after the failover"
+say "all $(wc -l <"$WORK/sums3") checksums match, read from bravo"
+# Unmount before alpha's daemon starts again: a process started through
+# ip netns exec gets a copy of every mount, and its copies would keep the
+# loop device and the FUSE file busy.
+umount "$MNT"
+detach
+stop_pid "$PROXY_PID" || true
+PROXY_PID=""
+wait "$PROXY_EXEC" 2>/dev/null || true
+PROXY_EXEC=""
+say "client unmounted and disconnected"
+
+step "restart alpha (power on): it comes back as Secondary and resyncs from bravo"
+"${LT[@]}" restart alpha | sed 's/^/           /' || fail "tandem lab restart alpha failed"
+lab_rejoined() {
+	[ "$(lab_node alpha)" = "Secondary/UpToDate, Connected" ] && [ "$(lab_node bravo)" = "Primary/UpToDate, Connected" ]
+}
+last=""
+for ((i = 0; i < 600; i++)); do
+	lab_rejoined && break
+	r=$(lab_field '.nodes[] | select(.name=="alpha") | .resources[0] | select(.resync) | "\(.connection) \(.resync)"' 2>/dev/null || true)
+	[ -z "$r" ] || [ "$r" = "$last" ] || say "  alpha: $r"
+	last=$r
+	sleep 0.2
+done
+lab_rejoined || fail "alpha did not rejoin as an UpToDate Secondary: alpha $(lab_node alpha), bravo $(lab_node bravo)"
+say "alpha $(lab_node alpha), bravo $(lab_node bravo), VIP on $(lab_field .resources[0].vip_holder); last resync: $("${C[@]}" status r0 --node bravo --json | jq -r '.resources[0].last_resync | if . then "\(.sent_bytes/1024|floor) KiB sent, full \(.full)" else "none" end')"
+
+step "compare the replicas: tandem verify online, then byte for byte"
+"${C[@]}" verify r0 --node bravo 2>&1 | sed 's/^/           /' || fail "tandem verify failed or found differences"
+cmp -n "$LABSIZE" "$LAB/disks/alpha-r0.img" "$LAB/disks/bravo-r0.img" || fail "the replicas differ"
+say "alpha-r0.img and bravo-r0.img: the first $((LABSIZE >> 20)) MiB are identical"
+
+step "tandem lab down"
+"${LT[@]}" down | sed 's/^/           /' || fail "tandem lab down failed"
+LAB_UP=""
+
+say "PASS: single node, two replicas, and the lab: alpha crashed, bravo fenced it and took over, ext4 kept its data, alpha resynced, replicas identical; everything removed"
