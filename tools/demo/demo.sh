@@ -78,6 +78,9 @@ stop_pid() {
 	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
 	wait "$pid" 2>/dev/null
 }
+# is_mounted DIR: DIR is a mount point, read from the mount table (mountpoint
+# -q cannot tell on a FUSE mount whose server died: stat fails).
+is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 cleanup() {
 	local rc=$?
 	set +e
@@ -88,9 +91,9 @@ cleanup() {
 	if [ -n "$FS_WRITER" ]; then wait "$FS_WRITER" 2>/dev/null; fi
 	# The lab next: its processes hold copies of our mounts.
 	if [ -n "$LAB_UP" ]; then "$TANDEM" lab --dir "$WORK/lab" down >/dev/null || say "tandem lab --dir $WORK/lab down failed" >&2; fi
-	if [ -n "$MNT" ] && mountpoint -q "$MNT"; then umount "$MNT" || umount -l "$MNT"; fi
+	if [ -n "$MNT" ] && is_mounted "$MNT"; then umount "$MNT" || umount -l "$MNT"; fi
 	if [ -n "$LOOP" ]; then losetup -d "$LOOP"; fi
-	if [ -n "$FUSE_DIR" ] && mountpoint -q "$FUSE_DIR"; then fusermount3 -u "$FUSE_DIR"; fi
+	if [ -n "$FUSE_DIR" ] && is_mounted "$FUSE_DIR"; then fusermount3 -u "$FUSE_DIR" || umount -l "$FUSE_DIR"; fi
 	if [ -n "$FUSE_PID" ]; then
 		for ((i = 0; i < 100; i++)); do kill -0 "$FUSE_PID" 2>/dev/null || break; sleep 0.1; done
 		kill -0 "$FUSE_PID" 2>/dev/null && kill -KILL "$FUSE_PID"
