@@ -73,8 +73,15 @@ build: check-go
 	@echo "built bin/tandem $(VERSION)"
 
 # go test prints its usual ok/FAIL lines per package; -v would bury them.
+# The lab and the demo run after everything else, one package at a time:
+# processes they start through `ip netns exec` get a copy of the machine's
+# mount table, which keeps another test's FUSE mount busy (fusermount3 -u
+# fails with EBUSY) while they run.
+SERIAL_PKGS := ./tools/lab/ ./tools/demo/
+
 test: deps check-go
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e '/tools/lab$$' -e '/tools/demo$$')
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -p 1 $(SERIAL_PKGS)
 
 bench: check-go
 	$(GO) run ./tools/bench

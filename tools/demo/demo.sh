@@ -89,6 +89,15 @@ cleanup() {
 	if [ -n "$PROXY_PID" ]; then stop_pid "$PROXY_PID"; fi
 	if [ -n "$PROXY_EXEC" ]; then wait "$PROXY_EXEC" 2>/dev/null; fi
 	if [ -n "$FS_WRITER" ]; then wait "$FS_WRITER" 2>/dev/null; fi
+	# A failed run shows the end of each lab node's log before the lab is
+	# removed: the cause is usually there (and nowhere once it is gone).
+	if [ "$rc" -ne 0 ] && [ -n "$LAB_UP" ] && [ -d "$WORK/lab/log" ]; then
+		for f in "$WORK"/lab/log/*.log; do
+			[ -f "$f" ] || continue
+			say "--- last lines of ${f##*/} ---" >&2
+			tail -n 25 "$f" >&2
+		done
+	fi
 	# The lab next: its processes hold copies of our mounts.
 	if [ -n "$LAB_UP" ]; then "$TANDEM" lab --dir "$WORK/lab" down >/dev/null || say "tandem lab --dir $WORK/lab down failed" >&2; fi
 	if [ -n "$MNT" ] && is_mounted "$MNT"; then umount "$MNT" || umount -l "$MNT"; fi

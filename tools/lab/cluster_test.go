@@ -95,8 +95,25 @@ func TestClusterLayerFailover(t *testing.T) {
 		names = append(names, st.Name)
 		t.Logf("failover step %-7s %.3fs (elapsed %.3fs) %s", st.Name, st.Seconds, st.Elapsed, st.Detail)
 	}
-	if strings.Join(names, ",") != "detect,fence,commit,promote,vip,serve" {
-		t.Fatalf("failover steps %v", names)
+	// The order that keeps the failover safe: the old primary fenced before
+	// the promotion is committed, both before the volume is promoted or the
+	// VIP claimed, I/O served last. Promote and VIP claim may come in either
+	// order: when the survivor's link has not yet timed out (a crash that
+	// took the link down before the kernel sent a reset), the volume refuses
+	// the promotion until it does, and the manager claims the VIP meanwhile;
+	// the NBD gate serves nothing before both.
+	pos := map[string]int{}
+	for i, n := range names {
+		pos[n] = i
+	}
+	order := func(a, b string) bool {
+		pa, oka := pos[a]
+		pb, okb := pos[b]
+		return oka && okb && pa < pb
+	}
+	if len(names) != 6 || !order("detect", "fence") || !order("fence", "commit") ||
+		!order("commit", "promote") || !order("commit", "vip") || !order("promote", "serve") || !order("vip", "serve") {
+		t.Fatalf("failover steps %v: want detect, fence, commit, then promote and vip, then serve", names)
 	}
 	qemuIO(t, lab, "write -P 0x4d 2M 1M")
 
