@@ -220,6 +220,7 @@ type PromoteResult struct {
 //	(*Volume) Verify(ctx, repair bool) (VerifyReport, error)
 //	(*Volume) Resolve(ctx, discardMyData bool) error   after split brain
 //	(*Volume) Outdate(ctx) error              mark the local data Outdated (not on a primary)
+//	(*Volume) PeerFenced(ctx) error           the peer is confirmed off: end its session now
 //	(*Volume) Close(ctx) error                drain, flush, metadata clean
 //
 // and nbd.Device (Size, ReadAt, WriteAt, Flush, Trim, Zero, Features)

@@ -807,6 +807,33 @@ func (v *Volume) Disconnect(ctx context.Context) error {
 	return nil
 }
 
+// PeerFenced tells the volume that fencing confirmed the peer off. A
+// session still up is then a dead node's, kept only until the ping
+// timeout runs out; meanwhile the peer still counts as Primary and a
+// promotion right after the fence would be refused. The session ends at
+// once, as a lost link does (the writes the peer may lack are marked out
+// of sync), and the volume goes on connecting, so the peer resyncs when it
+// comes back. Nothing is sent: nobody is there to read it.
+func (v *Volume) PeerFenced(ctx context.Context) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	v.mu.Lock()
+	l := v.sess
+	v.mu.Unlock()
+	if l == nil {
+		return nil
+	}
+	v.log.Info("replicate: the peer was fenced; ending its session without waiting for the ping timeout", "peer", v.cfg.Peer)
+	l.end("the peer was fenced (confirmed off)", false)
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("replicate: %s: peer fenced: %w", v.cfg.Resource, ctx.Err())
+	}
+}
+
 // dropSession ends a session with an orderly Disconnect and, with wait,
 // waits until it is torn down; standalone keeps this side from
 // reconnecting.

@@ -129,10 +129,31 @@ func (m *Manager) fence(a cluster.FenceNode) {
 		}
 		if err != nil {
 			res.Err = fmt.Errorf("manager: fencing %s: %w", a.Node, err)
+		} else {
+			m.peerFenced(ctx, a.Node)
 		}
 		res.At = m.clock.Now()
 		m.in.push(res)
 	})
+}
+
+// peerFenced ends the replication sessions to a node confirmed off before
+// the machine hears of it: the promotion that follows then finds the peer
+// gone instead of waiting out the volume's ping timeout while the dead
+// peer still counts as Primary.
+func (m *Manager) peerFenced(ctx context.Context, node string) {
+	for _, rc := range m.cfg.Machine.Resources {
+		if rc.Replicas[0] != node && rc.Replicas[1] != node {
+			continue
+		}
+		r, ok := m.cfg.Resources[rc.Name]
+		if !ok {
+			continue
+		}
+		if err := r.Volume.PeerFenced(ctx); err != nil {
+			m.log.Warn("failover: ending the session to the fenced peer", "resource", rc.Name, "peer", node, "err", err)
+		}
+	}
 }
 
 func (m *Manager) actionCtx() (context.Context, context.CancelFunc) {

@@ -197,6 +197,12 @@ func (v *fakeVolume) Resync(ctx context.Context, full bool) error {
 	return nil
 }
 
+func (v *fakeVolume) PeerFenced(ctx context.Context) error {
+	v.j.add("%s peer-fenced", v.node)
+	v.peerGone()
+	return nil
+}
+
 // peerGone is what the volume reports once the link to its peer died.
 func (v *fakeVolume) peerGone() {
 	v.mu.Lock()

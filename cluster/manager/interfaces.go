@@ -16,6 +16,9 @@ type Volume interface {
 	Promote(ctx context.Context, force bool) (replicate.PromoteResult, error)
 	Demote(ctx context.Context) error
 	Resync(ctx context.Context, full bool) error
+	// PeerFenced: fencing confirmed the peer off; a session to it that is
+	// still up is a dead node's and ends now, not at the ping timeout.
+	PeerFenced(ctx context.Context) error
 }
 
 // IOMode is what a resource's gate does with application I/O.

@@ -47,7 +47,7 @@ func TestFailover(t *testing.T) {
 	if took := c.clock.Now().Sub(killed); took < cluster.DefaultLease+cluster.DefaultMargin {
 		t.Fatalf("b serves %v after a died, before a's lease plus margin", took)
 	}
-	before(t, c.j, "fence a", "b promote", "b io serve", "b claim r0")
+	before(t, c.j, "fence a", "b peer-fenced", "b promote", "b io serve", "b claim r0")
 	if i, k := c.j.index("fence a"), firstWith(c.j, "commit promote r0 node=b"); k < i {
 		t.Fatalf("promotion committed before the fence: journal:\n%v", c.j.snapshot())
 	}

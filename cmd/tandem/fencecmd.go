@@ -180,7 +180,32 @@ func runFence(ctx context.Context, a *app, path, target string, action fence.Act
 		}
 		return fmt.Errorf("%s: every level failed (see above)", what)
 	}
+	if local != nil && (action == fence.ActionOff || action == fence.ActionReboot) && !test {
+		tellPeerFenced(ctx, a, cfg, local, target)
+	}
 	return nil
+}
+
+// tellPeerFenced tells the local daemon that target is confirmed off, for
+// each resource the two share: the daemon ends the replication session to
+// the dead node at once instead of at its ping timeout, so that a
+// promotion right after the fence does not still see target Primary. A
+// daemon that is not running has no session to end; that is not an error.
+func tellPeerFenced(ctx context.Context, a *app, cfg *config.Config, local *config.Node, target string) {
+	c := daemon.NewClient(local.AdminSocket, local.Name)
+	for _, r := range cfg.Resources {
+		var here, there bool
+		for _, rp := range r.Replicas {
+			here = here || rp.Node == local.Name
+			there = there || rp.Node == target
+		}
+		if !here || !there {
+			continue
+		}
+		if err := c.PeerFenced(ctx, r.Name); err != nil && !errors.Is(err, daemon.ErrNotRunning) {
+			a.log.Warn("the local daemon was not told that the peer is off; its replication session ends at the ping timeout", "resource", r.Name, "peer", target, "err", err)
+		}
+	}
 }
 
 // parseSince reads --since: a duration before now, or an RFC 3339 time.

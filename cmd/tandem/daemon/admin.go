@@ -28,6 +28,9 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/resources/{name}/disconnect", func(w http.ResponseWriter, req *http.Request) {
 		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Disconnect(ctx) })
 	})
+	mux.HandleFunc("POST /v1/resources/{name}/peer-fenced", func(w http.ResponseWriter, req *http.Request) {
+		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.PeerFenced(ctx) })
+	})
 	mux.HandleFunc("POST /v1/resources/{name}/resync", func(w http.ResponseWriter, req *http.Request) {
 		var body ResyncRequest
 		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Resync(ctx, body.Full) })

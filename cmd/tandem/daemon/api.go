@@ -17,6 +17,7 @@ import (
 //	POST /v1/resources/NAME/demote          {} -> Done
 //	POST /v1/resources/NAME/connect         {} -> Done
 //	POST /v1/resources/NAME/disconnect      {} -> Done
+//	POST /v1/resources/NAME/peer-fenced     {} -> Done (the peer is confirmed off)
 //	POST /v1/resources/NAME/resync          ResyncRequest -> Done
 //	POST /v1/resources/NAME/verify          VerifyRequest -> replicate.VerifyReport
 //	POST /v1/resources/NAME/resolve         ResolveRequest -> Done

@@ -102,6 +102,12 @@ func (c *Client) Disconnect(ctx context.Context, resource string) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "disconnect"), struct{}{}, &Done{})
 }
 
+// PeerFenced tells the daemon that the resource's peer is confirmed off:
+// its replication session, if still up, ends now.
+func (c *Client) PeerFenced(ctx context.Context, resource string) error {
+	return c.do(ctx, http.MethodPost, opPath(resource, "peer-fenced"), struct{}{}, &Done{})
+}
+
 // Resync makes this side the sync target.
 func (c *Client) Resync(ctx context.Context, resource string, full bool) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "resync"), ResyncRequest{Full: full}, &Done{})

@@ -73,6 +73,7 @@ func (v downVolume) Promote(context.Context, bool) (replicate.PromoteResult, err
 }
 func (v downVolume) Demote(context.Context) error       { return nil }
 func (v downVolume) Resync(context.Context, bool) error { return ErrResourceDown }
+func (v downVolume) PeerFenced(context.Context) error   { return nil }
 
 // degradedHook is the volumes' OnDegraded while the cluster layer runs.
 func (d *Daemon) degradedHook(resource string) func(context.Context) error {

@@ -121,6 +121,7 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 		func() error { return c.Resync(ctx, "r0", true) },
 		func() error { return c.Disconnect(ctx, "r0") },
 		func() error { return c.Connect(ctx, "r0") },
+		func() error { return c.PeerFenced(ctx, "r0") },
 		func() error { return c.Resolve(ctx, "r0", true) },
 		func() error { return c.Demote(ctx, "r0") },
 	} {
@@ -131,7 +132,7 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 	if err := gate.ReadAt(ctx, buf, 0); !errors.Is(err, syscall.EPERM) {
 		t.Errorf("read after demote: %v", err)
 	}
-	want := []string{"promote", "promote-force", "verify-repair", "resync-full", "disconnect", "connect", "resolve", "demote"}
+	want := []string{"promote", "promote-force", "verify-repair", "resync-full", "disconnect", "connect", "peer-fenced", "resolve", "demote"}
 	if got := v.Calls(); !slices.Equal(got, want) {
 		t.Errorf("volume calls %v, want %v", got, want)
 	}
