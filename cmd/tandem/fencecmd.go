@@ -34,7 +34,8 @@ error. "off" succeeds only when a device reports the node off.
                               when no device can (read its help first)
 
 These run here, with this host's password files and agents. The exit
-status is 1 when the action failed. See docs/operations.md.`
+status is 1 when the action failed; "status" exits 0 for a node that is
+on and 2 for one that is off, as fence-agents do. See docs/operations.md.`
 
 // fenceFlags are the flags every fence subcommand shares.
 type fenceFlags struct {
@@ -179,6 +180,9 @@ func runFence(ctx context.Context, a *app, path, target string, action fence.Act
 			return fmt.Errorf("%s: a level did not answer (see above)", what)
 		}
 		return fmt.Errorf("%s: every level failed (see above)", what)
+	}
+	if action == fence.ActionStatus && !test && res != nil && res.State == fence.StateOff {
+		return &exitStatus{Code: 2} // fence-agents' "off"; the result is printed
 	}
 	if local != nil && (action == fence.ActionOff || action == fence.ActionReboot) && !test {
 		tellPeerFenced(ctx, a, cfg, local, target)

@@ -133,6 +133,11 @@ func TestFenceCLIThroughBMC(t *testing.T) {
 	if got := bmc.IpmitoolStatus(t); got != "off" {
 		t.Fatalf("ipmitool says %s after fence off", got)
 	}
+	// As fence-agents: status exits 2 for a node that is off.
+	var sout, serr bytes.Buffer
+	if code := run(append(base, "status", "beta", "--node", "alpha"), strings.NewReader(""), &sout, &serr); code != 2 || !strings.Contains(sout.String(), "power off") || strings.Contains(serr.String(), "tandem:") {
+		t.Fatalf("fence status of a node that is off: exit %d, want 2\nstdout:\n%s\nstderr:\n%s", code, sout.String(), serr.String())
+	}
 	if _, errOut, err := execute(t, append(base, "on", "beta", "--node", "alpha")...); err != nil {
 		t.Fatalf("fence on: %v\n%s", err, errOut)
 	}

@@ -129,7 +129,7 @@ func newLabCmd(a *app) *cobra.Command {
 				return err
 			}
 			if code != 0 {
-				return fmt.Errorf("lab exec %s: %s exited with status %d", args[0], args[1], code)
+				return &exitStatus{Code: code, Msg: fmt.Sprintf("lab exec %s: %s exited with status %d", args[0], args[1], code)}
 			}
 			return nil
 		},

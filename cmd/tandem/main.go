@@ -1,10 +1,11 @@
-// Command tandem is the one binary of the tandem HA block-storage appliance.
-// Today it serves files as NBD exports and attaches kernel NBD devices; the
-// replicated, fenced cluster is built on top of these (see README.md).
+// Command tandem is the one binary of the tandem HA block-storage appliance:
+// the daemon of data nodes and witnesses, the admin CLI, the one-node NBD
+// server, fencing by hand and the lab (see README.md).
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +34,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var es *exitStatus
+		if errors.As(err, &es) {
+			if es.Msg != "" {
+				fmt.Fprintf(stderr, "tandem: %s\n", es.Msg)
+			}
+			return es.Code
+		}
 		fmt.Fprintf(stderr, "tandem: %v\n", err)
 		return 1
 	}
