@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -38,6 +39,12 @@ type pairOpts struct {
 	files bool
 	md    md.Options
 	tls   *tls.Config
+	// proxy: each side dials the other through a relay that freeze can
+	// silence, as a powered-off node is: connections stay open, nothing
+	// arrives and nothing is closed.
+	proxy bool
+	// pingTimeout overrides the test default of one second.
+	pingTimeout time.Duration
 }
 
 type testNode struct {
@@ -50,14 +57,16 @@ type testNode struct {
 	meta     *disk.Mem
 	v        *Volume
 	opts     pairOpts
+	dialAddr string // where it dials its peer: the peer's addr or a relay
 	degraded atomic.Int32 // OnDegraded calls
 	// onDegraded, when set, runs inside OnDegraded.
 	onDegraded atomic.Pointer[func()]
 }
 
 type pair struct {
-	t    testing.TB
-	a, b *testNode
+	t      testing.TB
+	a, b   *testNode
+	relays []*relay
 }
 
 func listen(t testing.TB, addr string) net.Listener {
@@ -116,6 +125,14 @@ func newPair(t testing.TB, o pairOpts) *pair {
 		ln := listen(t, "127.0.0.1:0")
 		n.addr = ln.Addr().String()
 		ln.Close()
+		n.dialAddr = n.peer.addr
+	}
+	if o.proxy {
+		for _, n := range []*testNode{p.a, p.b} {
+			r := newRelay(t, n.peer.addr)
+			p.relays = append(p.relays, r)
+			n.dialAddr = r.addr
+		}
 	}
 	p.a.open()
 	p.b.open()
@@ -141,7 +158,7 @@ func (n *testNode) config() Config {
 	}
 	return Config{
 		Cluster: "testcluster", Resource: "r0", Node: n.name, Peer: n.peer.name, Secret: []byte(testSecret),
-		Protocol: o.protocol, Compression: o.compression, PeerAddress: n.peer.addr, TLS: o.tls,
+		Protocol: o.protocol, Compression: o.compression, PeerAddress: n.dialAddr, TLS: o.tls,
 		Data: n.device(), Meta: n.meta,
 		Resync: o.resync, SplitBrain: o.splitBrain,
 		OnDegraded: func(ctx context.Context) error {
@@ -152,7 +169,7 @@ func (n *testNode) config() Config {
 			return nil
 		},
 		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("node", n.name),
-		PingInterval: 50 * time.Millisecond, PingTimeout: time.Second, ConnectTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond,
+		PingInterval: 50 * time.Millisecond, PingTimeout: cmp.Or(o.pingTimeout, time.Second), ConnectTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond,
 	}
 }
 

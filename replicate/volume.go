@@ -790,14 +790,22 @@ func (v *Volume) Connect(ctx context.Context) error {
 	return nil
 }
 
-// Disconnect closes the link and stays StandAlone until Connect.
-func (v *Volume) Disconnect(ctx context.Context) error {
+// session is the current session (nil when there is none), or ErrClosed.
+func (v *Volume) session() (*link, error) {
 	if v.closed.Load() {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	v.mu.Lock()
-	l := v.sess
-	v.mu.Unlock()
+	defer v.mu.Unlock()
+	return v.sess, nil
+}
+
+// Disconnect closes the link and stays StandAlone until Connect.
+func (v *Volume) Disconnect(ctx context.Context) error {
+	l, err := v.session()
+	if err != nil {
+		return err
+	}
 	if l != nil {
 		v.dropSession(l, "disconnected by the administrator", true, true)
 	}
@@ -815,14 +823,9 @@ func (v *Volume) Disconnect(ctx context.Context) error {
 // of sync), and the volume goes on connecting, so the peer resyncs when it
 // comes back. Nothing is sent: nobody is there to read it.
 func (v *Volume) PeerFenced(ctx context.Context) error {
-	if v.closed.Load() {
-		return ErrClosed
-	}
-	v.mu.Lock()
-	l := v.sess
-	v.mu.Unlock()
-	if l == nil {
-		return nil
+	l, err := v.session()
+	if l == nil || err != nil {
+		return err
 	}
 	v.log.Info("replicate: the peer was fenced; ending its session without waiting for the ping timeout", "peer", v.cfg.Peer)
 	l.end("the peer was fenced (confirmed off)", false)

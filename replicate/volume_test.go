@@ -247,3 +247,44 @@ func TestSecondaryDiskFailureDetaches(t *testing.T) {
 		t.Fatalf("primary after losing the secondary's disk: %+v, OnDegraded %d", s, p.a.degraded.Load())
 	}
 }
+
+// A peer that lost its power leaves its session open and silent: until
+// the ping timeout it still counts as Primary and the survivor may not
+// promote. Told that fencing confirmed it off, the survivor ends the
+// session at once and promotes with the acknowledged data.
+func TestPeerFencedEndsADeadPeersSession(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, proxy: true, pingTimeout: 10 * time.Minute})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	waitFor(t, 5*time.Second, "beta sees alpha Primary", func() bool { return p.b.v.Status().PeerRole == Primary })
+	ctx := context.Background()
+	data := bytes.Repeat([]byte{0x5c}, 64<<10)
+	if err := p.a.v.WriteAt(ctx, data, 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range p.relays {
+		r.freeze()
+	}
+	p.a.kill(false, 0)
+	if _, err := p.b.v.Promote(ctx, false); !errors.Is(err, ErrPeerPrimary) {
+		t.Fatalf("promote while the dead peer's session is up: %v, want ErrPeerPrimary", err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := p.b.v.PeerFenced(fctx); err != nil {
+		t.Fatalf("PeerFenced: %v", err)
+	}
+	if s := p.b.v.Status(); s.Conn == Connected || s.PeerRole != RoleUnknown {
+		t.Fatalf("after PeerFenced: conn %s, peer role %s; want the session gone", s.Conn, s.PeerRole)
+	}
+	if r := mustPromote(t, p.b, false); r.Discarded != "" {
+		t.Fatalf("promotion after the fence discarded: %s", r.Discarded)
+	}
+	got := make([]byte, len(data))
+	if err := p.b.v.ReadAt(ctx, got, 1<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the acknowledged write is not on the survivor: %v", err)
+	}
+	if err := p.b.v.PeerFenced(fctx); err != nil {
+		t.Fatalf("PeerFenced without a session: %v", err)
+	}
+}
