@@ -120,9 +120,15 @@ type Config struct {
 	Listener net.Listener
 
 	// Link timing; zero values take the defaults (DefaultPingInterval,
-	// DefaultPingTimeout, DefaultConnectTimeout, DefaultRetryMax).
-	PingInterval   time.Duration // a Ping goes out this often
-	PingTimeout    time.Duration // nothing received for this long: the link is dead
+	// DefaultPingTimeout, DefaultAckTimeout, DefaultConnectTimeout,
+	// DefaultRetryMax).
+	PingInterval time.Duration // a Ping goes out this often
+	PingTimeout  time.Duration // nothing received for this long: the link is dead
+	// AckTimeout: requests wait for the peer's answer and none has come
+	// for this long, though it still answers pings (a hung disk on the
+	// peer, DRBD's timeout x ko-count): the peer is dropped and writes go
+	// on without it, marked out of sync.
+	AckTimeout     time.Duration
 	ConnectTimeout time.Duration // bounds the handshake and the session setup
 	RetryMax       time.Duration // the dial backoff grows up to this
 

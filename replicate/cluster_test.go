@@ -43,8 +43,9 @@ type pairOpts struct {
 	// silence, as a powered-off node is: connections stay open, nothing
 	// arrives and nothing is closed.
 	proxy bool
-	// pingTimeout overrides the test default of one second.
-	pingTimeout time.Duration
+	// pingTimeout overrides the test default of one second, ackTimeout
+	// the volume's default.
+	pingTimeout, ackTimeout time.Duration
 }
 
 type testNode struct {
@@ -57,7 +58,7 @@ type testNode struct {
 	meta     *disk.Mem
 	v        *Volume
 	opts     pairOpts
-	dialAddr string // where it dials its peer: the peer's addr or a relay
+	dialAddr string       // where it dials its peer: the peer's addr or a relay
 	degraded atomic.Int32 // OnDegraded calls
 	// onDegraded, when set, runs inside OnDegraded.
 	onDegraded atomic.Pointer[func()]
@@ -125,8 +126,8 @@ func newPair(t testing.TB, o pairOpts) *pair {
 		ln := listen(t, "127.0.0.1:0")
 		n.addr = ln.Addr().String()
 		ln.Close()
-		n.dialAddr = n.peer.addr
 	}
+	p.a.dialAddr, p.b.dialAddr = p.b.addr, p.a.addr
 	if o.proxy {
 		for _, n := range []*testNode{p.a, p.b} {
 			r := newRelay(t, n.peer.addr)
@@ -169,7 +170,7 @@ func (n *testNode) config() Config {
 			return nil
 		},
 		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("node", n.name),
-		PingInterval: 50 * time.Millisecond, PingTimeout: cmp.Or(o.pingTimeout, time.Second), ConnectTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond,
+		PingInterval: 50 * time.Millisecond, PingTimeout: cmp.Or(o.pingTimeout, time.Second), AckTimeout: o.ackTimeout, ConnectTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond,
 	}
 }
 

@@ -66,6 +66,9 @@ type link struct {
 	active atomic.Bool
 
 	lastRecv atomic.Int64 // since start, ns
+	// lastAck is when an answer last came, or when requests started
+	// waiting after none did (since start, ns): the ack timeout's clock.
+	lastAck  atomic.Int64
 	acking   atomic.Int32 // acknowledgements being queued
 	pingBusy atomic.Bool
 
@@ -129,6 +132,9 @@ func (l *link) queueLocked(f wire.Frame, need wire.MsgType, off, n int64) (w *wa
 	if need != 0 {
 		w = waiterPool.Get().(*waiter)
 		w.need = need
+		if len(l.pending) == 0 {
+			l.lastAck.Store(l.since())
+		}
 		l.pending[f.Seq] = w
 	}
 	trigger := false
@@ -205,6 +211,7 @@ func (l *link) deliver(f wire.Frame) {
 	w := l.pending[f.Seq]
 	if w != nil && w.need == f.Type {
 		delete(l.pending, f.Seq)
+		l.lastAck.Store(l.since())
 	} else {
 		w = nil
 	}
@@ -308,6 +315,13 @@ func (l *link) pinger() {
 		}
 		if idle := time.Duration(l.since() - l.lastRecv.Load()); idle > v.cfg.PingTimeout {
 			l.end(fmt.Sprintf("the peer did not answer for %s", idle.Round(time.Millisecond)), false)
+			return
+		}
+		l.pendMu.Lock()
+		waiting := len(l.pending)
+		l.pendMu.Unlock()
+		if stuck := time.Duration(l.since() - l.lastAck.Load()); waiting > 0 && stuck > v.cfg.AckTimeout {
+			l.end(fmt.Sprintf("the peer answers pings but acknowledged none of %d waiting requests for %s (ack timeout)", waiting, stuck.Round(time.Millisecond)), false)
 			return
 		}
 		if !l.pingBusy.Swap(true) {

@@ -24,6 +24,7 @@ import (
 const (
 	DefaultPingInterval   = time.Second
 	DefaultPingTimeout    = 5 * time.Second
+	DefaultAckTimeout     = 30 * time.Second
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultRetryMax       = 5 * time.Second
 )
@@ -202,6 +203,7 @@ func checkConfig(cfg *Config) error {
 	}
 	def(&cfg.PingInterval, DefaultPingInterval)
 	def(&cfg.PingTimeout, DefaultPingTimeout)
+	def(&cfg.AckTimeout, DefaultAckTimeout)
 	def(&cfg.ConnectTimeout, DefaultConnectTimeout)
 	def(&cfg.RetryMax, DefaultRetryMax)
 	return nil

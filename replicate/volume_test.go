@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -287,4 +288,40 @@ func TestPeerFencedEndsADeadPeersSession(t *testing.T) {
 	if err := p.b.v.PeerFenced(fctx); err != nil {
 		t.Fatalf("PeerFenced without a session: %v", err)
 	}
+}
+
+// A peer whose disk hangs still answers pings but acknowledges no write:
+// after the ack timeout the primary drops it and goes on degraded, with
+// the unacknowledged range out of sync; once the disk answers again the
+// peer reconnects and resyncs.
+func TestAckTimeoutDropsAPeerThatNeverAcks(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, ackTimeout: 300 * time.Millisecond})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	hang := make(chan struct{})
+	var released atomic.Bool
+	p.b.data.SetFault(func(op string, off, n int64) error {
+		if op == "write" && !released.Load() {
+			<-hang
+		}
+		return nil
+	})
+	release := sync.OnceFunc(func() { released.Store(true); close(hang) })
+	t.Cleanup(release)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	data := bytes.Repeat([]byte{0xa7}, 8192)
+	if err := p.a.v.WriteAt(ctx, data, 4096, false); err != nil {
+		t.Fatalf("write while the peer's disk hangs: %v, want it acknowledged degraded after the ack timeout", err)
+	}
+	s := p.a.v.Status()
+	if s.Conn == Connected || s.OutOfSync == 0 || !strings.Contains(s.Reason, "ack timeout") {
+		t.Fatalf("after the ack timeout: conn %s, out of sync %d, reason %q", s.Conn, s.OutOfSync, s.Reason)
+	}
+	if p.a.degraded.Load() == 0 {
+		t.Fatal("OnDegraded was not called before the degraded ack")
+	}
+	release()
+	p.waitConnected(20 * time.Second)
+	p.identical()
 }
