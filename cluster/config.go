@@ -21,6 +21,7 @@ const (
 	DefaultSwitchoverTimeout = 30 * time.Second
 	DefaultStartupGrace      = 10 * time.Second
 	DefaultFailbackAfter     = 60 * time.Second
+	DefaultLinkVeto          = 5 * time.Second
 )
 
 // NoQuorumPolicy is what a primary does with I/O once it lost quorum (the
@@ -69,6 +70,12 @@ type Config struct {
 	// as gone only after it (so a whole cluster that boots together does
 	// not fence its slow members).
 	StartupGrace time.Duration
+	// LinkVeto: a primary the failure detector calls dead while the
+	// replication link still hears it is not fenced for up to this long
+	// after it was last seen alive. A stalled detector on a loaded host
+	// then costs nothing; a primary cut from the gossip network alone is
+	// failed over once it ran out.
+	LinkVeto time.Duration
 }
 
 // ResourceConfig is one resource as the machine needs it.
@@ -93,6 +100,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	def(&c.Lease, DefaultLease)
 	def(&c.Margin, DefaultMargin)
+	def(&c.LinkVeto, DefaultLinkVeto)
 	def(&c.TickInterval, DefaultTickInterval)
 	def(&c.FenceRetry, DefaultFenceRetry)
 	def(&c.ProposalTimeout, DefaultProposalTimeout)

@@ -61,6 +61,9 @@ type VolumeState struct {
 	PeerDisk DiskState
 	// Primary: the volume's role as it actually is.
 	Primary bool
+	// PeerHeard: the replication link carried a frame from the peer
+	// lately (replicate.Status.PeerHeard).
+	PeerHeard bool
 }
 
 // VolumeReport carries the local volume's state after any change.

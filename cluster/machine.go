@@ -639,6 +639,14 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 				r.peer, name, res.State(me), v.Disk, name))
 			return
 		}
+		// The failure detector's word against the replication link's: a
+		// primary whose link frames still arrive is alive (the detector
+		// stalled, or gossip alone is cut). Fencing it would turn a hiccup
+		// into a failover; the veto is bounded so that a primary cut from
+		// the gossip network only is still failed over.
+		if v.Connected && v.PeerHeard && !fencedNow(res) && m.now.Before(m.lastSeen(r.peer).Add(m.cfg.LinkVeto)) {
+			return
+		}
 		// Rule 1: the old primary must be confirmed off (rule 5: a failed
 		// fence blocks this, alerts, and is retried).
 		if !fencedNow(res) {

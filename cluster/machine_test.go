@@ -794,3 +794,34 @@ func TestResumeNeedsCommittedConfirmation(t *testing.T) {
 		t.Fatalf("actions: %v", s.acts)
 	}
 }
+
+// The failure detector calls the primary dead while the replication link
+// still hears it (a stalled detector on a loaded host, or gossip alone
+// cut): the secondary does not fence it for LinkVeto; past it, a primary
+// cut from the gossip network only is failed over as usual.
+func TestLiveReplicationLinkVetoesADeathForAWhile(t *testing.T) {
+	s := started(t, nil)
+	cut := s.now
+	s.setLink("a", "b", false)
+	s.setLink("a", "w", false) // a is gone for gossip; the data link is up
+	s.advance(DefaultLinkVeto - time.Second)
+	if at, ok := s.firstAct("b", "fence a"); ok {
+		t.Fatalf("b fenced a %v after the gossip cut, while the replication link still heard it: %v", at.Sub(cut), s.actsOf("b"))
+	}
+	if got := s.serving("r0"); len(got) > 0 && got[0] == "b" {
+		t.Fatalf("b took r0 during the veto")
+	}
+	s.advance(2 * time.Second)
+	at, ok := s.firstAct("b", "fence a [r0]")
+	if !ok {
+		t.Fatalf("b never fenced a after the veto ran out: %v", s.actsOf("b"))
+	}
+	if at.Before(cut.Add(DefaultLinkVeto)) {
+		t.Fatalf("b fenced a %v after the cut, before the veto (%v) ran out", at.Sub(cut), DefaultLinkVeto)
+	}
+	s.completeFence()
+	s.advance(5 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after the veto and the fence, want b\n%s", got, s.dump())
+	}
+}

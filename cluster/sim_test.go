@@ -440,7 +440,7 @@ func (s *sim) syncVolumes() {
 				continue
 			}
 			v, pv := n.vols[r], s.nodes[s.peerOf(x)].vols[r]
-			st := VolumeState{Disk: v.disk, Connected: conn, Syncing: conn && (v.syncing || pv.syncing), PeerDisk: DiskUnknown, Primary: v.primary}
+			st := VolumeState{Disk: v.disk, Connected: conn, Syncing: conn && (v.syncing || pv.syncing), PeerDisk: DiskUnknown, Primary: v.primary, PeerHeard: conn}
 			if conn {
 				st.PeerDisk = pv.disk
 			}

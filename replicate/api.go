@@ -173,8 +173,13 @@ type Status struct {
 	Generations Generations `json:"generations"`
 	OutOfSync   int64       `json:"out_of_sync_bytes"`
 	SuspendedIO bool        `json:"suspended_io"`
-	Size        int64       `json:"size"`
-	Resync      *Progress   `json:"resync,omitempty"`
+	// PeerHeard: a session is up and a frame came from the peer within
+	// three ping intervals. The cluster layer does not fence a primary
+	// the failure detector calls dead while its link is still heard (a
+	// stall of the detector, not a death), for a bounded time.
+	PeerHeard bool      `json:"peer_heard"`
+	Size      int64     `json:"size"`
+	Resync    *Progress `json:"resync,omitempty"`
 	// LastResync is the outcome of the last resync that finished here.
 	LastResync *Progress `json:"last_resync,omitempty"`
 	Verify     *Progress `json:"verify,omitempty"`
