@@ -178,6 +178,10 @@ func (n *negotiator) exportName(name string) (*session, error) {
 	if e.TLSOnly && !n.tls {
 		return nil, fmt.Errorf("nbd: NBD_OPT_EXPORT_NAME: export %q requires TLS", name)
 	}
+	if err := e.available(); err != nil {
+		// The old-style negotiation has no error reply: close.
+		return nil, fmt.Errorf("nbd: NBD_OPT_EXPORT_NAME: %w", err)
+	}
 	sess := n.session(e)
 	b := make([]byte, 10, 10+124)
 	binary.BigEndian.PutUint64(b[0:], uint64(e.Device.Size()))
@@ -251,6 +255,11 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (*session, error) {
 	}
 	if e.TLSOnly && !n.tls {
 		return nil, n.reply(opt, repErrTLSReqd, []byte(fmt.Sprintf("export %q requires TLS", name)))
+	}
+	// NBD_OPT_INFO still answers: `nbdinfo --list` describes every export
+	// of the server, served here or not.
+	if err := e.available(); err != nil && opt == optGo {
+		return nil, n.reply(opt, repErrUnknown, []byte(err.Error()))
 	}
 	sess := n.session(e)
 

@@ -8,10 +8,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"errors"
 	"math/big"
 	"net"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -327,4 +329,41 @@ func TestNewServerValidates(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+}
+
+// An export whose Available hook refuses: GO is answered with the
+// reason and the client stays in negotiation, INFO still describes it,
+// EXPORT_NAME hangs up; once available, GO enters transmission.
+func TestUnavailableExport(t *testing.T) {
+	noLeaks(t)
+	var down atomic.Bool
+	down.Store(true)
+	opts := twoExports()
+	opts.Exports[0].Available = func() error {
+		if down.Load() {
+			return errors.New("it is not Primary here")
+		}
+		return nil
+	}
+	_, addr := startServer(t, opts)
+	c := dial(t, addr)
+	rs := c.opt(optGo, nameData("disk", 0, 0))
+	if lastType(rs) != repErrUnknown || !strings.Contains(string(rs[len(rs)-1].data), `export "disk" is not available here: it is not Primary here`) {
+		t.Fatalf("GO of an unavailable export: %#x %q", lastType(rs), rs[len(rs)-1].data)
+	}
+	if rs := c.opt(optInfo, nameData("disk", 0, 0)); lastType(rs) != repAck {
+		t.Fatalf("INFO of an unavailable export: %#x, want it described", lastType(rs))
+	}
+	down.Store(false)
+	c.goExport("disk", false)
+	if r := c.do(cmdRead, 0, 0, 512, nil); r.errno != 0 || len(r.data) != 512 {
+		t.Fatalf("read after GO once available: %+v", r)
+	}
+	c.request(cmdDisc, 0, 1, 0, 0, nil)
+	c.expectClosed()
+
+	down.Store(true)
+	c = dial(t, addr)
+	c.sendOpt(optExportName, []byte("disk"))
+	c.expectClosed()
 }

@@ -20,6 +20,26 @@ type Export struct {
 	Device      Device
 	// TLSOnly refuses the export to clients that did not start TLS.
 	TLSOnly bool
+	// Available, when set, is asked at every NBD_OPT_GO and
+	// NBD_OPT_EXPORT_NAME (not NBD_OPT_INFO, so that listing the exports
+	// describes them all): an error refuses the client there (with its
+	// text, as NBD_REP_ERR_UNKNOWN: "the export is not available"), so a
+	// client learns at connect time, not at its first request, that this
+	// server does not serve the export now (a replica that is not
+	// primary). The export still shows in NBD_OPT_LIST; sessions already
+	// open are not affected.
+	Available func() error
+}
+
+// available is the Available hook's answer (nil without one).
+func (e *Export) available() error {
+	if e.Available == nil {
+		return nil
+	}
+	if err := e.Available(); err != nil {
+		return fmt.Errorf("export %q is not available here: %w", e.Name, err)
+	}
+	return nil
 }
 
 // Options configure a Server.

@@ -365,6 +365,7 @@ func (d *Daemon) startNBD() error {
 					Name:        r.cfg.Name,
 					Description: fmt.Sprintf("tandem %s/%s on %s", d.cfg.Cluster, r.cfg.Name, d.node.Name),
 					Device:      r.gate,
+					Available:   r.gate.available,
 				})
 			}
 		}

@@ -94,6 +94,25 @@ func (g *gate) serving(ctx context.Context) (Volume, error) {
 	return nil, &errNotServing{g.resource, g.node, why}
 }
 
+// available refuses new NBD clients while no request could pass: they are
+// told at connect time, as DRBD refuses to open a Secondary, instead of
+// opening a device whose every request fails. A client that connected
+// while this node was primary keeps its session and gets EPERM after a
+// demotion, then reconnects (to the VIP, on the new primary).
+func (g *gate) available() error {
+	var why string
+	switch {
+	case g.vol.Load() == nil:
+		why = "the resource is down on this node (see tandem status)"
+	case !g.primary.Load():
+		why = "it is not Primary here"
+	default:
+		return nil
+	}
+	g.noteRefusal("connect refused: " + why)
+	return &errNotServing{g.resource, g.node, why}
+}
+
 // noteRefusal logs refused requests at most once a second, with a count.
 func (g *gate) noteRefusal(why string) {
 	g.mu.Lock()
