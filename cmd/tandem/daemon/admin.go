@@ -15,6 +15,7 @@ import (
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", d.handleStatus)
+	mux.HandleFunc("GET /v1/events", d.handleEvents) // events.go
 	mux.HandleFunc("POST /v1/resources/{name}/promote", func(w http.ResponseWriter, req *http.Request) {
 		var body PromoteRequest
 		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return d.promote(ctx, r, body.Force) })
@@ -156,6 +157,7 @@ func (d *Daemon) op(w http.ResponseWriter, req *http.Request, in any, fn func(co
 	log := d.log.With("resource", r.cfg.Name, "op", op)
 	log.Info("admin request", "body", in)
 	out, err := fn(ctx, r)
+	d.noteAdmin(req.Context(), op, r.cfg.Name, "", in, out, err)
 	if err != nil {
 		log.Warn("admin request refused", "err", err)
 		writeError(w, err)

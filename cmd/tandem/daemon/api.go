@@ -13,6 +13,7 @@ import (
 //
 //	GET  /v1/status                         NodeStatus
 //	GET  /v1/status?resource=NAME           NodeStatus with that resource only
+//	GET  /v1/events[?since=SEQ]             NDJSON stream of Event (events.go)
 //	POST /v1/resources/NAME/promote         PromoteRequest -> replicate.PromoteResult
 //	POST /v1/resources/NAME/demote          {} -> Done
 //	POST /v1/resources/NAME/connect         {} -> Done

@@ -151,6 +151,7 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 	ll := &lazyLog{}
 	cl.mgr, err = manager.New(manager.Config{
 		Machine: d.machineConfig(), Resources: res, Log: ll, Members: cl.ms.Events(), Fencer: fencer, VIPs: cl.vips, Logger: log,
+		Hooks: d.managerHooks(),
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: cluster layer: %w", err)
