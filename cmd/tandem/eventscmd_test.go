@@ -52,3 +52,17 @@ func TestEventsCommand(t *testing.T) {
 	}
 	mustFail(t, "unknown command \"extra\"", append(c, "events", "extra", "--node", "alpha")...)
 }
+
+func TestStatusWarnsWhenNodesDisagree(t *testing.T) {
+	var b strings.Builder
+	printStatus(&b, daemon.NodeStatus{Node: "alpha", Cluster: "lab", Version: "v1", Nodes: map[string]daemon.SoftState{
+		"alpha": {Version: "v1", ConfigHash: "h1"}, "beta": {Version: "v2", ConfigHash: "h1"}}}, false)
+	if !strings.Contains(b.String(), "WARNING: node beta runs version v2 (here v1)") {
+		t.Errorf("status of disagreeing nodes:\n%s", b.String())
+	}
+	b.Reset()
+	printStatus(&b, daemon.NodeStatus{Node: "alpha", Nodes: map[string]daemon.SoftState{"alpha": {Version: "v1"}, "beta": {Version: "v1"}}}, false)
+	if strings.Contains(b.String(), "WARNING") {
+		t.Errorf("status of agreeing nodes warns:\n%s", b.String())
+	}
+}

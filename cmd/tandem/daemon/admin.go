@@ -59,6 +59,7 @@ var errBadRequest = errors.New("bad request")
 func (d *Daemon) Status() NodeStatus {
 	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resources) == 0,
 		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus()}
+	ns.Nodes = d.softStates()
 	for _, r := range d.resources {
 		ns.Resources = append(ns.Resources, r.status(d.node.Name))
 	}

@@ -38,6 +38,9 @@ type NodeStatus struct {
 	// ClusterLayer is the node manager's view (membership, quorum, the
 	// authority record, the last failover); absent with manual roles.
 	ClusterLayer *manager.Status `json:"cluster_layer,omitempty"`
+	// Nodes is the version and config hash of this node and of every live
+	// member that gossiped them (softstate.go).
+	Nodes map[string]SoftState `json:"nodes"`
 }
 
 // ResourceStatus is one resource on this node: the volume's status, plus
