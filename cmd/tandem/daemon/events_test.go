@@ -345,3 +345,42 @@ func TestManagerHooksBecomeEventsAndAudit(t *testing.T) {
 		t.Errorf("audit: %+v", recs)
 	}
 }
+
+// A client that stops reading is dropped with a clear last event; the
+// publisher never waits for it.
+func TestEventStreamDropsASlowClient(t *testing.T) {
+	l := newLab(t)
+	l.createMD(t, "alpha")
+	d, _, _ := l.start(t, "alpha")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var last Event
+	n := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- l.client("alpha").Events(ctx, 0, func(ev Event) error {
+			if n == 0 {
+				close(started)
+				<-release // stop reading: the socket buffers fill, then the subscriber's
+			}
+			n++
+			last = ev
+			return nil
+		})
+	}()
+	<-started
+	// Far more than the socket buffers and the subscriber buffer hold;
+	// publish returns at once every time.
+	for range 20000 {
+		d.events.publish(Event{Kind: KindVolume, Resource: "r0", Text: strings.Repeat("x", 100)})
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if last.Kind != KindDropped || !strings.Contains(last.Text, "reconnect with since=") || n >= 20000 {
+		t.Errorf("after %d events the last is %+v, want dropped", n, last)
+	}
+}
