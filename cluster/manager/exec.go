@@ -39,6 +39,7 @@ func volumeState(st replicate.Status) cluster.VolumeState {
 func (m *Manager) execute(rd cluster.Ready) {
 	for _, a := range rd.Actions {
 		m.log.Debug("action", "action", a.String())
+		m.cfg.Hooks.action(a)
 		switch a := a.(type) {
 		case cluster.Propose:
 			m.propose(a.Cmd)

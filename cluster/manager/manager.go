@@ -50,6 +50,8 @@ type Config struct {
 	// OnAlert, if set, also receives every alert (they are logged at
 	// error level in any case).
 	OnAlert func(cluster.Alert)
+	// Hooks watch the manager's inputs and actions (hooks.go).
+	Hooks Hooks
 
 	Clock         Clock // nil: RealClock
 	ActionTimeout time.Duration
@@ -270,6 +272,7 @@ const maxRounds = 4
 // step feeds one event, carries out the actions, then reports volumes
 // whose state the actions changed.
 func (m *Manager) step(ev cluster.Event) {
+	m.cfg.Hooks.event(ev)
 	m.observe(ev)
 	m.execute(m.machine.Step(ev))
 	if _, tick := ev.(cluster.Tick); tick {
@@ -288,6 +291,7 @@ func (m *Manager) step(ev cluster.Event) {
 	m.mu.Lock()
 	m.status = st
 	m.mu.Unlock()
+	m.cfg.Hooks.status(st)
 }
 
 // pollVolumes reads each local volume and returns a report for those that

@@ -41,10 +41,13 @@ type timeline struct {
 	commitID   string
 	commitAt   time.Time
 	promoted   bool
+	hooks      Hooks
 }
 
 func (t *timeline) add(name string, at time.Time, took time.Duration, detail string) {
-	t.f.Steps = append(t.f.Steps, Step{Name: name, At: at, Seconds: took.Seconds(), Elapsed: at.Sub(t.f.Started).Seconds(), Detail: detail})
+	s := Step{Name: name, At: at, Seconds: took.Seconds(), Elapsed: at.Sub(t.f.Started).Seconds(), Detail: detail}
+	t.f.Steps = append(t.f.Steps, s)
+	t.hooks.step(t.f, s)
 }
 
 // observe updates what the manager knows before the machine steps: the
@@ -83,7 +86,7 @@ func (m *Manager) observe(ev cluster.Event) {
 				if res == nil || res.Primary != e.Node || e.Node == me || m.tl[name] != nil {
 					continue
 				}
-				t := &timeline{f: Failover{Resource: name, From: e.Node, Started: e.At}}
+				t := &timeline{f: Failover{Resource: name, From: e.Node, Started: e.At}, hooks: m.cfg.Hooks}
 				t.add("detect", e.At, 0, "declared dead by the failure detector")
 				m.tl[name] = t
 				m.log.Warn("failover: primary declared dead", "resource", name, "primary", e.Node, "epoch", res.Epoch)
@@ -138,7 +141,7 @@ func (m *Manager) noteProposal(cmd cluster.Command) {
 	now := m.clock.Now()
 	t := m.tl[cmd.Resource]
 	if t == nil {
-		t = &timeline{f: Failover{Resource: cmd.Resource, Started: now}}
+		t = &timeline{f: Failover{Resource: cmd.Resource, Started: now}, hooks: m.cfg.Hooks}
 		m.tl[cmd.Resource] = t
 	}
 	t.commitID, t.commitAt = cmd.ID, now

@@ -280,6 +280,7 @@ tandem connect RESOURCE on the other node if it is StandAlone.`,
 func adminCommands(a *app) []*cobra.Command {
 	return []*cobra.Command{
 		newStatusCmd(a),
+		newEventsCmd(a), // eventscmd.go
 		newPromoteCmd(a),
 		newDoneCmd(a, doneCmd{use: "demote RESOURCE", short: "Make this node Secondary for a resource",
 			long: `Make this node Secondary for RESOURCE: its NBD export stops passing I/O

@@ -27,6 +27,7 @@ Replicated resources, with manual roles (docs/operations.md):
   tandem daemon      run this node's replicas, their NBD exports, the admin API
   tandem create-md   create a replica's metadata (dump-md shows it)
   tandem status      roles, disk and link states, resync progress
+  tandem events      follow the node's changes as they happen (audit log: DATA_DIR/audit.log)
   tandem promote / demote / connect / disconnect / resync / verify / resolve
 
 Fencing, by hand through each node's configured levels (docs/operations.md):

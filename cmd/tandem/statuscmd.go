@@ -60,6 +60,9 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 		kind = "witness: no replicas here"
 	}
 	fmt.Fprintf(w, "node %s of cluster %s (%s), daemon pid %d, version %s\n", ns.Node, ns.Cluster, kind, ns.PID, ns.Version)
+	for _, s := range daemon.Disagreements(ns.Node, ns.Nodes) {
+		fmt.Fprintf(w, "WARNING: %s\n", s)
+	}
 	printClusterLayer(w, ns.ClusterLayer) // clustercmd.go
 	if len(ns.Resources) == 0 {
 		return

@@ -15,6 +15,7 @@ import (
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", d.handleStatus)
+	mux.HandleFunc("GET /v1/events", d.handleEvents) // events.go
 	mux.HandleFunc("POST /v1/resources/{name}/promote", func(w http.ResponseWriter, req *http.Request) {
 		var body PromoteRequest
 		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return d.promote(ctx, r, body.Force) })
@@ -58,6 +59,7 @@ var errBadRequest = errors.New("bad request")
 func (d *Daemon) Status() NodeStatus {
 	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resources) == 0,
 		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus()}
+	ns.Nodes = d.softStates()
 	for _, r := range d.resources {
 		ns.Resources = append(ns.Resources, r.status(d.node.Name))
 	}
@@ -156,6 +158,7 @@ func (d *Daemon) op(w http.ResponseWriter, req *http.Request, in any, fn func(co
 	log := d.log.With("resource", r.cfg.Name, "op", op)
 	log.Info("admin request", "body", in)
 	out, err := fn(ctx, r)
+	d.noteAdmin(req.Context(), op, r.cfg.Name, "", in, out, err)
 	if err != nil {
 		log.Warn("admin request refused", "err", err)
 		writeError(w, err)

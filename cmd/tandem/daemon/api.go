@@ -13,6 +13,7 @@ import (
 //
 //	GET  /v1/status                         NodeStatus
 //	GET  /v1/status?resource=NAME           NodeStatus with that resource only
+//	GET  /v1/events[?since=SEQ]             NDJSON stream of Event (events.go)
 //	POST /v1/resources/NAME/promote         PromoteRequest -> replicate.PromoteResult
 //	POST /v1/resources/NAME/demote          {} -> Done
 //	POST /v1/resources/NAME/connect         {} -> Done
@@ -37,6 +38,9 @@ type NodeStatus struct {
 	// ClusterLayer is the node manager's view (membership, quorum, the
 	// authority record, the last failover); absent with manual roles.
 	ClusterLayer *manager.Status `json:"cluster_layer,omitempty"`
+	// Nodes is the version and config hash of this node and of every live
+	// member that gossiped them (softstate.go).
+	Nodes map[string]SoftState `json:"nodes"`
 }
 
 // ResourceStatus is one resource on this node: the volume's status, plus

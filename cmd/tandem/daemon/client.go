@@ -155,11 +155,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("reading the daemon's reply: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var eb ErrorBody
-		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
-			return &APIError{Status: resp.StatusCode, Code: CodeInternal, Message: fmt.Sprintf("daemon replied %s: %s", resp.Status, bytes.TrimSpace(b))}
-		}
-		return &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return apiError(resp, b)
 	}
 	if err := json.Unmarshal(b, out); err != nil {
 		return fmt.Errorf("decoding the daemon's reply: %w", err)
@@ -178,4 +174,13 @@ func (c *Client) dialError(err error) error {
 		return err
 	}
 	return fmt.Errorf("talking to the tandem daemon on %s: %w", c.socket, err)
+}
+
+// apiError is the refusal in a reply that is not 200 OK.
+func apiError(resp *http.Response, b []byte) *APIError {
+	var eb ErrorBody
+	if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
+		return &APIError{Status: resp.StatusCode, Code: CodeInternal, Message: fmt.Sprintf("daemon replied %s: %s", resp.Status, bytes.TrimSpace(b))}
+	}
+	return &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
 }

@@ -148,9 +148,11 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 	if cl.ms, err = cluster.NewMembership(mc); err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
+	d.gossipSoftState(cl.ms, log) // softstate.go
 	ll := &lazyLog{}
 	cl.mgr, err = manager.New(manager.Config{
 		Machine: d.machineConfig(), Resources: res, Log: ll, Members: cl.ms.Events(), Fencer: fencer, VIPs: cl.vips, Logger: log,
+		Hooks: d.managerHooks(),
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: cluster layer: %w", err)

@@ -72,6 +72,7 @@ func (d *Daemon) clusterRoutes(mux *http.ServeMux) {
 				return
 			}
 			text, err := d.clusterAdmin(req.Context(), cluster.AdminRequest{Op: op, Resource: body.Resource, Node: body.Node})
+			d.noteAdmin(req.Context(), path, body.Resource, body.Node, body, text, err)
 			if err != nil {
 				writeClusterError(w, err)
 				return

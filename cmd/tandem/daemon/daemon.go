@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -43,6 +44,8 @@ type Options struct {
 	// Fencer returns the fencer of a node, for the cluster layer (nil:
 	// fencing always fails, so nothing fails over automatically).
 	Fencer func(node string) (manager.Fencer, error)
+	// Now is the clock of events and audit records (nil: time.Now).
+	Now func() time.Time
 }
 
 // Daemon runs one node's resources. Start opens everything, Shutdown
@@ -71,6 +74,9 @@ type Daemon struct {
 	bg       sync.WaitGroup
 
 	cl atomic.Pointer[clusterLayer] // nil: manual roles (cluster.go)
+
+	events *events // the event stream (events.go)
+	audit  *audit  // DATA_DIR/audit.log (audit.go)
 }
 
 // resource is one local replica and what serves it.
@@ -112,7 +118,11 @@ func New(opts Options) (*Daemon, error) {
 	if opts.ReconcileInterval <= 0 {
 		opts.ReconcileInterval = time.Second
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	d := &Daemon{opts: opts, cfg: opts.Config, node: node, log: opts.Logger.With("node", node.Name)}
+	d.events = newEvents(node.Name, eventRing, opts.Now)
 	for i := range d.cfg.Resources {
 		res := &d.cfg.Resources[i]
 		rp := res.Replica(node.Name)
@@ -126,6 +136,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	return d, nil
 }
+
+// AuditLog is the path of the node's audit log.
+func (d *Daemon) AuditLog() string { return filepath.Join(d.node.DataDir, AuditFile) }
 
 // AdminSocket is the path of the admin API.
 func (d *Daemon) AdminSocket() string { return d.node.AdminSocket }
@@ -160,6 +173,9 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 			d.shutdown(context.Background())
 		}
 	}()
+	if d.audit, err = openAudit(d.AuditLog(), d.log); err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
 
 	layer := d.cfg.ClusterLayer()
 	if len(d.resources) == 0 && !layer {
@@ -182,7 +198,8 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	d.http = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	d.http = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+		ConnContext: d.connContext}
 	d.httpDone = make(chan struct{})
 	go func() {
 		defer close(d.httpDone)
@@ -195,6 +212,9 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 		d.bg.Add(1)
 		go d.reconcileLoop()
 	}
+	d.bg.Add(1)
+	go d.watchVolumes()
+	d.events.publish(Event{Kind: KindDaemon, Text: fmt.Sprintf("daemon running (version %s, %d resources)", d.opts.Version, len(d.resources))})
 	d.log.Info("daemon running", "admin_socket", d.node.AdminSocket, "resources", len(d.resources), "nbd", d.NBDAddrs())
 	return nil
 }
@@ -497,6 +517,9 @@ func (d *Daemon) shutdown(ctx context.Context) {
 		}
 		if d.admin != nil {
 			d.admin.Close()
+		}
+		if err := d.audit.close(); err != nil {
+			errs = append(errs, err)
 		}
 		if len(errs) > 0 {
 			d.stopErr = fmt.Errorf("daemon: shutdown: %w", errors.Join(errs...))
