@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -388,6 +389,17 @@ func (s *sim) checkCommit(prev, next *Record, cmd Command, err error) {
 		}
 		if old.Primary != "" && (old.Fenced == nil || old.Fenced.Epoch != old.Epoch || old.Fenced.Node != old.Primary) {
 			s.fail("%s promoted over %s, which was neither demoted nor fenced", cmd.Node, old.Primary)
+		}
+		// Rule 7: over a manual confirmation (maybe wrong), only once the
+		// old primary's lease has run out: it is off, no longer primary,
+		// or Lease since it last had quorum (its lease is renewed only
+		// with quorum).
+		if old.Primary != "" && !PoweredOff(old.Fenced) {
+			lease := cmp.Or(s.base.Lease, DefaultLease)
+			if n := s.nodes[old.Primary]; n != nil && n.up && n.vols[name].primary && s.now.Sub(s.lastQuorum[old.Primary]) < lease {
+				s.fail("%s promoted over %s (confirmed by %q) %v after %s last had quorum, within its lease %v",
+					cmd.Node, old.Primary, old.Fenced.Method, s.now.Sub(s.lastQuorum[old.Primary]), old.Primary, lease)
+			}
 		}
 		if !cmd.Force && old.State(cmd.Node) != StateUpToDate {
 			s.fail("automatic promotion of %s on %s, which was %s", name, cmd.Node, old.State(cmd.Node))
