@@ -60,6 +60,9 @@ type simNode struct {
 	up         bool
 	boot       int
 	perceived  map[string]MemberState
+	// aliveUntil: when it last perceived a node Alive, while it does not
+	// now (its boot, for a node never seen).
+	aliveUntil map[string]time.Time
 	delivered  int
 	vols       map[string]*simVol
 	lastReport map[string]VolumeState
@@ -199,6 +202,10 @@ func (s *sim) boot(x string) {
 	}
 	n.m, n.up, n.delivered = m, true, 0
 	n.perceived = map[string]MemberState{}
+	n.aliveUntil = map[string]time.Time{}
+	for _, y := range s.names {
+		n.aliveUntil[y] = s.now
+	}
 	n.lastReport = map[string]VolumeState{}
 	for _, v := range n.vols {
 		v.primary, v.suspended, v.syncing, v.degraded, v.asked = false, false, false, false, false
@@ -391,14 +398,19 @@ func (s *sim) checkCommit(prev, next *Record, cmd Command, err error) {
 			s.fail("%s promoted over %s, which was neither demoted nor fenced", cmd.Node, old.Primary)
 		}
 		// Rule 7: over a manual confirmation (maybe wrong), only once the
-		// old primary's lease has run out: it is off, no longer primary,
-		// or Lease since it last had quorum (its lease is renewed only
-		// with quorum).
+		// old primary's lease has run out as the promoting node can tell:
+		// Lease + Margin after it last perceived it Alive.
 		if old.Primary != "" && !PoweredOff(old.Fenced) {
-			lease := cmp.Or(s.base.Lease, DefaultLease)
-			if n := s.nodes[old.Primary]; n != nil && n.up && n.vols[name].primary && s.now.Sub(s.lastQuorum[old.Primary]) < lease {
-				s.fail("%s promoted over %s (confirmed by %q) %v after %s last had quorum, within its lease %v",
-					cmd.Node, old.Primary, old.Fenced.Method, s.now.Sub(s.lastQuorum[old.Primary]), old.Primary, lease)
+			wait := cmp.Or(s.base.Lease, DefaultLease) + cmp.Or(s.base.Margin, DefaultMargin)
+			if n := s.nodes[cmd.Node]; n != nil {
+				seen := n.aliveUntil[old.Primary]
+				if n.perceived[old.Primary] == MemberAlive {
+					seen = s.now
+				}
+				if s.now.Before(seen.Add(wait)) {
+					s.fail("%s promoted over %s (confirmed by %q) %v after it last saw it Alive, within its lease plus margin %v",
+						cmd.Node, old.Primary, old.Fenced.Method, s.now.Sub(seen), wait)
+				}
 			}
 		}
 		if !cmd.Force && old.State(cmd.Node) != StateUpToDate {
@@ -563,6 +575,9 @@ func (s *sim) deliverDue() {
 		n := s.nodes[nt.to]
 		if !n.up {
 			continue
+		}
+		if n.perceived[nt.about] == MemberAlive && nt.state != MemberAlive {
+			n.aliveUntil[nt.about] = s.now
 		}
 		n.perceived[nt.about] = nt.state
 		s.logf("%s sees %s %s", nt.to, nt.about, nt.state)
