@@ -55,11 +55,11 @@ type simVol struct {
 }
 
 type simNode struct {
-	name       string
-	m          *Machine
-	up         bool
-	boot       int
-	perceived  map[string]MemberState
+	name      string
+	m         *Machine
+	up        bool
+	boot      int
+	perceived map[string]MemberState
 	// aliveUntil: when it last perceived a node Alive, while it does not
 	// now (its boot, for a node never seen).
 	aliveUntil map[string]time.Time
