@@ -229,10 +229,9 @@ func TestLiveFailover(t *testing.T) {
 	if s, _ := c.nodes["b"].state(); s {
 		t.Fatalf("b serves too")
 	}
-	killed := time.Now()
 	c.kill("a")
 	took = c.waitServing("b", 2, 30*time.Second)
-	t.Logf("b serves r0 at epoch 2, %v after a was killed", time.Since(killed).Round(time.Millisecond))
+	t.Logf("b serves r0 at epoch 2, %v after a was killed", took.Round(time.Millisecond))
 	rec := c.nodes["b"].auth.Record().Resource("r0")
 	if rec.Primary != "b" || rec.Epoch != 2 || rec.LastFailover == nil || rec.LastFailover.How != "fenced" {
 		t.Fatalf("record: %+v %+v", rec, rec.LastFailover)
