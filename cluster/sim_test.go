@@ -60,8 +60,11 @@ type simNode struct {
 	up        bool
 	boot      int
 	perceived map[string]MemberState
-	// aliveUntil: when it last perceived a node Alive, while it does not
-	// now (its boot, for a node never seen).
+	// told and aliveUntil: what its machine was told of each node, and
+	// when it was last told Alive while it is not now (its boot, for a
+	// node never seen). perceived runs ahead of them while the
+	// MemberChange waits in the queue.
+	told       map[string]MemberState
 	aliveUntil map[string]time.Time
 	delivered  int
 	vols       map[string]*simVol
@@ -202,6 +205,7 @@ func (s *sim) boot(x string) {
 	}
 	n.m, n.up, n.delivered = m, true, 0
 	n.perceived = map[string]MemberState{}
+	n.told = map[string]MemberState{}
 	n.aliveUntil = map[string]time.Time{}
 	for _, y := range s.names {
 		n.aliveUntil[y] = s.now
@@ -404,7 +408,7 @@ func (s *sim) checkCommit(prev, next *Record, cmd Command, err error) {
 			wait := cmp.Or(s.base.Lease, DefaultLease) + cmp.Or(s.base.Margin, DefaultMargin)
 			if n := s.nodes[cmd.Node]; n != nil {
 				seen := n.aliveUntil[old.Primary]
-				if n.perceived[old.Primary] == MemberAlive {
+				if n.told[old.Primary] == MemberAlive {
 					seen = s.now
 				}
 				if s.now.Before(seen.Add(wait)) {
@@ -576,12 +580,17 @@ func (s *sim) deliverDue() {
 		if !n.up {
 			continue
 		}
-		if n.perceived[nt.about] == MemberAlive && nt.state != MemberAlive {
-			n.aliveUntil[nt.about] = s.now
-		}
 		n.perceived[nt.about] = nt.state
 		s.logf("%s sees %s %s", nt.to, nt.about, nt.state)
-		s.queue = append(s.queue, func() { s.step(nt.to, MemberChange{At: s.now, Node: nt.about, State: nt.state}) })
+		s.queue = append(s.queue, func() {
+			if n.up {
+				if n.told[nt.about] == MemberAlive && nt.state != MemberAlive {
+					n.aliveUntil[nt.about] = s.now
+				}
+				n.told[nt.about] = nt.state
+			}
+			s.step(nt.to, MemberChange{At: s.now, Node: nt.about, State: nt.state})
+		})
 	}
 }
 
