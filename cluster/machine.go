@@ -584,6 +584,28 @@ func fencedNow(res *Resource) bool {
 	return res.Fenced != nil && res.Fenced.Node == res.Primary && res.Fenced.Epoch == res.Epoch
 }
 
+// PoweredOff reports whether a fence confirmation is a fencing device's
+// report that the node is off (IPMI, a fence agent), as opposed to a
+// person's word (`tandem fence confirm`, a manual fencing level), which
+// may be wrong.
+func PoweredOff(f *Fence) bool {
+	return f != nil && f.Method != "" && !strings.HasPrefix(f.Method, "manual")
+}
+
+// leaseWait is how long a promotion over peer, primary of res and fenced
+// (fencedNow), must still wait (rule 7). After a power-off confirmed by a
+// fencing device: none, since a node that is off acknowledges nothing, so
+// its lease protects nothing any more (DRBD with Pacemaker promotes as
+// soon as stonith confirms, too). After a manual confirmation: until the
+// old primary's lease has run out, Lease + Margin after this node last
+// saw it, in case the person was wrong and it still runs.
+func (m *Machine) leaseWait(peer string, res *Resource) time.Duration {
+	if PoweredOff(res.Fenced) {
+		return 0
+	}
+	return max(0, m.lastSeen(peer).Add(m.cfg.Lease+m.cfg.Margin).Sub(m.now))
+}
+
 func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 	name, me := r.cfg.Name, m.cfg.Node
 	v := r.vol
@@ -653,8 +675,10 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 			m.fence(r.peer)
 			return
 		}
-		// Rule 2, the other half: its lease has run out.
-		if m.now.Before(m.lastSeen(r.peer).Add(m.cfg.Lease + m.cfg.Margin)) {
+		// Rule 2, the other half: its lease has run out, or a fence
+		// powered it off (rule 7: a node confirmed off acknowledges
+		// nothing, whatever its lease says).
+		if m.leaseWait(r.peer, res) > 0 {
 			return
 		}
 		m.propose(name, Command{Op: OpPromote, Resource: name, Node: me, Epoch: res.Epoch + 1}, "", "")
@@ -829,13 +853,14 @@ func (m *Machine) admin(e AdminRequest) {
 			return
 		}
 		if res.Primary == r.peer {
-			// Even an admin's promotion waits out the old primary's lease:
-			// a manual fence confirmation may be wrong, the lease is not.
+			// Even an admin's promotion waits out the old primary's lease
+			// after a manual fence confirmation: it may be wrong, the
+			// lease is not (rule 7).
 			if !m.gone(r.peer) {
 				fail(fmt.Errorf("cluster: promote %s: %s is primary and alive (use switchover): %w", e.Resource, r.peer, ErrNotAllowed))
 				return
 			}
-			if wait := m.lastSeen(r.peer).Add(m.cfg.Lease + m.cfg.Margin).Sub(m.now); wait > 0 {
+			if wait := m.leaseWait(r.peer, res); wait > 0 {
 				fail(fmt.Errorf("cluster: promote %s: %s was seen %v ago; its lease may still run: retry in %v: %w",
 					e.Resource, r.peer, m.now.Sub(m.lastSeen(r.peer)), wait, ErrNotAllowed))
 				return

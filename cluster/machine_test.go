@@ -108,11 +108,17 @@ func TestFailoverSequence(t *testing.T) {
 	if res.Epoch != 2 || res.Primary != "b" || res.LastFailover.How != "fenced" || res.LastFailover.From != "a" {
 		t.Fatalf("record after failover: %+v %+v", res, res.LastFailover)
 	}
-	// Not before the lease plus margin since b last saw a.
+	// Rule 7: a was powered off by the fencer, so b promotes as soon as
+	// the confirmation commits, without waiting out a's lease (which
+	// would end Lease + Margin after b last saw a).
 	seen := simStart.Add(time.Second + 200*time.Millisecond)
+	fenced, _ := s.firstAct("b", "propose fenced node=a")
 	promoted, _ := s.firstAct("b", "promote r0")
-	if min := seen.Add(DefaultLease + s.base.Margin); promoted.Before(min) {
-		t.Errorf("promoted at %v, before the old lease ran out (%v)", promoted.Sub(simStart), min.Sub(simStart))
+	if !promoted.Equal(fenced) {
+		t.Errorf("fence committed at %v, promoted at %v: waited after a confirmed power-off", fenced.Sub(simStart), promoted.Sub(simStart))
+	}
+	if promoted.After(seen.Add(DefaultLease)) {
+		t.Errorf("promoted at %v, after a's lease would have ended", promoted.Sub(simStart))
 	}
 	// r1 was b's all along: untouched.
 	if s.rec.Resource("r1").Epoch != 1 {
@@ -575,6 +581,23 @@ func TestMachineTable(t *testing.T) {
 				FenceResult{At: at(2 * time.Second), Node: "a", Epochs: map[string]uint64{"r0": 1}, Err: errors.New("BMC unreachable")},
 				Tick{At: at(10 * time.Second)}},
 			nil, []string{"propose promote"}},
+		// Rule 7: after a power-off the fencer confirmed, the promotion is
+		// proposed at once; after a manual confirmation only once a's lease
+		// (Lease + Margin after b last saw it) has run out.
+		{"a powered-off primary is replaced without waiting for its lease",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true), dead("a", time.Second),
+				commit(mustApply(t, recA, fenced("a", "b", 1)))},
+			[]string{"propose promote r0 node=b epoch=2"}, nil},
+		{"a manually confirmed primary is replaced only after its lease",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true), dead("a", time.Second),
+				commit(mustApply(t, recA, manualFenced("a", 1))),
+				Tick{At: at(time.Second + DefaultLease + DefaultMargin - DefaultTickInterval)}},
+			nil, []string{"propose promote"}},
+		{"a manually confirmed primary is replaced once its lease ran out",
+			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true), dead("a", time.Second),
+				commit(mustApply(t, recA, manualFenced("a", 1))),
+				Tick{At: at(time.Second + DefaultLease + DefaultMargin)}},
+			[]string{"propose promote r0 node=b epoch=2"}, nil},
 		{"suspect is not dead",
 			[]Event{commit(recA), alive("a", 0), alive("w", 0), vol(0, DiskUpToDate, true),
 				MemberChange{At: at(time.Second), Node: "a", State: MemberSuspect}, Tick{At: at(10 * time.Second)}},
@@ -824,4 +847,11 @@ func TestLiveReplicationLinkVetoesADeathForAWhile(t *testing.T) {
 	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
 		t.Fatalf("r0 served by %v after the veto and the fence, want b\n%s", got, s.dump())
 	}
+}
+
+// manualFenced is an operator's `fence confirm` of node at epoch.
+func manualFenced(node string, epoch uint64) Command {
+	c := fenced(node, "w", epoch)
+	c.Method = "manual"
+	return c
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -54,11 +55,17 @@ type simVol struct {
 }
 
 type simNode struct {
-	name       string
-	m          *Machine
-	up         bool
-	boot       int
-	perceived  map[string]MemberState
+	name      string
+	m         *Machine
+	up        bool
+	boot      int
+	perceived map[string]MemberState
+	// told and aliveUntil: what its machine was told of each node, and
+	// when it was last told Alive while it is not now (its boot, for a
+	// node never seen). perceived runs ahead of them while the
+	// MemberChange waits in the queue.
+	told       map[string]MemberState
+	aliveUntil map[string]time.Time
 	delivered  int
 	vols       map[string]*simVol
 	lastReport map[string]VolumeState
@@ -198,6 +205,11 @@ func (s *sim) boot(x string) {
 	}
 	n.m, n.up, n.delivered = m, true, 0
 	n.perceived = map[string]MemberState{}
+	n.told = map[string]MemberState{}
+	n.aliveUntil = map[string]time.Time{}
+	for _, y := range s.names {
+		n.aliveUntil[y] = s.now
+	}
 	n.lastReport = map[string]VolumeState{}
 	for _, v := range n.vols {
 		v.primary, v.suspended, v.syncing, v.degraded, v.asked = false, false, false, false, false
@@ -389,6 +401,22 @@ func (s *sim) checkCommit(prev, next *Record, cmd Command, err error) {
 		if old.Primary != "" && (old.Fenced == nil || old.Fenced.Epoch != old.Epoch || old.Fenced.Node != old.Primary) {
 			s.fail("%s promoted over %s, which was neither demoted nor fenced", cmd.Node, old.Primary)
 		}
+		// Rule 7: over a manual confirmation (maybe wrong), only once the
+		// old primary's lease has run out as the promoting node can tell:
+		// Lease + Margin after it last perceived it Alive.
+		if old.Primary != "" && !PoweredOff(old.Fenced) {
+			wait := cmp.Or(s.base.Lease, DefaultLease) + cmp.Or(s.base.Margin, DefaultMargin)
+			if n := s.nodes[cmd.Node]; n != nil {
+				seen := n.aliveUntil[old.Primary]
+				if n.told[old.Primary] == MemberAlive {
+					seen = s.now
+				}
+				if s.now.Before(seen.Add(wait)) {
+					s.fail("%s promoted over %s (confirmed by %q) %v after it last saw it Alive, within its lease plus margin %v",
+						cmd.Node, old.Primary, old.Fenced.Method, s.now.Sub(seen), wait)
+				}
+			}
+		}
 		if !cmd.Force && old.State(cmd.Node) != StateUpToDate {
 			s.fail("automatic promotion of %s on %s, which was %s", name, cmd.Node, old.State(cmd.Node))
 		}
@@ -554,7 +582,15 @@ func (s *sim) deliverDue() {
 		}
 		n.perceived[nt.about] = nt.state
 		s.logf("%s sees %s %s", nt.to, nt.about, nt.state)
-		s.queue = append(s.queue, func() { s.step(nt.to, MemberChange{At: s.now, Node: nt.about, State: nt.state}) })
+		s.queue = append(s.queue, func() {
+			if n.up {
+				if n.told[nt.about] == MemberAlive && nt.state != MemberAlive {
+					n.aliveUntil[nt.about] = s.now
+				}
+				n.told[nt.about] = nt.state
+			}
+			s.step(nt.to, MemberChange{At: s.now, Node: nt.about, State: nt.state})
+		})
 	}
 }
 

@@ -43,10 +43,10 @@ func TestFailover(t *testing.T) {
 	killed := c.clock.Now()
 	c.dead("a", "b", "w")
 	c.until("b primary at epoch 2", 30*time.Second, c.primary("b", 2))
-	// Rule 1 and 2: fenced, and the old lease ran out, before the commit.
-	if took := c.clock.Now().Sub(killed); took < cluster.DefaultLease+cluster.DefaultMargin {
-		t.Fatalf("b serves %v after a died, before a's lease plus margin", took)
-	}
+	// Rule 1 and 7: fenced before the commit; powered off by the fencer,
+	// so the commit need not wait out a's lease (when it may is the
+	// machine's business: cluster.TestFailoverSequence).
+	t.Logf("b serves %v of test time after a died", c.clock.Now().Sub(killed))
 	before(t, c.j, "fence a", "b peer-fenced", "b promote", "b io serve", "b claim r0")
 	if i, k := c.j.index("fence a"), firstWith(c.j, "commit promote r0 node=b"); k < i {
 		t.Fatalf("promotion committed before the fence: journal:\n%v", c.j.snapshot())
@@ -66,7 +66,7 @@ func TestFailover(t *testing.T) {
 	if want := []string{"detect", "fence", "commit", "promote", "vip", "serve"}; !slices.Equal(names, want) {
 		t.Fatalf("failover steps %v, want %v", names, want)
 	}
-	if f.From != "a" || f.Epoch != 2 || f.Seconds < (cluster.DefaultLease+cluster.DefaultMargin).Seconds() {
+	if f.From != "a" || f.Epoch != 2 || f.Seconds < 0 {
 		t.Fatalf("failover %+v", f)
 	}
 }

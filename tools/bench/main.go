@@ -38,6 +38,10 @@ type config struct {
 	// ResyncSize is what the bitmap resync measurement dirties.
 	ResyncSize int64
 	Tandem     string // prebuilt tandem binary; built from ./cmd/tandem if empty
+	// Failover selects the failover row (the lab, as root), with
+	// FailoverCrashes crashes.
+	Failover        bool
+	FailoverCrashes int
 }
 
 // rowResync is the -rows name of the resync measurements, which are not
@@ -53,9 +57,10 @@ func parseFlags(args []string) (config, error) {
 	out := fs.String("out", "docs/benchmarks.md", "document whose results section is rewritten (empty: print to stdout)")
 	dir := fs.String("dir", "/var/tmp", "directory for the served files (on the work disk, not tmpfs)")
 	targets := fs.String("targets", strings.Join(allTargets, ","), "comma-separated targets: "+strings.Join(allTargets, ","))
-	rows := fs.String("rows", strings.Join(append(slices.Clone(defaultRows), rowResync), ","), "comma-separated workloads, from: "+rowNames())
+	rows := fs.String("rows", strings.Join(append(slices.Clone(defaultRows), rowResync, rowFailover), ","), "comma-separated workloads, from: "+rowNames())
 	resyncSize := fs.String("resync-size", "", "data written while the secondary is down, for the bitmap resync (default: half of -size)")
 	tandem := fs.String("tandem", "", "tandem binary to use instead of building ./cmd/tandem")
+	crashes := fs.Int("failover-crashes", 10, "crashes of the primary the failover row measures")
 	quick := fs.Bool("quick", false, "smoke run: 1 repetition of 3s + 1s ramp (unless -reps/-runtime/-ramp are given)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -76,7 +81,10 @@ func parseFlags(args []string) (config, error) {
 			*ramp = time.Second
 		}
 	}
-	cfg := config{Reps: *reps, Runtime: *runtime, Ramp: *ramp, Out: *out, Dir: *dir, Tandem: *tandem}
+	cfg := config{Reps: *reps, Runtime: *runtime, Ramp: *ramp, Out: *out, Dir: *dir, Tandem: *tandem, FailoverCrashes: *crashes}
+	if cfg.FailoverCrashes < 1 || cfg.FailoverCrashes > 100 {
+		return config{}, errors.New("bench: -failover-crashes must be from 1 to 100")
+	}
 	if cfg.Reps < 1 {
 		return config{}, errors.New("bench: -reps must be at least 1")
 	}
@@ -110,11 +118,19 @@ func parseFlags(args []string) (config, error) {
 			cfg.Resync = true
 			continue
 		}
+		if name == rowFailover {
+			cfg.Failover = true
+			continue
+		}
 		r, ok := findRow(name)
 		if !ok {
 			return config{}, fmt.Errorf("bench: unknown workload %q (want %s)", name, rowNames())
 		}
 		cfg.Rows = append(cfg.Rows, r)
+	}
+	if len(cfg.Rows) == 0 && !cfg.Resync && cfg.Failover {
+		cfg.Targets = nil // the failover row alone runs no target
+		return cfg, nil
 	}
 	if len(cfg.Targets) == 0 || len(cfg.Rows) == 0 && !cfg.Resync {
 		return config{}, errors.New("bench: need at least one target and one workload")
@@ -180,7 +196,7 @@ func rowNames() string {
 	for i, r := range allRows {
 		names[i] = r.Name
 	}
-	return strings.Join(append(names, rowResync), ",")
+	return strings.Join(append(names, rowResync, rowFailover), ",")
 }
 
 func findRow(name string) (row, bool) {
@@ -203,7 +219,12 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = run(ctx, cfg, log)
+	if len(cfg.Targets) > 0 {
+		err = run(ctx, cfg, log)
+	}
+	if err == nil && cfg.Failover {
+		err = failoverMain(ctx, cfg, log)
+	}
 	stop()
 	if err != nil {
 		log.Error("benchmark failed", "err", err)

@@ -88,6 +88,9 @@ type Config struct {
 	SecretFile string
 	Nodes      []Node
 	Resources  []Resource
+	// Timing is the cluster layer's lease, margin, fence retry, failback
+	// delay and failure-detector probes (zero: defaults). See timing.go.
+	Timing Timing
 
 	lines  lines // where each key was, for problems found after parsing
 	parsed bool  // came from Parse, which already checked each key's value

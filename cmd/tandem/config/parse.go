@@ -22,7 +22,7 @@ import (
 // The keys each level of the file may hold. Anything else is an error: a
 // misspelt optional key would otherwise silently leave its default in force.
 var (
-	topKeys      = []string{"cluster", "secret-file", "nodes", "resources"}
+	topKeys      = []string{"cluster", "secret-file", "nodes", "resources", "timing"}
 	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
 		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "replicas", "vip"}
@@ -43,6 +43,7 @@ var keyHome = func() map[string]string {
 		{"resources[N].tls", tlsKeys},
 		{"resources[N].vip", vipKeys},
 		{"resources[N].resync", resyncKeys},
+		{"timing", timingKeys},
 		{"resources[N]", resourceKeys},
 		{"nodes[N]", nodeKeys},
 		{"the top level", topKeys},
@@ -192,6 +193,9 @@ func (d *decoder) config(doc *yaml.Node) *Config {
 		if len(items) == 0 && e.val.Kind == yaml.SequenceNode {
 			d.add(e.key.Line, "nodes", "no nodes", "list every member of the cluster with its name and address")
 		}
+	}
+	if e, ok := f["timing"]; ok {
+		cfg.Timing = d.timing(e, "timing")
 	}
 	if e, ok := f["resources"]; ok {
 		items, _ := d.sequence(e, "resources")

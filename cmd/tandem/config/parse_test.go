@@ -451,7 +451,7 @@ func TestDocExamples(t *testing.T) {
 		documented[m[1]] = true
 	}
 	known := map[string]bool{}
-	for _, keys := range [][]string{topKeys, nodeKeys, resourceKeys, resyncKeys, tlsKeys, replicaKeys, vipKeys, fenceKeys} {
+	for _, keys := range [][]string{topKeys, nodeKeys, resourceKeys, resyncKeys, tlsKeys, replicaKeys, vipKeys, fenceKeys, timingKeys} {
 		for _, k := range keys {
 			known[k] = true
 			if !documented[k] {

@@ -115,6 +115,7 @@ func (c *Config) check(ps *problems) {
 	c.checkVIPs(ps)
 	c.checkFencing(ps)
 	c.checkClusterLayer(ps)
+	c.checkTiming(ps)
 }
 
 // checkFields covers, for a Config built in code, the per-key rules that

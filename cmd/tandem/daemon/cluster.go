@@ -87,7 +87,8 @@ func (d *Daemon) degradedHook(resource string) func(context.Context) error {
 }
 
 func (d *Daemon) machineConfig() cluster.Config {
-	mc := cluster.Config{Node: d.node.Name}
+	t := d.cfg.Timing
+	mc := cluster.Config{Node: d.node.Name, Lease: t.Lease, Margin: t.Margin, FenceRetry: t.FenceRetry}
 	for _, n := range d.cfg.Nodes {
 		mc.Voters = append(mc.Voters, n.Name)
 	}
@@ -98,6 +99,7 @@ func (d *Daemon) machineConfig() cluster.Config {
 		mc.Resources = append(mc.Resources, cluster.ResourceConfig{
 			Name: r.Name, Replicas: [2]string{r.Replicas[0].Node, r.Replicas[1].Node},
 			Preferred: r.PreferredPrimary, OnNoQuorum: cluster.NoQuorumPolicy(r.OnNoQuorum),
+			FailbackAfter: t.FailbackAfter,
 		})
 	}
 	return mc
@@ -135,7 +137,8 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 		return fmt.Errorf("daemon: gossip %q: %w", d.node.Gossip, err)
 	}
 	p, _ := strconv.Atoi(port)
-	mc := cluster.MembershipConfig{Node: d.node.Name, BindAddr: host, BindPort: p, Keys: [][]byte{gossipKey(secret)}, Logger: log}
+	mc := cluster.MembershipConfig{Node: d.node.Name, BindAddr: host, BindPort: p, Keys: [][]byte{gossipKey(secret)}, Logger: log,
+		ProbeInterval: d.cfg.Timing.ProbeInterval, ProbeTimeout: d.cfg.Timing.ProbeTimeout, SuspicionMult: d.cfg.Timing.SuspicionMult}
 	var voters []authority.Voter
 	var peers []string
 	for _, n := range d.cfg.Nodes {
