@@ -2,9 +2,7 @@ package lab
 
 import (
 	"context"
-	"io"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
-	"github.com/tandem-ha/tandem/tools/testenv"
 )
 
 // TestClusterLayerFailover is the cluster layer in the lab: nobody
@@ -22,24 +19,9 @@ import (
 // BMC, commits itself at epoch 2, claims the VIP and serves the client's
 // data; alpha, powered on again, resyncs and rejoins as Secondary.
 func TestClusterLayerFailover(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "ip", "nft", "ipmi_sim", "ipmitool", "nbdinfo", "qemu-io", "bash", "timeout")
-	bin := testenv.BuildTandem(t)
-	lab, err := Open(filepath.Join(t.TempDir(), "lab"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab, _ := upClusterLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if err := lab.Up(ctx, bin, Params{Size: labSize, Resources: 1, ClusterLayer: true}, io.Discard); err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(lab.logTails())
-		}
-		checkDown(t, lab)
-	})
 	cfg, err := config.Load(lab.ConfigPath())
 	if err != nil || !cfg.ClusterLayer() {
 		t.Fatalf("lab config: %v, cluster layer %v", err, err == nil && cfg.ClusterLayer())
@@ -157,24 +139,9 @@ func firstLogTime(t *testing.T, path, what string) (time.Time, bool) {
 // with the VIP, although its volume sees alpha Primary until the
 // replication link's ping timeout (the manager retries the promotion).
 func TestClusterLayerIsolatedPrimary(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "ip", "nft", "ipmi_sim", "ipmitool", "nbdinfo", "qemu-io", "bash", "timeout")
-	bin := testenv.BuildTandem(t)
-	lab, err := Open(filepath.Join(t.TempDir(), "lab"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab, _ := upClusterLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if err := lab.Up(ctx, bin, Params{Size: labSize, Resources: 1, ClusterLayer: true}, io.Discard); err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(lab.logTails())
-		}
-		checkDown(t, lab)
-	})
 	qemuIO(t, lab, "write -P 0x21 0 1M")
 	if err := lab.Isolate(ctx, Alpha); err != nil {
 		t.Fatal(err)

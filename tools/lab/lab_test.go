@@ -25,6 +25,13 @@ const labSize = 4 << 20
 // that takes it down and checks that nothing is left.
 func testLab(t *testing.T) (*Lab, string) {
 	t.Helper()
+	return upLab(t, Params{Size: labSize, Resources: 1})
+}
+
+// upLab brings a lab with p up in a fresh directory and registers its
+// teardown, as testLab.
+func upLab(t *testing.T, p Params) (*Lab, string) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "ip", "nft", "ipmi_sim", "ipmitool", "nbdinfo", "qemu-io", "bash", "timeout")
 	bin := testenv.BuildTandem(t)
@@ -32,9 +39,9 @@ func testLab(t *testing.T) (*Lab, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if err := lab.Up(ctx, bin, Params{Size: labSize, Resources: 1}, io.Discard); err != nil {
+	if err := lab.Up(ctx, bin, p, io.Discard); err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
 	t.Cleanup(func() {
