@@ -31,6 +31,13 @@ type FenceNode struct {
 	Epochs map[string]uint64
 }
 
+// CancelFence asks the fencing of Node in flight to stop: the failure
+// detector took it back (the node was seen Alive again before the
+// promotion), so powering it off would turn a false alarm into an outage.
+// The outcome still arrives as FenceResult: an error if the cancel came in
+// time, a confirmation if the power-off had been done already.
+type CancelFence struct{ Node string }
+
 // Promote makes the local replica primary at Epoch (force: it is not
 // UpToDate); I/O runs afterwards.
 type Promote struct {
@@ -88,6 +95,7 @@ type AdminReply struct {
 
 func (Propose) action()        {}
 func (FenceNode) action()      {}
+func (CancelFence) action()    {}
 func (Promote) action()        {}
 func (Demote) action()         {}
 func (SuspendIO) action()      {}
@@ -105,6 +113,7 @@ func (a Propose) String() string { return "propose " + a.Cmd.String() }
 func (a FenceNode) String() string {
 	return fmt.Sprintf("fence %s %v", a.Node, slices.Sorted(maps.Keys(a.Epochs)))
 }
+func (a CancelFence) String() string { return "cancel-fence " + a.Node }
 func (a Promote) String() string {
 	if a.Force {
 		return fmt.Sprintf("promote %s epoch=%d force", a.Resource, a.Epoch)

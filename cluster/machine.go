@@ -82,6 +82,8 @@ type fenceState struct {
 	method    string
 	lastTry   time.Time
 	attempts  int
+	// canceled: CancelFence was emitted for the attempt in flight.
+	canceled bool
 }
 
 type proposal struct {
@@ -645,8 +647,16 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 	case r.peer:
 		if !m.gone(r.peer) {
 			m.clearAlert(name + ":nofailover")
-			if fs := m.fences[r.peer]; fs != nil && !fs.inFlight {
-				delete(m.fences, r.peer) // it came back: a later failure fences afresh
+			if fs := m.fences[r.peer]; fs != nil {
+				switch {
+				case !fs.inFlight:
+					delete(m.fences, r.peer) // it came back: a later failure fences afresh
+				case !fs.canceled && !fs.confirmed:
+					// A false alarm (a stalled detector): do not power off
+					// a node that is alive and may be serving.
+					fs.canceled = true
+					m.emit(CancelFence{Node: r.peer})
+				}
 			}
 			m.failback(r, res, localOK && q)
 			return
@@ -798,6 +808,10 @@ func (m *Machine) fenceResult(e FenceResult) {
 		return
 	}
 	fs.inFlight = false
+	if e.Err != nil && fs.canceled {
+		delete(m.fences, e.Node) // canceled in time: nothing to retry
+		return
+	}
 	if e.Err != nil {
 		names := slices.Sorted(maps.Keys(fs.epochs))
 		m.emit(Alert{Text: fmt.Sprintf("fencing %s failed (attempt %d): %v; promotion of %s is blocked; retrying every %v; once you know %s is off, `tandem fence confirm %s` unblocks it",

@@ -855,3 +855,36 @@ func manualFenced(node string, epoch uint64) Command {
 	c.Method = "manual"
 	return c
 }
+
+// A false alarm: b declares a dead (a is cut off for a moment, the
+// replication link too) and starts fencing it; a is seen Alive again
+// before the fence completes: b cancels it, raises no fencing alert, and a
+// keeps r0.
+func TestFenceInFlightCanceledWhenThePrimaryComesBack(t *testing.T) {
+	s := started(t, nil)
+	s.setData(false)
+	s.setLink("a", "b", false)
+	s.setLink("a", "w", false)
+	s.advance(300 * time.Millisecond)
+	if _, ok := s.firstAct("b", "fence a [r0]"); !ok {
+		t.Fatalf("b did not start fencing a: %v", s.actsOf("b"))
+	}
+	s.setLink("a", "b", true)
+	s.setLink("a", "w", true)
+	s.setData(true)
+	s.advance(2 * time.Second)
+	s.mustOrder(t, "b", "fence a [r0]", "cancel-fence a")
+	if s.alerted("fencing a failed") {
+		t.Fatalf("a canceled fence raised a fencing alert: %v", s.alerts)
+	}
+	if !s.nodes["a"].up {
+		t.Fatal("a was powered off although the fence was canceled")
+	}
+	s.advance(10 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v after the false alarm, want a\n%s", got, s.dump())
+	}
+	if _, ok := s.firstAct("b", "promote r0"); ok {
+		t.Fatalf("b promoted r0 after a false alarm: %v", s.actsOf("b"))
+	}
+}

@@ -315,6 +315,18 @@ func (s *sim) exec(x string, a Action) {
 	case FenceNode:
 		s.fenceActions++
 		s.fences = append(s.fences, fenceJob{by: x, target: a.Node, epochs: a.Epochs})
+	case CancelFence:
+		// The cancel wins the race: the job ends with an error and the
+		// target keeps running.
+		for i, j := range s.fences {
+			if j.by == x && j.target == a.Node {
+				s.fences = slices.Delete(s.fences, i, i+1)
+				res := FenceResult{At: s.now, Node: j.target, Epochs: j.epochs, Err: errors.New("canceled")}
+				s.queue = append(s.queue, func() { s.step(j.by, res) })
+				s.logf("fence of %s by %s canceled", j.target, x)
+				break
+			}
+		}
 	case Promote:
 		v := n.vols[a.Resource]
 		if a.Epoch <= s.maxEpoch[a.Resource] {

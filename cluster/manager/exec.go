@@ -45,6 +45,11 @@ func (m *Manager) execute(rd cluster.Ready) {
 			m.propose(a.Cmd)
 		case cluster.FenceNode:
 			m.fence(a)
+		case cluster.CancelFence:
+			if cancel := m.fenceCancel[a.Node]; cancel != nil {
+				m.log.Warn("failover: the node was seen alive again; canceling its fencing", "node", a.Node)
+				cancel()
+			}
 		case cluster.Promote:
 			m.promote(a)
 		case cluster.Demote:
@@ -117,8 +122,9 @@ func (m *Manager) fence(a cluster.FenceNode) {
 		m.fenceFrom[a.Node] = since
 	}
 	m.noteFenceStart(a)
-	m.goWork(func(ctx context.Context) {
-		ctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
+	ctx, cancel := context.WithTimeout(m.workCtx, m.cfg.FenceTimeout)
+	m.fenceCancel[a.Node] = cancel
+	m.goWork(func(context.Context) {
 		defer cancel()
 		res := cluster.FenceResult{Node: a.Node, Epochs: a.Epochs}
 		f, err := m.cfg.Fencer(a.Node)

@@ -82,12 +82,14 @@ type Manager struct {
 	vols      map[string]cluster.VolumeState
 	volKnown  map[string]bool
 	fenceFrom map[string]time.Time // node -> when the need to fence it arose
-	record    *cluster.Record
-	tl        map[string]*timeline       // resource -> failover in progress
-	retry     map[string]cluster.Promote // promotions the volume refused for now
-	workers   sync.WaitGroup
-	workCtx   context.Context
-	cancel    context.CancelFunc
+	// fenceCancel cancels the latest fencing of a node (loop goroutine only).
+	fenceCancel map[string]context.CancelFunc
+	record      *cluster.Record
+	tl          map[string]*timeline       // resource -> failover in progress
+	retry       map[string]cluster.Promote // promotions the volume refused for now
+	workers     sync.WaitGroup
+	workCtx     context.Context
+	cancel      context.CancelFunc
 
 	mu       sync.Mutex
 	status   cluster.Status
@@ -140,7 +142,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg: cfg, clock: cfg.Clock, machine: m, in: newInbox(), done: make(chan struct{}),
 		log:      cfg.Logger.With("component", "manager", "node", mc.Node),
 		vols:     map[string]cluster.VolumeState{},
-		volKnown: map[string]bool{}, fenceFrom: map[string]time.Time{},
+		volKnown: map[string]bool{}, fenceFrom: map[string]time.Time{}, fenceCancel: map[string]context.CancelFunc{},
 		record: cluster.NewRecord(), tl: map[string]*timeline{}, retry: map[string]cluster.Promote{},
 		last: map[string]*Failover{}, admin: map[string]chan cluster.AdminReply{},
 		degraded: map[string][]chan error{}, boot: mc.Boot,
