@@ -15,9 +15,9 @@ import (
 
 const (
 	// resyncChunk is the most one resync frame carries.
-	resyncChunk = 1 << 20
+	resyncChunk = 256 << 10
 	// resyncWindow is how many chunks may await the target's ack.
-	resyncWindow = 16
+	resyncWindow = 8
 	// maxResyncGranularity: a chunk must hold whole bitmap bits, or a bit
 	// could never be cleared.
 	maxResyncGranularity = 16 << 20
