@@ -106,6 +106,10 @@ var (
 	// ErrNotAllowed: a transition the rules forbid (a replica upgrading
 	// itself, a switchover without a primary...).
 	ErrNotAllowed = errors.New("cluster: not allowed")
+	// ErrFenced: the proposer is recorded as fenced (confirmed off) at
+	// the command's epoch; it keeps no authority there, whatever it
+	// believes (a manual confirmation was wrong and it still runs).
+	ErrFenced = errors.New("cluster: proposer is recorded as fenced")
 )
 
 // Marshal encodes the command for the replicated log.
@@ -307,9 +311,15 @@ func (r *Record) applyResource(res *Resource, cmd Command) error {
 		res.Seq++
 		return nil
 	case OpConfirmPrimary:
-		return res.selfByPrimary(cmd)
+		if err := res.selfByPrimary(cmd); err != nil {
+			return err
+		}
+		return res.notFenced(cmd)
 	case OpMarkOutdated, OpMarkUpToDate:
 		if err := res.byPrimary(cmd); err != nil {
+			return err
+		}
+		if err := res.notFenced(cmd); err != nil {
 			return err
 		}
 		if cmd.Node == res.Primary {
@@ -362,6 +372,19 @@ func (res *Resource) byPrimary(cmd Command) error {
 	}
 	if res.Primary != cmd.By {
 		return fmt.Errorf("%s is not primary of %s (primary %q): %w", cmd.By, res.Name, res.Primary, ErrNotPrimary)
+	}
+	return nil
+}
+
+// notFenced refuses a primary's claim of authority once its fencing is
+// recorded: the survivor may be promoting on that confirmation, so a
+// primary that still runs (a person confirmed it off by mistake) must not
+// renew its right to acknowledge writes, nor mark its peer Outdated.
+// Demoting stays allowed: it is how such a primary gets out of the way.
+func (res *Resource) notFenced(cmd Command) error {
+	if res.Fenced != nil && res.Fenced.Node == cmd.By && res.Fenced.Epoch == cmd.Epoch {
+		return fmt.Errorf("%s was confirmed off at epoch %d (%s, relayed by %s): %w",
+			cmd.By, cmd.Epoch, res.Fenced.Method, res.Fenced.By, ErrFenced)
 	}
 	return nil
 }

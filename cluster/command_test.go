@@ -96,6 +96,8 @@ func TestApplyRefusals(t *testing.T) {
 			c.Node = "a"
 			c.Epochs = map[string]uint64{"r0": 1}
 		}), ErrBadCommand},
+		{"a fenced primary confirms itself", aFenced, cmd(OpConfirmPrimary, "a", func(c *Command) { c.Node = "a"; c.Epoch = 1 }), ErrFenced},
+		{"a fenced primary marks its peer Outdated", aFenced, markOutdated("a", "b", 1), ErrFenced},
 		{"demote by a node that is not primary", running, demote("b", 1), ErrNotPrimary},
 		{"demote at a stale epoch", running, demote("a", 0), ErrStaleEpoch},
 		{"demote on behalf of the primary", running, cmd(OpDemote, "b", func(c *Command) { c.Node = "a"; c.Epoch = 1 }), ErrBadCommand},

@@ -44,6 +44,10 @@ type member struct {
 	// aliveUntil: when it was last known Alive (the moment it left Alive;
 	// the machine's start for a voter never heard of).
 	aliveUntil time.Time
+	// logHeard: when this machine last applied a log entry the node
+	// proposed. An entry proves the node ran and reached a majority then,
+	// even while the failure detector here says it is gone.
+	logHeard time.Time
 }
 
 type resState struct {
@@ -308,6 +312,9 @@ func (m *Machine) committed(e Committed) {
 	if e.Record != nil && e.Record.Index >= m.rec.Index {
 		m.rec = e.Record
 	}
+	if mb := m.members[e.Cmd.By]; mb != nil {
+		mb.logHeard = m.now
+	}
 	p := m.pending[e.Cmd.ID]
 	if p != nil {
 		m.drop(p)
@@ -451,6 +458,15 @@ func (m *Machine) reconcilePrimary(r *resState, res *Resource) {
 	name, me := r.cfg.Name, m.cfg.Node
 	if res.Primary != me || res.Epoch != r.epoch {
 		m.emit(Alert{Resource: name, Text: fmt.Sprintf("deposed: the authority record names %q primary at epoch %d (this node was primary at %d); demoting", res.Primary, res.Epoch, r.epoch)})
+		m.stepDown(r)
+		return
+	}
+	if fencedNow(res) {
+		// Recorded as confirmed off while it runs: a person confirmed the
+		// wrong node, or a device lied. The peer may be promoting on that
+		// word, so stop acknowledging now; the Demote reconcileSecondary
+		// then proposes tells the peer it may take over cleanly.
+		m.emit(Alert{Resource: name, Text: fmt.Sprintf("the authority record says this node was confirmed off at epoch %d (%s, by %s), yet it runs: demoting; check who confirmed it", r.epoch, res.Fenced.Method, res.Fenced.By)})
 		m.stepDown(r)
 		return
 	}
@@ -600,12 +616,20 @@ func PoweredOff(f *Fence) bool {
 // its lease protects nothing any more (DRBD with Pacemaker promotes as
 // soon as stonith confirms, too). After a manual confirmation: until the
 // old primary's lease has run out, Lease + Margin after this node last
-// saw it, in case the person was wrong and it still runs.
+// saw it or applied an entry it proposed, in case the person was wrong
+// and it still runs.
 func (m *Machine) leaseWait(peer string, res *Resource) time.Duration {
 	if PoweredOff(res.Fenced) {
 		return 0
 	}
-	return max(0, m.lastSeen(peer).Add(m.cfg.Lease+m.cfg.Margin).Sub(m.now))
+	seen := m.lastSeen(peer)
+	if mb := m.members[peer]; mb != nil && mb.logHeard.After(seen) {
+		// Its detector here may have missed it, but its entries did not
+		// (it briefly regained quorum through the witness and confirmed
+		// itself): its lease may run from then.
+		seen = mb.logHeard
+	}
+	return max(0, seen.Add(m.cfg.Lease+m.cfg.Margin).Sub(m.now))
 }
 
 func (m *Machine) reconcileSecondary(r *resState, res *Resource) {

@@ -291,7 +291,9 @@ func TestDeposedPrimaryStepsDown(t *testing.T) {
 	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
 		t.Fatalf("r0 served by %v after a returned", got)
 	}
-	if !s.alerted("deposed") {
+	// It learns either from the fencing entry or from the promotion,
+	// whichever it applies first.
+	if !s.alerted("deposed") && !s.alerted("confirmed off") {
 		t.Fatalf("no deposed alert: %v", s.alerts)
 	}
 	for _, a := range s.actsOf("a") {
@@ -886,5 +888,60 @@ func TestFenceInFlightCanceledWhenThePrimaryComesBack(t *testing.T) {
 	}
 	if _, ok := s.firstAct("b", "promote r0"); ok {
 		t.Fatalf("b promoted r0 after a false alarm: %v", s.actsOf("b"))
+	}
+}
+
+// A person confirms the isolated primary off by mistake just after it came
+// back for a moment through the witness and confirmed itself, too briefly
+// for the survivor's failure detector to see it: the survivor must wait
+// the primary's lease out from that committed entry, not from when its
+// detector last saw it. The simulator fails the test if both ever serve.
+func TestWrongConfirmAfterPrimaryBrieflyReturned(t *testing.T) {
+	delay := func(to, about string) time.Duration {
+		switch {
+		case to == "b" && about == "a":
+			return simDetectMax
+		case to == "a" && about == "w":
+			return 100 * time.Millisecond
+		}
+		return 0
+	}
+	s := newSimWith(t, nil, delay, func(string) bool { return false })
+	s.advance(time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v, want a\n%s", got, s.dump())
+	}
+	s.setLink("a", "b", false)
+	s.setLink("a", "w", false)
+	s.advance(3 * time.Second) // a suspended; b's fencing of a fails
+	s.acts = nil
+	s.setLink("a", "w", true)
+	s.advance(200 * time.Millisecond)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v once a regained quorum, want a\n%s", got, s.dump())
+	}
+	s.setLink("a", "w", false)
+	s.admin("b", AdminRequest{ID: "fc", Op: AdminFenceConfirm, Node: "a"})
+	s.advance(5 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after the confirmation, want b\n%s", got, s.dump())
+	}
+}
+
+// The same mistake while the primary still reaches the witness: the
+// fencing entry reaches it too, and it steps down at once instead of
+// serving on a lease its peer no longer honours. (Its clean demotion then
+// lets the preferred node, a itself, be promoted afresh.)
+func TestWronglyConfirmedPrimaryStepsDown(t *testing.T) {
+	s := started(t, nil)
+	s.setLink("a", "b", false)
+	s.advance(time.Second)
+	s.admin("w", AdminRequest{ID: "fc", Op: AdminFenceConfirm, Node: "a"})
+	s.advance(5 * time.Second)
+	if !s.alerted("confirmed off") {
+		t.Fatalf("a did not say it was recorded off: %v\n%s", s.alerts, s.dump())
+	}
+	if got := s.serving("r0"); len(got) != 1 || s.rec.Resource("r0").Epoch < 2 {
+		t.Fatalf("r0 served by %v at epoch %d, want one node at a new epoch\n%s", got, s.rec.Resource("r0").Epoch, s.dump())
 	}
 }

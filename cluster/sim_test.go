@@ -309,6 +309,12 @@ func (s *sim) exec(x string, a Action) {
 		prev := s.rec
 		next, err := Apply(s.rec, a.Cmd)
 		s.checkCommit(prev, next, a.Cmd, err)
+		if err == nil && a.Cmd.Op == OpPromote && a.Cmd.Force {
+			// An admin's committed choice to discard what the promoted
+			// replica lacks; the record carries it even when this node
+			// cannot enact it now and a later automatic promotion does.
+			s.acked[a.Cmd.Resource] = s.nodes[a.Cmd.Node].vols[a.Cmd.Resource].version
+		}
 		s.rec = next
 		s.log = append(s.log, Committed{Cmd: a.Cmd, Err: err, Record: next})
 		s.queue = append(s.queue, func() { s.catchUp(x) })
