@@ -6,12 +6,15 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/cluster"
+	"github.com/tandem-ha/tandem/replicate"
 )
 
 // Timing is the cluster layer's clock: the primary's lease, the margin the
 // survivor adds to it, how often a failed fence is retried, how long a
 // preferred node waits before an automatic failback, and the failure
-// detector's probes. Zero values mean the defaults (cluster.Default*).
+// detector's probes; and the replication link's pings and timeouts, which
+// apply with or without the cluster layer. Zero values mean the defaults
+// (cluster.Default*, replicate.Default*).
 type Timing struct {
 	Lease         time.Duration
 	Margin        time.Duration
@@ -21,10 +24,17 @@ type Timing struct {
 	ProbeTimeout  time.Duration
 	SuspicionMult int
 
+	// The replication link (DRBD's ping-int, ping-timeout and
+	// timeout x ko-count).
+	PingInterval time.Duration
+	PingTimeout  time.Duration
+	AckTimeout   time.Duration
+
 	lines lines
 }
 
-var timingKeys = []string{"lease", "margin", "fence-retry", "failback-after", "probe-interval", "probe-timeout", "suspicion-mult"}
+var timingKeys = []string{"lease", "margin", "fence-retry", "failback-after", "probe-interval", "probe-timeout", "suspicion-mult",
+	"ping-interval", "ping-timeout", "ack-timeout"}
 
 // Bounds of each timing key: below them the cluster would fail over on a
 // hiccup (or spin), above them a failover would take minutes.
@@ -35,6 +45,9 @@ var timingBounds = map[string][2]time.Duration{
 	"failback-after": {time.Second, 24 * time.Hour},
 	"probe-interval": {20 * time.Millisecond, 10 * time.Second},
 	"probe-timeout":  {10 * time.Millisecond, 10 * time.Second},
+	"ping-interval":  {50 * time.Millisecond, 10 * time.Second},
+	"ping-timeout":   {500 * time.Millisecond, 5 * time.Minute},
+	"ack-timeout":    {time.Second, time.Hour},
 }
 
 func (d *decoder) timing(e entry, path string) Timing {
@@ -49,6 +62,7 @@ func (d *decoder) timing(e entry, path string) Timing {
 	}{
 		{"lease", &t.Lease}, {"margin", &t.Margin}, {"fence-retry", &t.FenceRetry}, {"failback-after", &t.FailbackAfter},
 		{"probe-interval", &t.ProbeInterval}, {"probe-timeout", &t.ProbeTimeout},
+		{"ping-interval", &t.PingInterval}, {"ping-timeout", &t.PingTimeout}, {"ack-timeout", &t.AckTimeout},
 	} {
 		if e, ok := f[k.key]; ok {
 			*k.dst = d.boundedDuration(e, path+"."+k.key, timingBounds[k.key])
@@ -84,6 +98,11 @@ func (t Timing) probeInterval() time.Duration {
 	return or(t.ProbeInterval, cluster.DefaultProbeInterval)
 }
 func (t Timing) probeTimeout() time.Duration { return or(t.ProbeTimeout, cluster.DefaultProbeTimeout) }
+func (t Timing) pingInterval() time.Duration {
+	return or(t.PingInterval, replicate.DefaultPingInterval)
+}
+func (t Timing) pingTimeout() time.Duration { return or(t.PingTimeout, replicate.DefaultPingTimeout) }
+func (t Timing) ackTimeout() time.Duration  { return or(t.AckTimeout, replicate.DefaultAckTimeout) }
 func (t Timing) suspicionMult() int {
 	if t.SuspicionMult == 0 {
 		return cluster.DefaultSuspicionMult
@@ -128,6 +147,22 @@ func (c *Config) checkTiming(ps *problems) {
 				fmt.Sprintf("probe-timeout %v is not shorter than probe-interval %v", t.probeTimeout(), t.probeInterval()),
 				"a probe must time out before the next one starts: make probe-timeout about half of probe-interval")
 		}
+	}
+	// The link is declared dead only after pings were missed, not one
+	// late answer: a loaded peer must not cost a resync.
+	if t.PingInterval != 0 || t.PingTimeout != 0 {
+		if t.pingTimeout() < 3*t.pingInterval() {
+			ps.add(at("ping-timeout"), "timing.ping-timeout",
+				fmt.Sprintf("ping-timeout %v is shorter than three ping intervals (%v)", t.pingTimeout(), 3*t.pingInterval()),
+				fmt.Sprintf("raise ping-timeout to at least %v, or ping more often", 3*t.pingInterval()))
+		}
+	}
+	// A hung peer is told from a dead one by the pings: the ack timeout
+	// only makes sense beyond the ping timeout.
+	if (t.AckTimeout != 0 || t.PingTimeout != 0) && t.ackTimeout() <= t.pingTimeout() {
+		ps.add(at("ack-timeout"), "timing.ack-timeout",
+			fmt.Sprintf("ack-timeout %v is not longer than ping-timeout %v", t.ackTimeout(), t.pingTimeout()),
+			"a peer that answers pings but no request is told apart only after the ping timeout: make ack-timeout several times ping-timeout")
 	}
 	need := t.DetectionBound() + cluster.DefaultTickInterval
 	if t.margin() < need {

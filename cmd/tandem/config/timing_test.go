@@ -14,6 +14,9 @@ const timed = layered + `timing:
   probe-interval: 100ms
   probe-timeout: 50ms
   suspicion-mult: 2
+  ping-interval: 200ms
+  ping-timeout: 3s
+  ack-timeout: 20s
 `
 
 func TestTimingKeys(t *testing.T) {
@@ -27,7 +30,8 @@ func TestTimingKeys(t *testing.T) {
 	got := cfg.Timing
 	got.lines = nil
 	want := Timing{Lease: time.Second, Margin: 500 * time.Millisecond, FenceRetry: 2 * time.Second, FailbackAfter: 30 * time.Second,
-		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond, SuspicionMult: 2}
+		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond, SuspicionMult: 2,
+		PingInterval: 200 * time.Millisecond, PingTimeout: 3 * time.Second, AckTimeout: 20 * time.Second}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("timing %+v, want %+v", got, want)
 	}
@@ -52,6 +56,12 @@ func TestTimingProblems(t *testing.T) {
 			[]want{{"lease: 1s", "timing.lease", "shorter than the failure detector's bound (1.25s)"}, {"margin: 500ms", "timing.margin", "(1.35s)"}}},
 		{"probe timeout not below the interval", []string{"probe-timeout: 50ms", "probe-timeout: 100ms #A"},
 			[]want{{"#A", "timing.probe-timeout", "not shorter than probe-interval"}}},
+		{"ping timeout under three pings", []string{"ping-timeout: 3s", "ping-timeout: 500ms #A"},
+			[]want{{"#A", "timing.ping-timeout", "shorter than three ping intervals (600ms)"}}},
+		{"ack timeout not beyond the ping timeout", []string{"ack-timeout: 20s", "ack-timeout: 2s #A"},
+			[]want{{"#A", "timing.ack-timeout", "not longer than ping-timeout 3s"}}},
+		{"ping interval out of bounds", []string{"ping-interval: 200ms", "ping-interval: 10ms #A"},
+			[]want{{"#A", "timing.ping-interval", "not from 50ms to 10s"}}},
 		{"suspicion-mult out of range", []string{"suspicion-mult: 2", "suspicion-mult: 0 #A"},
 			[]want{{"#A", "timing.suspicion-mult", "from 1 to 10"}}},
 	})

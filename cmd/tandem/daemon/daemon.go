@@ -314,8 +314,11 @@ func (d *Daemon) volumeConfig(r *resource, secret []byte, log *slog.Logger) (rep
 		Resync: replicate.ResyncConfig{
 			MaxRate: r.cfg.Resync.MaxRate, AppShare: r.cfg.Resync.AppShare, Checksum: r.cfg.Resync.Checksum,
 		},
-		SplitBrain: string(r.cfg.SplitBrain),
-		Logger:     log,
+		SplitBrain:   string(r.cfg.SplitBrain),
+		PingInterval: d.cfg.Timing.PingInterval,
+		PingTimeout:  d.cfg.Timing.PingTimeout,
+		AckTimeout:   d.cfg.Timing.AckTimeout,
+		Logger:       log,
 	}
 	if d.cfg.ClusterLayer() {
 		c.OnDegraded = d.degradedHook(r.cfg.Name)
