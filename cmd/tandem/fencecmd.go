@@ -169,6 +169,9 @@ func runFence(ctx context.Context, a *app, path, target string, action fence.Act
 	case action == fence.ActionReboot:
 		res, err = fencer.Reboot(ctx, req)
 	}
+	if local != nil && !test && action != fence.ActionStatus {
+		auditFence(ctx, a, local, target, action, res, err)
+	}
 	if perr := printFenceResult(a, res, test, f.asJSON); perr != nil {
 		return fmt.Errorf("%s: %w", what, perr)
 	}
@@ -209,6 +212,25 @@ func tellPeerFenced(ctx context.Context, a *app, cfg *config.Config, local *conf
 		if err := c.PeerFenced(ctx, r.Name); err != nil && !errors.Is(err, daemon.ErrNotRunning) {
 			a.log.Warn("the local daemon was not told that the peer is off; its replication session ends at the ping timeout", "resource", r.Name, "peer", target, "err", err)
 		}
+	}
+}
+
+// auditFence hands a power change run by hand to the local daemon's audit
+// log and event stream, where the cluster layer's own fencing is recorded
+// too. With the daemon down there is nobody to tell; the command's output
+// is then the only record, which a warning says.
+func auditFence(ctx context.Context, a *app, local *config.Node, target string, action fence.Action, res *fence.Result, ferr error) {
+	req := daemon.FenceLogRequest{Node: target, Action: string(action)}
+	if res != nil {
+		if b, err := json.Marshal(res); err == nil {
+			req.Result = b
+		}
+	}
+	if ferr != nil {
+		req.Error = ferr.Error()
+	}
+	if err := daemon.NewClient(local.AdminSocket, local.Name).FenceLog(ctx, req); err != nil {
+		a.log.Warn("this fencing action is not in the audit log: the local daemon could not be told", "node", target, "action", action, "err", err)
 	}
 }
 

@@ -50,6 +50,7 @@ func (d *Daemon) handler() http.Handler {
 		})
 	})
 	d.clusterRoutes(mux) // clusterapi.go
+	d.fenceLogRoute(mux) // fencelog.go
 	return mux
 }
 

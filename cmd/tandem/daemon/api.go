@@ -22,6 +22,7 @@ import (
 //	POST /v1/resources/NAME/resync          ResyncRequest -> Done
 //	POST /v1/resources/NAME/verify          VerifyRequest -> replicate.VerifyReport
 //	POST /v1/resources/NAME/resolve         ResolveRequest -> Done
+//	POST /v1/fence-log                      FenceLogRequest -> Done (audit of a hand-run fence)
 //
 // A refusal is an ErrorBody with a Code from the list below and an HTTP
 // status: 400 bad request, 404 unknown resource, 409 refused by the

@@ -27,7 +27,9 @@ type AuditRecord struct {
 	Kind string `json:"kind"`
 	// Op: the admin operation (promote, demote, resync, verify, resolve,
 	// connect, disconnect, peer-fenced, switchover, standby, unstandby,
-	// fence-confirm), or fence-attempt, fence-result, failover.
+	// fence-confirm, and fence-off, fence-on, fence-reboot for a power
+	// change an admin ran by hand), or fence-attempt, fence-result,
+	// failover.
 	Op       string `json:"op"`
 	Resource string `json:"resource,omitempty"`
 	Target   string `json:"target,omitempty"`

@@ -108,6 +108,11 @@ func (c *Client) PeerFenced(ctx context.Context, resource string) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "peer-fenced"), struct{}{}, &Done{})
 }
 
+// FenceLog hands a fencing action run by hand to the daemon's audit log.
+func (c *Client) FenceLog(ctx context.Context, req FenceLogRequest) error {
+	return c.do(ctx, http.MethodPost, "/v1/fence-log", req, &Done{})
+}
+
 // Resync makes this side the sync target.
 func (c *Client) Resync(ctx context.Context, resource string, full bool) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "resync"), ResyncRequest{Full: full}, &Done{})

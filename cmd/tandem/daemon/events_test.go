@@ -384,3 +384,40 @@ func TestEventStreamDropsASlowClient(t *testing.T) {
 		t.Errorf("after %d events the last is %+v, want dropped", n, last)
 	}
 }
+
+// A power change run by hand reaches the audit log and the event stream
+// through POST /v1/fence-log; a malformed one is refused and leaves no
+// line.
+func TestFenceLogIsAudited(t *testing.T) {
+	l := newLab(t)
+	l.createMD(t, "alpha")
+	d, _, _ := l.start(t, "alpha")
+	c := l.client("alpha")
+	ctx := t.Context()
+	res := json.RawMessage(`{"node":"bravo","action":"off","ok":true,"state":"off","method":"ipmi","level":1,"attempts":[],"seconds":0.2}`)
+	if err := c.FenceLog(ctx, FenceLogRequest{Node: "bravo", Action: "off", Result: res}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.FenceLog(ctx, FenceLogRequest{Node: "bravo", Action: "reboot", Error: "every level failed"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []FenceLogRequest{{Action: "off"}, {Node: "bravo", Action: "status"}, {Node: "bravo", Action: "off", Result: json.RawMessage(`{`)}} {
+		if err := c.FenceLog(ctx, bad); err == nil {
+			t.Errorf("fence-log %+v accepted", bad)
+		}
+	}
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	recs := readAudit(t, d.AuditLog())
+	if len(recs) != 2 {
+		t.Fatalf("audit records: %+v", recs)
+	}
+	uid := fmt.Sprintf("uid %d via admin socket", os.Geteuid())
+	if r := recs[0]; r.Op != "fence-off" || r.Target != "bravo" || r.Outcome != "ok" || r.By != uid || r.Result == nil {
+		t.Errorf("audit of fence off: %+v", r)
+	}
+	if r := recs[1]; r.Op != "fence-reboot" || r.Outcome != "failed" || r.Error != "every level failed" {
+		t.Errorf("audit of a failed reboot: %+v", r)
+	}
+}
