@@ -22,18 +22,20 @@ claims and releases, alerts and admin actions.
 Each line: time, node, kind, resource, text. --json prints one JSON object
 per line instead (keys in docs/operations.md). --since SEQ first replays
 the events the daemon still holds after sequence number SEQ (0: all it
-holds), so a script that reconnects misses nothing the daemon kept.`
+holds), so a script that reconnects misses nothing the daemon kept.
+--now prints what the daemon holds and exits.`
 
 func newEventsCmd(a *app) *cobra.Command {
 	var f adminFlags
 	var since int64
 	var count int
+	var now bool
 	cmd := &cobra.Command{
-		Use:   "events [--json] [--node NODE] [--since SEQ] [--count N]",
+		Use:   "events [--json] [--node NODE] [--since SEQ] [--count N] [--now]",
 		Short: "Stream the cluster changes a node sees",
 		Long:  eventsLong,
 		Example: "  tandem events\n  tandem events --node beta --json | jq -c 'select(.kind == \"failover\")'\n" +
-			"  tandem events --since 0 --count 20",
+			"  tandem events --since 0 --count 20\n  tandem events --now --json",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.client(cmd, "events")
@@ -42,12 +44,19 @@ func newEventsCmd(a *app) *cobra.Command {
 			}
 			if !cmd.Flags().Changed("since") {
 				since = -1
+				if now {
+					since = 0
+				}
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
 			n := 0
 			errEnough := errors.New("enough events")
-			err = c.Events(ctx, since, func(ev daemon.Event) error {
+			stream := c.Events
+			if now {
+				stream = c.EventsNow
+			}
+			err = stream(ctx, since, func(ev daemon.Event) error {
 				if err := printEvent(a.stdout, ev, f.asJSON); err != nil {
 					return err
 				}
@@ -66,6 +75,7 @@ func newEventsCmd(a *app) *cobra.Command {
 	f.add(cmd)
 	cmd.Flags().Int64Var(&since, "since", 0, "replay the retained events after this sequence number first (0: all retained)")
 	cmd.Flags().IntVar(&count, "count", 0, "exit after this many events (0: follow until Ctrl-C)")
+	cmd.Flags().BoolVar(&now, "now", false, "print the retained events (after --since, default all) and exit instead of following")
 	return cmd
 }
 

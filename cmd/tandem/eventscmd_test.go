@@ -50,6 +50,22 @@ func TestEventsCommand(t *testing.T) {
 	if !found {
 		t.Errorf("the human replay lacks the promotion's admin event")
 	}
+	// --now prints what the daemon holds and exits: at least the start
+	// and the admin action, each line once, in order.
+	now := strings.Split(strings.TrimSpace(mustRun(t, append(c, "events", "--node", "alpha", "--now", "--json")...)), "\n")
+	var last uint64
+	admin := false
+	for _, l := range now {
+		var ev daemon.Event
+		if err := json.Unmarshal([]byte(l), &ev); err != nil || ev.Seq <= last {
+			t.Fatalf("--now line %q after seq %d: %v", l, last, err)
+		}
+		last = ev.Seq
+		admin = admin || ev.Kind == daemon.KindAdmin
+	}
+	if len(now) < 2 || !admin {
+		t.Errorf("--now printed %d events, admin %v:\n%s", len(now), admin, strings.Join(now, "\n"))
+	}
 	mustFail(t, "unknown command \"extra\"", append(c, "events", "extra", "--node", "alpha")...)
 }
 

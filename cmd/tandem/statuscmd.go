@@ -3,6 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -64,6 +67,9 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 		fmt.Fprintf(w, "WARNING: %s\n", s)
 	}
 	printClusterLayer(w, ns.ClusterLayer) // clustercmd.go
+	if ns.ClusterLayer != nil {
+		printSoftStates(w, ns)
+	}
 	if len(ns.Resources) == 0 {
 		return
 	}
@@ -146,4 +152,36 @@ func humanBytes(n int64) string {
 		s = fmt.Sprintf("%d %ciB", int64(v), "KMGTPE"[u-1])
 	}
 	return s
+}
+
+// printSoftStates shows what the other nodes gossiped about themselves:
+// their version and their replicas (a view that may lag a gossip round).
+func printSoftStates(w io.Writer, ns daemon.NodeStatus) {
+	var others []string
+	for _, n := range slices.Sorted(maps.Keys(ns.Nodes)) {
+		if n != ns.Node {
+			others = append(others, n)
+		}
+	}
+	if len(others) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NODE (GOSSIP)\tVERSION\tREPLICAS")
+	for _, n := range others {
+		s := ns.Nodes[n]
+		var reps []string
+		for _, r := range s.Resources {
+			t := fmt.Sprintf("%s %s/%s/%s", r.Name, r.Role, r.Disk, r.Conn)
+			if r.Sync != nil {
+				t += fmt.Sprintf(" %d%%", *r.Sync)
+			}
+			reps = append(reps, t)
+		}
+		if s.More > 0 {
+			reps = append(reps, fmt.Sprintf("and %d more", s.More))
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", n, s.Version, orDash(strings.Join(reps, ", ")))
+	}
+	tw.Flush()
 }

@@ -138,6 +138,33 @@ func TestClusterFailover(t *testing.T) {
 	p.waitStatus("alpha", "alpha primary after the switchover", serving)
 	p.waitStatus("beta", "beta secondary and in sync", func(st daemon.ResourceStatus) bool { return inSync(st) && st.Role == replicate.Secondary })
 
+	// What beta's daemon streamed meanwhile: the failover step by step,
+	// the fencing confirmation an admin gave, and the switchover. And the
+	// witness, which holds no replica, sees both data nodes' replicas
+	// through gossip.
+	evs := p.tandem("beta", "events", "--json", "--now")
+	for _, want := range []string{`"kind":"failover"`, `"kind":"admin"`, `fence-confirm`, `"kind":"volume"`} {
+		if !strings.Contains(evs, want) {
+			t.Errorf("beta's events lack %s:\n%s", want, tail(evs, 40))
+		}
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		ns := p.clusterStatus("witness")
+		a, b := ns.Nodes["alpha"], ns.Nodes["beta"]
+		if len(a.Resources) == 1 && a.Resources[0].Role == "Primary" && a.Resources[0].Disk == "UpToDate" &&
+			len(b.Resources) == 1 && b.Resources[0].Role == "Secondary" && b.Resources[0].Disk == "UpToDate" && b.Resources[0].Conn == "Connected" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the witness's gossiped view of the data nodes never showed alpha Primary, beta Secondary UpToDate: %+v", ns.Nodes)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if human := p.tandem("witness", "status"); !strings.Contains(human, "r0 Secondary/UpToDate/Connected") {
+		t.Errorf("the witness's status does not show beta's replica:\n%s", human)
+	}
+
 	// A clean stop of the primary hands the resource over first: beta
 	// takes it without fencing.
 	p.stop("alpha")

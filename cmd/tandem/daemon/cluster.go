@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,9 @@ type clusterLayer struct {
 	vips   *vip.Set
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	metaMu   sync.Mutex
+	lastMeta []byte // the soft state last gossiped
 }
 
 // joinRetry is how often a node that reached no other member tries again.
@@ -151,7 +155,7 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 	if cl.ms, err = cluster.NewMembership(mc); err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	d.gossipSoftState(cl.ms, log) // softstate.go
+	cl.gossipSoftState(d.softState(), log) // softstate.go
 	ll := &lazyLog{}
 	cl.mgr, err = manager.New(manager.Config{
 		Machine: d.machineConfig(), Resources: res, Log: ll, Members: cl.ms.Events(), Fencer: fencer, VIPs: cl.vips, Logger: log,

@@ -18,6 +18,7 @@ import (
 //
 //	GET /v1/events                 new events, as they happen
 //	GET /v1/events?since=SEQ       the retained events after SEQ first
+//	GET /v1/events?since=SEQ&follow=false   those only, then the end
 //
 // The reply is newline-delimited JSON, one Event per line, flushed after
 // each; it ends when the client goes away or the daemon stops. Events the
@@ -196,6 +197,15 @@ func (d *Daemon) handleEvents(w http.ResponseWriter, req *http.Request) {
 		}
 		since = int64(n)
 	}
+	follow := true
+	switch v := req.URL.Query().Get("follow"); v {
+	case "", "true", "1":
+	case "false", "0":
+		follow = false
+	default:
+		writeError(w, fmt.Errorf("%w: follow=%q: want true or false", errBadRequest, v))
+		return
+	}
 	backlog, lost, sub := d.events.subscribe(since, subscriberBuffer)
 	defer d.events.unsubscribe(sub)
 	rc := http.NewResponseController(w)
@@ -222,7 +232,7 @@ func (d *Daemon) handleEvents(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
-	if rc.Flush() != nil { // the client sees the stream open before any event
+	if rc.Flush() != nil || !follow { // the client sees the stream open before any event
 		return
 	}
 	for {
@@ -251,9 +261,26 @@ func (d *Daemon) handleEvents(w http.ResponseWriter, req *http.Request) {
 // since (since < 0: only new ones) until ctx ends, the daemon stops (nil
 // error), or fn returns an error (returned).
 func (c *Client) Events(ctx context.Context, since int64, fn func(Event) error) error {
-	path := "/v1/events"
+	return c.events(ctx, since, true, fn)
+}
+
+// EventsNow is Events without following: the retained events after since,
+// then it returns (drbdsetup events2 --now).
+func (c *Client) EventsNow(ctx context.Context, since int64, fn func(Event) error) error {
+	return c.events(ctx, since, false, fn)
+}
+
+func (c *Client) events(ctx context.Context, since int64, follow bool, fn func(Event) error) error {
+	q := url.Values{}
 	if since >= 0 {
-		path += "?since=" + url.QueryEscape(strconv.FormatInt(since, 10))
+		q.Set("since", strconv.FormatInt(since, 10))
+	}
+	if !follow {
+		q.Set("follow", "false")
+	}
+	path := "/v1/events"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://tandem"+path, nil)
 	if err != nil {

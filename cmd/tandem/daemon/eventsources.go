@@ -90,6 +90,9 @@ func (d *Daemon) watchVolumes() {
 				d.volumeChanged(r.cfg.Name, prev, st)
 			}
 		}
+		if cl := d.cl.Load(); cl != nil {
+			cl.gossipSoftState(d.softStateOf(last), d.log)
+		}
 		select {
 		case <-d.opCtx.Done():
 			return
