@@ -211,10 +211,23 @@ func (v *fakeVolume) peerGone() {
 }
 
 type fakeGate struct {
-	mu   sync.Mutex
-	node string
-	mode IOMode
-	j    *journal
+	mu    sync.Mutex
+	node  string
+	mode  IOMode
+	lease time.Time
+	j     *journal
+}
+
+func (g *fakeGate) SetLease(until time.Time) {
+	g.mu.Lock()
+	g.lease = until
+	g.mu.Unlock()
+}
+
+func (g *fakeGate) getLease() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.lease
 }
 
 func (g *fakeGate) SetIO(m IOMode) {

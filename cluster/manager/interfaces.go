@@ -58,6 +58,19 @@ type Gate interface {
 	SetIO(IOMode)
 }
 
+// LeaseGate is a Gate that also enforces the primary's lease itself: it
+// holds requests once the deadline passed, until it is renewed. The
+// manager renews it after every event while the machine holds the
+// resource as primary, so a daemon whose event loop stalls (starved,
+// swapping, stopped in a debugger) stops acknowledging writes when its
+// lease ends even though it never processed the loss of quorum; the zero
+// time turns the check off (not primary). Optional: a Gate without it
+// relies on the SuspendIO the machine emits.
+type LeaseGate interface {
+	Gate
+	SetLease(until time.Time)
+}
+
 // Fencer powers one node off and confirms it; *fence.Fencer satisfies it.
 type Fencer interface {
 	Off(ctx context.Context, req fence.Request) (*fence.Result, error)

@@ -290,10 +290,29 @@ func (m *Manager) step(ev cluster.Event) {
 		}
 	}
 	st := m.machine.Status()
+	m.renewLeases(st)
 	m.mu.Lock()
 	m.status = st
 	m.mu.Unlock()
 	m.cfg.Hooks.status(st)
+}
+
+// renewLeases hands each gate that enforces leases the machine's lease for
+// its resource: the deadline while primary, the zero time otherwise.
+func (m *Manager) renewLeases(st cluster.Status) {
+	for name, r := range m.cfg.Resources {
+		lg, ok := r.Gate.(LeaseGate)
+		if !ok {
+			continue
+		}
+		var until time.Time
+		for _, rs := range st.Resources {
+			if rs.Resource == name && rs.Primary {
+				until = rs.LeaseUntil
+			}
+		}
+		lg.SetLease(until)
+	}
 }
 
 // pollVolumes reads each local volume and returns a report for those that

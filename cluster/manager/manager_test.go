@@ -32,6 +32,14 @@ func TestStartPromotesPreferred(t *testing.T) {
 	c := newTestCluster(t, "")
 	c.until("a primary at epoch 1", 30*time.Second, c.primary("a", 1))
 	before(t, c.j, "commit promote r0 node=a epoch=1 by=a", "a promote", "a io serve", "a claim r0")
+	// The gates enforce the machine's lease: the primary's runs ahead of
+	// the clock and is renewed as time goes; the secondary has none.
+	c.until("a's lease handed to its gate", 5*time.Second, func() bool { return c.nodes["a"].gate.getLease().After(c.clock.Now()) })
+	first := c.nodes["a"].gate.getLease()
+	c.until("a's lease renewed", 5*time.Second, func() bool { return c.nodes["a"].gate.getLease().After(first) })
+	if l := c.nodes["b"].gate.getLease(); !l.IsZero() {
+		t.Fatalf("secondary b's gate enforces a lease until %v", l)
+	}
 }
 
 func TestFailover(t *testing.T) {

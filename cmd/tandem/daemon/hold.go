@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/tandem-ha/tandem/cluster/manager"
 )
@@ -17,6 +19,35 @@ type ioHold struct {
 	mu      sync.Mutex
 	mode    manager.IOMode // IOServe (nothing held), IOSuspend or IOFail
 	changed chan struct{}  // closed and replaced at every change
+	// lease is the primary's lease deadline (nil: not enforced here, as
+	// with manual roles). Past it requests are held until it is renewed.
+	lease           atomic.Pointer[time.Time]
+	leaseHeldLogged atomic.Bool // one warning per expiry, not one per request
+}
+
+// leaseRecheck is how often a request held for an expired lease looks
+// again: renewals come every tick (100 ms) and are not announced.
+const leaseRecheck = 10 * time.Millisecond
+
+// SetLease is the node manager's LeaseGate: the deadline after which this
+// primary acknowledges nothing unless it is renewed, enforced here so that
+// a stalled event loop cannot let the export run past its lease (the
+// manager would have suspended I/O had it run). The zero time turns it
+// off.
+func (g *gate) SetLease(until time.Time) {
+	if until.IsZero() {
+		g.hold.lease.Store(nil)
+		return
+	}
+	g.hold.lease.Store(&until)
+}
+
+// leaseExpired reports whether an enforced lease has run out. The
+// deadline carries the monotonic reading of the clock it came from, so a
+// wall-clock step does not move it.
+func (h *ioHold) leaseExpired() bool {
+	l := h.lease.Load()
+	return l != nil && !time.Now().Before(*l)
 }
 
 // SetIO is the node manager's Gate: IOServe opens the export, IORefuse shuts
@@ -85,6 +116,24 @@ func (g *gate) wait(ctx context.Context) error {
 			case <-ctx.Done():
 				return fmt.Errorf("resource %s: request held while I/O is suspended: %w", g.resource, ctx.Err())
 			}
+		}
+		if h.leaseExpired() {
+			if !h.leaseHeldLogged.Swap(true) {
+				g.log.Warn("nbd export: the primary's lease ran out without the node manager suspending I/O (its loop is stalled?): holding requests until it is renewed", "resource", g.resource)
+			}
+			t := time.NewTimer(leaseRecheck)
+			select {
+			case <-ch:
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("resource %s: request held while the primary's lease is expired: %w", g.resource, ctx.Err())
+			}
+			t.Stop()
+			continue
+		}
+		if h.leaseHeldLogged.Load() {
+			h.leaseHeldLogged.Store(false)
 		}
 		return nil
 	}
