@@ -307,6 +307,14 @@ func TestScenarioBMCDown(t *testing.T) {
 	if p, _, _ := serving(s, Bravo); p || s.Resources[0].Primary != "" || s.Resources[0].VIPHolder != "" {
 		t.Fatalf("promoted without fencing: bravo primary %v, lab primary %q, VIP on %q", p, s.Resources[0].Primary, s.Resources[0].VIPHolder)
 	}
+	// tandem status says what is blocked and the way out.
+	if f := layer(s, Bravo).ClusterLayer.Fencing; len(f) != 1 || f[0].Node != Alpha || f[0].Attempts < 2 || f[0].LastError == "" {
+		t.Fatalf("bravo's status lists the fencings %+v; want alpha's, failed at least twice, with its error", f)
+	}
+	if out := tandemOn(t, lab, bin, Bravo, "status", "--node", Bravo); !strings.Contains(out, "FENCING alpha (blocks r0)") ||
+		!strings.Contains(out, "tandem fence confirm alpha") {
+		t.Fatalf("tandem status on bravo does not show the blocked fencing:\n%s", out)
+	}
 
 	var out bytes.Buffer
 	confirmAt := time.Now()
@@ -330,6 +338,9 @@ func TestScenarioBMCDown(t *testing.T) {
 	fences := layer(s, Bravo).ClusterLayer.Record.Fences
 	if len(fences) != 1 || fences[0].Node != Alpha || fences[0].Method != "manual" || fences[0].By != Bravo || fences[0].Epochs["r0"] != 1 {
 		t.Fatalf("fencing history %+v; want one manual confirmation of alpha at epoch 1, relayed by bravo", fences)
+	}
+	if f := layer(s, Bravo).ClusterLayer.Fencing; len(f) != 0 {
+		t.Fatalf("after the confirmation bravo's status still lists the fencings %+v", f)
 	}
 	waitAcked(t, tw, confirmAt, 2, "after the promotion")
 
