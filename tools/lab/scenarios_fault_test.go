@@ -403,7 +403,8 @@ func TestScenarioFailbackAuto(t *testing.T) {
 // fioRegion is one fio job's part of r0.
 const fioRegion = 256 << 10
 
-// fioJob runs fio from the client against the VIP over region k, bounded:
+// fioJob runs fio from the client against the VIP over region k, bounded
+// (killed if it does not stop seconds after it was told to):
 // sequential 64 KiB writes with crc32c verify headers, throttled so that
 // a job lasts a fraction of a second, read back and checked at the end of
 // the job; with verifyOnly, only the check (of what an earlier job wrote
@@ -413,9 +414,13 @@ func fioJob(lab *Lab, k int, verifyOnly bool, seconds int) (bool, string) {
 	if err != nil {
 		return false, err.Error()
 	}
-	args := []string{"netns", "exec", ns, "timeout", fmt.Sprint(seconds), "fio",
+	// -k: fio, told to stop while its writes wait for replies from a
+	// primary that died (no TCP keepalive, nothing to retransmit), waits
+	// for them for minutes; SIGKILL it soon after (--thread: one process,
+	// no forked job left holding the output pipe).
+	args := []string{"netns", "exec", ns, "timeout", "-k", "3", fmt.Sprint(seconds), "fio",
 		fmt.Sprintf("--name=region%d", k), "--ioengine=nbd", "--uri=" + URI(0),
-		"--rw=write", "--bs=64k", "--iodepth=4",
+		"--rw=write", "--bs=64k", "--iodepth=4", "--thread",
 		fmt.Sprintf("--offset=%d", k*fioRegion), fmt.Sprintf("--size=%d", fioRegion),
 		"--verify=crc32c", "--verify_fatal=1"}
 	if verifyOnly {
@@ -444,6 +449,8 @@ func TestScenarioFioVerifyFailover(t *testing.T) {
 	testenv.RequireTool(t, "fio")
 	lab, bin := clusterLab(t)
 	ctx := context.Background()
+	began := time.Now()
+	phase := func(what string) { t.Logf("%6.1fs %s", time.Since(began).Seconds(), what) }
 	const regions = labSize / fioRegion
 	var (
 		mu       sync.Mutex
@@ -458,7 +465,11 @@ func TestScenarioFioVerifyFailover(t *testing.T) {
 			mu.Lock()
 			inFlight = k
 			mu.Unlock()
-			ok, out := fioJob(lab, k, false, 20)
+			jobStart := time.Now()
+			ok, out := fioJob(lab, k, false, 6)
+			if d := time.Since(jobStart); d > 5*time.Second {
+				t.Logf("fio over region %d took %v (ok %v)", k, d.Round(time.Millisecond), ok)
+			}
 			mu.Lock()
 			if ok {
 				done = append(done, k)
@@ -490,7 +501,9 @@ func TestScenarioFioVerifyFailover(t *testing.T) {
 	mu.Lock()
 	crashedIn := inFlight
 	mu.Unlock()
+	phase(fmt.Sprintf("alpha crashed during region %d", crashedIn))
 	<-finished
+	phase("every region tried")
 	if bad != "" {
 		t.Fatalf("fio read back other data than it wrote: %s", bad)
 	}
@@ -518,10 +531,13 @@ func TestScenarioFioVerifyFailover(t *testing.T) {
 		}
 	}
 	verifyAll("on bravo after the failover")
+	phase("verified on bravo")
 	if err := lab.Restart(ctx, Alpha); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, lab, "alpha resynced as Secondary, bravo Primary with the VIP", inSyncOn(Bravo))
+	phase("alpha resynced")
 	verifyAll("after alpha's resync")
 	verifyReplicas(t, lab, bin, Bravo)
+	phase("verified after the resync, replicas identical")
 }
