@@ -422,7 +422,7 @@ func fioJob(lab *Lab, k int, verifyOnly bool, seconds int) (bool, string) {
 		fmt.Sprintf("--name=region%d", k), "--ioengine=nbd", "--uri=" + URI(0),
 		"--rw=write", "--bs=64k", "--iodepth=4", "--thread",
 		fmt.Sprintf("--offset=%d", k*fioRegion), fmt.Sprintf("--size=%d", fioRegion),
-		"--verify=crc32c", "--verify_fatal=1"}
+		"--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0"}
 	if verifyOnly {
 		args = append(args, "--verify_only=1")
 	} else {
