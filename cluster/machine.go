@@ -86,6 +86,9 @@ type fenceState struct {
 	method    string
 	lastTry   time.Time
 	attempts  int
+	// since is the first attempt; lastErr the last attempt's error.
+	since   time.Time
+	lastErr string
 	// canceled: CancelFence was emitted for the attempt in flight.
 	canceled bool
 }
@@ -817,6 +820,9 @@ func (m *Machine) fence(node string) {
 		return
 	}
 	fs.inFlight, fs.lastTry = true, m.now
+	if fs.attempts == 0 {
+		fs.since = m.now
+	}
 	fs.attempts++
 	m.emit(FenceNode{Node: node, Epochs: maps.Clone(epochs)})
 }
@@ -837,6 +843,7 @@ func (m *Machine) fenceResult(e FenceResult) {
 		return
 	}
 	if e.Err != nil {
+		fs.lastErr = e.Err.Error()
 		names := slices.Sorted(maps.Keys(fs.epochs))
 		m.emit(Alert{Text: fmt.Sprintf("fencing %s failed (attempt %d): %v; promotion of %s is blocked; retrying every %v; once you know %s is off, `tandem fence confirm %s` unblocks it",
 			e.Node, fs.attempts, e.Err, strings.Join(names, ", "), m.cfg.FenceRetry, e.Node, e.Node)})
@@ -978,6 +985,23 @@ type Status struct {
 	Members   map[string]MemberState `json:"members"`
 	Record    *Record                `json:"-"`
 	Resources []ResourceStatus       `json:"resources"`
+	// Fencing lists the fencings this node runs that still block a
+	// promotion (rule 5), by node name; empty when none.
+	Fencing []FencingStatus `json:"fencing,omitempty"`
+}
+
+// FencingStatus is a fencing of a node that has not been confirmed yet:
+// what it blocks and how it went so far.
+type FencingStatus struct {
+	Node string `json:"node"`
+	// Resources it was primary of, whose promotion waits for it.
+	Resources []string `json:"resources"`
+	// Attempts so far, since the first; InFlight: one runs now.
+	Attempts int       `json:"attempts"`
+	Since    time.Time `json:"since,omitzero"`
+	InFlight bool      `json:"in_flight,omitempty"`
+	// LastError is the last failed attempt's error ("" before any failed).
+	LastError string `json:"last_error,omitempty"`
 }
 
 // ResourceStatus is this node's part in one resource.
@@ -1010,6 +1034,24 @@ func (m *Machine) Status() Status {
 			rs.Epoch, rs.Serving, rs.LeaseUntil = r.epoch, !r.suspended, r.leaseUntil
 		}
 		s.Resources = append(s.Resources, rs)
+	}
+	for _, node := range slices.Sorted(maps.Keys(m.fences)) {
+		fs := m.fences[node]
+		if fs.confirmed || fs.attempts == 0 {
+			continue
+		}
+		// Only what the record still waits for: a manual confirmation
+		// committed meanwhile ends the wait without a result here.
+		var blocked []string
+		for _, name := range slices.Sorted(maps.Keys(fs.epochs)) {
+			if res := m.rec.Resource(name); res != nil && res.Primary == node && res.Epoch == fs.epochs[name] && !fencedNow(res) {
+				blocked = append(blocked, name)
+			}
+		}
+		if len(blocked) > 0 {
+			s.Fencing = append(s.Fencing, FencingStatus{Node: node, Resources: blocked, Attempts: fs.attempts,
+				Since: fs.since, InFlight: fs.inFlight, LastError: fs.lastErr})
+		}
 	}
 	return s
 }

@@ -152,6 +152,15 @@ func TestFenceFailureBlocksUntilConfirmed(t *testing.T) {
 	if tries < 2 {
 		t.Fatalf("fence tried %d times in 12 s (retry every %v)", tries, DefaultFenceRetry)
 	}
+	// The status says what is blocked, how often it failed and why.
+	st := s.nodes["b"].m.Status()
+	if len(st.Fencing) != 1 {
+		t.Fatalf("b's status lists fencings %+v; want a's", st.Fencing)
+	}
+	if f := st.Fencing[0]; f.Node != "a" || !reflect.DeepEqual(f.Resources, []string{"r0"}) || f.Attempts != tries ||
+		f.Since.IsZero() || f.LastError == "" {
+		t.Fatalf("fencing status %+v; want a blocking r0, %d attempts since the first, the last error", f, tries)
+	}
 	s.admin("w", AdminRequest{ID: "fc", Op: AdminFenceConfirm, Node: "a"})
 	if r := s.lastReply("fc"); r.Err != nil || !strings.Contains(r.Text, "manual") {
 		t.Fatalf("fence confirm: %+v", r)
@@ -165,6 +174,9 @@ func TestFenceFailureBlocksUntilConfirmed(t *testing.T) {
 	}
 	if n := len(s.rec.Fences); n == 0 || s.rec.Fences[n-1].Method != "manual" || s.rec.Fences[n-1].By != "w" {
 		t.Errorf("fence history %+v", s.rec.Fences)
+	}
+	if st := s.nodes["b"].m.Status(); len(st.Fencing) != 0 {
+		t.Errorf("after the confirmation b's status still lists fencings %+v", st.Fencing)
 	}
 }
 

@@ -128,6 +128,14 @@ func printClusterLayer(w io.Writer, st *manager.Status) {
 		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", name, primary, res.Epoch, strings.Join(reps, ", "), last)
 	}
 	tw.Flush()
+	for _, f := range st.Fencing {
+		how := "in progress"
+		if f.LastError != "" {
+			how = fmt.Sprintf("FAILING: %s", oneLine(f.LastError))
+		}
+		fmt.Fprintf(w, "  FENCING %s (blocks %s): attempt %d since %s, %s; once you know %s is off, `tandem fence confirm %s` unblocks it\n",
+			f.Node, strings.Join(f.Resources, ", "), f.Attempts, f.Since.UTC().Format(time.RFC3339), how, f.Node, f.Node)
+	}
 	for _, name := range slices.Sorted(maps.Keys(st.LastFailover)) {
 		f := st.LastFailover[name]
 		var steps []string
@@ -137,6 +145,10 @@ func printClusterLayer(w io.Writer, st *manager.Status) {
 		fmt.Fprintf(w, "  last promotion here of %s: %.3fs in all (%s)\n", name, f.Seconds, strings.Join(steps, ", "))
 	}
 }
+
+// oneLine puts s on one line (fencing errors list every level on a line
+// of its own).
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 func orDash(s string) string {
 	if s == "" {

@@ -301,9 +301,12 @@ the hypervisor's VM off, look at the power LED; then confirm.
 The confirmation is written durably to the fence directory in the local
 node's data-dir, with the time, your login name and this host. It counts
 only for fencing requests made before it: a confirmation given today
-cannot stand for a failure of tomorrow. A fencing that is waiting on a
-manual level (nodes[].fencing[].type: manual) goes on as soon as it
-appears; 'tandem fence off NODE --since 15m' uses a recent one.
+cannot stand for a failure of tomorrow. With the cluster layer it is
+also committed to the authority log, which unblocks a failover waiting
+for NODE whatever fencing levels NODE has (an IPMI level alone is
+enough). Without it, only a manual level (nodes[].fencing[].type: manual)
+reads the record: a fencing waiting on one goes on as soon as it appears;
+'tandem fence off NODE --since 15m' uses a recent one.
 
 Without --yes, the command asks you to type the node's name.`
 
@@ -366,6 +369,11 @@ func runFenceConfirm(a *app, cmd *cobra.Command, path, target string, yes bool, 
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	a.log.Warn("fencing confirmed by hand", "node", target, "by", by, "host", host, "at", c.At, "dir", store.Dir())
+	if !cfg.ClusterLayer() && !hasManualLevel(cfg, target) {
+		// Only a manual level reads the record without the cluster layer:
+		// say so rather than let the operator wait for an effect.
+		fmt.Fprintf(a.stderr, "note: %[1]s has no manual fencing level (nodes[].fencing type: manual) and the cluster layer is off, so nothing acts on this record: 'tandem fence off %[1]s' still tries only its devices; with manual roles, promoting the other side is your step (tandem promote)\n", target)
+	}
 	if cfg.ClusterLayer() {
 		// The cluster layer records it in the authority log (method
 		// "manual"), which unblocks a failover waiting for this node.
@@ -384,4 +392,19 @@ func runFenceConfirm(a *app, cmd *cobra.Command, path, target string, yes bool, 
 	}
 	fmt.Fprintf(a.stdout, "confirmed: %s is off, by %s on %s at %s (recorded in %s)\n", target, by, host, c.At.Format(time.RFC3339), store.Dir())
 	return nil
+}
+
+// hasManualLevel reports whether node target's fencing has a manual level,
+// the one kind that reads the confirmations of tandem fence confirm.
+func hasManualLevel(cfg *config.Config, target string) bool {
+	n, err := cfg.Node(target)
+	if err != nil {
+		return false
+	}
+	for _, l := range n.Fencing {
+		if l.Type == config.FenceManual {
+			return true
+		}
+	}
+	return false
 }

@@ -276,3 +276,24 @@ func TestFenceConfirmJSON(t *testing.T) {
 		t.Fatalf("record: %v\n%s", err, data)
 	}
 }
+
+// TestFenceConfirmWithoutManualLevel: with manual roles, a confirmation
+// for a node without a manual level is recorded, and the command says
+// that nothing acts on it; with a manual level it says nothing of the kind.
+func TestFenceConfirmWithoutManualLevel(t *testing.T) {
+	path, dir := writeFenceConfig(t, 1, 2, "/bin/false")
+	out, errOut, err := execute(t, "--config", path, "fence", "confirm", "gamma", "--node", "alpha", "--yes")
+	if err != nil || !strings.Contains(out, "confirmed: gamma is off") {
+		t.Fatalf("confirm gamma: %v\n%s", err, out)
+	}
+	if !strings.Contains(errOut, "gamma has no manual fencing level") || !strings.Contains(errOut, "nothing acts on this record") {
+		t.Errorf("confirm of a node without a manual level does not say that nothing reads it:\n%s", errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "alpha", "fence", "gamma.confirmed")); err != nil {
+		t.Errorf("not recorded: %v", err)
+	}
+	_, errOut, err = execute(t, "--config", path, "fence", "confirm", "beta", "--node", "alpha", "--yes")
+	if err != nil || strings.Contains(errOut, "no manual fencing level") {
+		t.Errorf("confirm beta (which has a manual level): %v\n%s", err, errOut)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -51,14 +52,24 @@ func newLabCmd(a *app) *cobra.Command {
 	var size string
 	var resources int
 	var clusterLayer bool
+	var failback string
+	var failbackAfter time.Duration
 	up := &cobra.Command{
-		Use:   "up [--size SIZE] [--resources N] [--cluster-layer]",
+		Use:   "up [--size SIZE] [--resources N] [--cluster-layer [--failback auto] [--failback-after D]]",
 		Short: "Build the lab and wait until r0 is Primary on alpha with bravo UpToDate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p := lab.DefaultParams
 			p.Resources = resources
 			p.ClusterLayer = clusterLayer
+			switch failback {
+			case "manual":
+			case "auto":
+				p.FailbackAuto = true
+			default:
+				return fmt.Errorf("lab up: --failback %q: want manual or auto", failback)
+			}
+			p.FailbackAfter = failbackAfter
 			if size != "" {
 				n, err := config.ParseSize(size)
 				if err != nil {
@@ -88,6 +99,8 @@ func newLabCmd(a *app) *cobra.Command {
 	up.Flags().StringVar(&size, "size", "64M", "size of each resource (a multiple of 4K)")
 	up.Flags().IntVar(&resources, "resources", 1, "number of resources (r0, r1, ...), each with its own VIP")
 	up.Flags().BoolVar(&clusterLayer, "cluster-layer", false, "run the cluster layer (gossip and authority on every node): the daemons elect the primary, fence and fail over by themselves")
+	up.Flags().StringVar(&failback, "failback", "manual", "with --cluster-layer: manual, or auto (every resource moves back to alpha once alpha has been in sync for --failback-after)")
+	up.Flags().DurationVar(&failbackAfter, "failback-after", 0, "with --cluster-layer: timing.failback-after, 1s to 24h (default: the configuration's default, 60s)")
 
 	var asJSON bool
 	status := &cobra.Command{

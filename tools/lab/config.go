@@ -19,6 +19,13 @@ type Params struct {
 	// daemons elect the primary, claim the VIP and fail over by themselves
 	// (cluster/manager), and Up promotes nobody by hand.
 	ClusterLayer bool `json:",omitempty"`
+	// FailbackAuto sets failback: auto on every resource: the cluster
+	// layer moves it back to alpha (the preferred primary) once alpha has
+	// been in sync for FailbackAfter.
+	FailbackAuto bool `json:",omitempty"`
+	// FailbackAfter, when not zero, is timing.failback-after (1s to 24h;
+	// the default is 60s).
+	FailbackAfter time.Duration `json:",omitempty"`
 }
 
 // DefaultParams: one small resource, quick to create and to resync.
@@ -30,6 +37,12 @@ func (p Params) check() error {
 	}
 	if p.Resources < 1 || p.Resources > maxResources {
 		return fmt.Errorf("lab: %d resources: want 1 to %d", p.Resources, maxResources)
+	}
+	if (p.FailbackAuto || p.FailbackAfter != 0) && !p.ClusterLayer {
+		return fmt.Errorf("lab: failback is the cluster layer's: add ClusterLayer (--cluster-layer)")
+	}
+	if p.FailbackAfter != 0 && (p.FailbackAfter < time.Second || p.FailbackAfter > 24*time.Hour) {
+		return fmt.Errorf("lab: failback-after %v: want 1s to 24h", p.FailbackAfter)
 	}
 	return nil
 }
@@ -51,7 +64,11 @@ const fenceTimeout = 5 * time.Second
 func configYAML(l layout, p Params) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by tandem lab up: the lab in %s\n", l.dir)
-	fmt.Fprintf(&b, "cluster: lab\nsecret-file: %s\n\nnodes:\n", l.secret())
+	fmt.Fprintf(&b, "cluster: lab\nsecret-file: %s\n", l.secret())
+	if p.FailbackAfter != 0 {
+		fmt.Fprintf(&b, "timing:\n  failback-after: %s\n", p.FailbackAfter)
+	}
+	b.WriteString("\nnodes:\n")
 	for _, n := range clusterNodes {
 		fmt.Fprintf(&b, "  - name: %s\n    address: %s\n    admin-socket: %s\n    data-dir: %s\n",
 			n, hostAddr[n], l.adminSocket(n), l.dataDir(n))
@@ -68,6 +85,9 @@ func configYAML(l layout, p Params) string {
 	for i := range p.Resources {
 		r := ResourceName(i)
 		fmt.Fprintf(&b, "  - name: %s\n    size: %d\n    preferred-primary: %s\n", r, p.Size, Alpha)
+		if p.FailbackAuto {
+			b.WriteString("    failback: auto\n")
+		}
 		// The second announcement burst comes soon: vip claim waits for
 		// it, and the lab's segment has no switch that could miss the first.
 		fmt.Fprintf(&b, "    vip: {address: %s/%d, interface: %s, announce-repeat-after: 200ms}\n",

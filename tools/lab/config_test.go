@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 )
@@ -109,7 +110,8 @@ func TestConfigYAML(t *testing.T) {
 }
 
 func TestParamsCheck(t *testing.T) {
-	for _, p := range []Params{{Size: 0, Resources: 1}, {Size: 4095, Resources: 1}, {Size: 4096, Resources: 0}, {Size: 4096, Resources: maxResources + 1}} {
+	for _, p := range []Params{{Size: 0, Resources: 1}, {Size: 4095, Resources: 1}, {Size: 4096, Resources: 0}, {Size: 4096, Resources: maxResources + 1},
+		{Size: 4096, Resources: 1, FailbackAuto: true}, {Size: 4096, Resources: 1, ClusterLayer: true, FailbackAfter: time.Millisecond}} {
 		if err := p.check(); err == nil {
 			t.Errorf("%+v accepted", p)
 		}
@@ -172,6 +174,38 @@ func TestLayoutUnderDir(t *testing.T) {
 	for _, p := range append(l.made(), l.procRecord(Alpha), l.disk(Alpha, "r0"), filepath.Join(l.bmcDir(Bravo), "hook")) {
 		if !strings.HasPrefix(p, "/x/lab/") {
 			t.Errorf("%s is outside the lab directory", p)
+		}
+	}
+}
+
+// TestConfigYAMLFailback: with FailbackAuto every resource says failback:
+// auto, and FailbackAfter becomes timing.failback-after; without them the
+// file keeps failback manual and the default timing.
+func TestConfigYAMLFailback(t *testing.T) {
+	l := layout{dir: t.TempDir()}
+	for _, p := range []Params{
+		{Size: 8 << 20, Resources: 2, ClusterLayer: true},
+		{Size: 8 << 20, Resources: 2, ClusterLayer: true, FailbackAuto: true, FailbackAfter: 3 * time.Second},
+	} {
+		if err := p.check(); err != nil {
+			t.Fatalf("%+v refused: %v", p, err)
+		}
+		yaml := configYAML(l, p)
+		cfg, err := config.Parse(l.config(), []byte(yaml))
+		if err != nil {
+			t.Fatalf("%+v: generated configuration refused: %v\n%s", p, err, yaml)
+		}
+		want, after := config.FailbackManual, time.Duration(0)
+		if p.FailbackAuto {
+			want, after = config.FailbackAuto, p.FailbackAfter
+		}
+		for _, r := range cfg.Resources {
+			if r.Failback != want || r.PreferredPrimary != Alpha {
+				t.Errorf("%+v: %s has failback %q, preferred %q; want %q, alpha", p, r.Name, r.Failback, r.PreferredPrimary, want)
+			}
+		}
+		if cfg.Timing.FailbackAfter != after {
+			t.Errorf("%+v: failback-after %v, want %v", p, cfg.Timing.FailbackAfter, after)
 		}
 	}
 }

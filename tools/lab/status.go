@@ -36,7 +36,8 @@ type ResourceStatus struct {
 	Primary   string   `json:"primary"`
 	Primaries []string `json:"primaries"`
 	VIP       string   `json:"vip"`
-	// VIPHolder is the node whose lab interface holds the VIP, "" if none.
+	// VIPHolder is the powered-on node whose lab interface holds the VIP,
+	// "" if none.
 	VIPHolder string `json:"vip_holder"`
 	URI       string `json:"uri"`
 }
@@ -147,6 +148,11 @@ func (lab *Lab) Status(ctx context.Context) (*Status, error) {
 			rs.Primary = rs.Primaries[0]
 		}
 		for _, n := range dataNodes {
+			// A node without power holds nothing: its interface keeps the
+			// address it had (down) until the restart flushes it.
+			if readPower(lab.l, n) != PowerOn {
+				continue
+			}
 			if held, _ := lab.holdsAddr(ctx, n, VIP(i)); held {
 				rs.VIPHolder = n
 			}

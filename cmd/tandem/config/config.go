@@ -35,6 +35,7 @@ const (
 	DefaultResyncAppShare    = 0.5
 	DefaultSplitBrain        = SplitBrainDisconnect
 	DefaultOnNoQuorum        = OnNoQuorumSuspendIO
+	DefaultFailback          = FailbackManual
 	DefaultMeta              = MetaInternal
 )
 
@@ -77,6 +78,18 @@ type OnNoQuorum string
 const (
 	OnNoQuorumSuspendIO OnNoQuorum = "suspend-io"
 	OnNoQuorumIOError   OnNoQuorum = "io-error"
+)
+
+// Failback says whether a resource moves back to its preferred primary
+// by itself once that node has resynced (cluster layer, rule 6).
+type Failback string
+
+const (
+	// FailbackManual: only an admin's switchover moves it back.
+	FailbackManual Failback = "manual"
+	// FailbackAuto: the preferred primary takes it back once it has been
+	// UpToDate and connected for timing.failback-after.
+	FailbackAuto Failback = "auto"
 )
 
 // Config is one parsed configuration file, defaults filled in.
@@ -131,7 +144,10 @@ type Resource struct {
 	// can ("" for no preference). Roles are manual until the cluster layer
 	// exists; it will read this.
 	PreferredPrimary string
-	Replicas         []Replica
+	// Failback: manual (the default) or auto, which moves the resource
+	// back to PreferredPrimary (required then) after a failover.
+	Failback Failback
+	Replicas []Replica
 	// VIP is the resource's service address, held by its primary (nil:
 	// clients connect to a node's address). See vip.go.
 	VIP *VIP
@@ -333,21 +349,24 @@ type canonNode struct {
 }
 
 type canonResource struct {
-	Name              string         `json:"name"`
-	Size              int64          `json:"size"`
-	Protocol          string         `json:"protocol"`
-	Compression       string         `json:"compression"`
-	BitmapGranularity int64          `json:"bitmap-granularity"`
-	ALExtents         int            `json:"al-extents"`
-	ResyncMaxRate     int64          `json:"resync-max-rate"`
-	ResyncAppShare    float64        `json:"resync-app-share"`
-	ResyncChecksum    bool           `json:"resync-checksum"`
-	SplitBrain        string         `json:"split-brain"`
-	OnNoQuorum        string         `json:"on-no-quorum"`
-	TLS               *canonTLS      `json:"tls,omitempty"`
-	PreferredPrimary  string         `json:"preferred-primary,omitempty"`
-	Replicas          []canonReplica `json:"replicas"`
-	VIP               *canonVIP      `json:"vip,omitempty"`
+	Name              string    `json:"name"`
+	Size              int64     `json:"size"`
+	Protocol          string    `json:"protocol"`
+	Compression       string    `json:"compression"`
+	BitmapGranularity int64     `json:"bitmap-granularity"`
+	ALExtents         int       `json:"al-extents"`
+	ResyncMaxRate     int64     `json:"resync-max-rate"`
+	ResyncAppShare    float64   `json:"resync-app-share"`
+	ResyncChecksum    bool      `json:"resync-checksum"`
+	SplitBrain        string    `json:"split-brain"`
+	OnNoQuorum        string    `json:"on-no-quorum"`
+	TLS               *canonTLS `json:"tls,omitempty"`
+	PreferredPrimary  string    `json:"preferred-primary,omitempty"`
+	// omitempty, and empty for manual: files without failback keep the
+	// hash they had before it.
+	Failback string         `json:"failback,omitempty"`
+	Replicas []canonReplica `json:"replicas"`
+	VIP      *canonVIP      `json:"vip,omitempty"`
 }
 
 type canonTLS struct {
@@ -379,6 +398,9 @@ func (c *Config) canonical() canonConfig {
 			ResyncMaxRate: r.Resync.MaxRate, ResyncAppShare: r.Resync.AppShare, ResyncChecksum: r.Resync.Checksum,
 			SplitBrain: string(r.SplitBrain), OnNoQuorum: string(r.OnNoQuorum),
 			PreferredPrimary: r.PreferredPrimary,
+		}
+		if r.Failback != "" && r.Failback != FailbackManual {
+			cr.Failback = string(r.Failback)
 		}
 		if r.TLS != nil {
 			cr.TLS = &canonTLS{r.TLS.Cert, r.TLS.Key, r.TLS.CA}

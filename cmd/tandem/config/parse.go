@@ -25,7 +25,7 @@ var (
 	topKeys      = []string{"cluster", "secret-file", "nodes", "resources", "timing"}
 	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
-		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "replicas", "vip"}
+		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "failback", "replicas", "vip"}
 	resyncKeys  = []string{"max-rate", "app-share", "checksum"}
 	tlsKeys     = []string{"cert", "key", "ca"}
 	replicaKeys = []string{"device", "meta", "address", "nbd-listen", "vip-interface"}
@@ -61,6 +61,7 @@ var (
 	compressions = []string{string(CompressionOff), string(CompressionS2), string(CompressionZstd)}
 	splitBrains  = []string{string(SplitBrainDisconnect), string(SplitBrainDiscardZeroChanges), string(SplitBrainDiscardYoungerPrimary)}
 	noQuorums    = []string{string(OnNoQuorumSuspendIO), string(OnNoQuorumIOError)}
+	failbacks    = []string{string(FailbackManual), string(FailbackAuto)}
 )
 
 // Bounds that replicate/md enforces on its layout: one activity-log
@@ -267,6 +268,7 @@ func (d *decoder) resource(n *yaml.Node, path string) Resource {
 		Resync:            Resync{MaxRate: DefaultResyncMaxRate, AppShare: DefaultResyncAppShare},
 		SplitBrain:        DefaultSplitBrain,
 		OnNoQuorum:        DefaultOnNoQuorum,
+		Failback:          DefaultFailback,
 		lines:             lines{},
 	}
 	f, ok := d.mapping(n, path, resourceKeys, r.lines)
@@ -350,6 +352,11 @@ func (d *decoder) resource(n *yaml.Node, path string) Resource {
 	}
 	if e, ok := f["preferred-primary"]; ok {
 		r.PreferredPrimary = d.name(e, path+".preferred-primary")
+	}
+	if e, ok := f["failback"]; ok {
+		if v, ok := d.enum(e, path+".failback", failbacks, ""); ok {
+			r.Failback = Failback(v)
+		}
 	}
 	if e, ok := f["replicas"]; ok {
 		r.Replicas = d.replicas(e, path+".replicas")

@@ -292,6 +292,10 @@ func TestParseProblems(t *testing.T) {
 			[]want{{"#A", "secret-file", "not an absolute path"}}},
 		{"preferred primary without a replica", []string{"    preferred-primary: beta\n", "    preferred-primary: gamma #A\n"},
 			[]want{{"#A", "resources[1].preferred-primary", `node "gamma" holds no replica of web; name one of its replicas' nodes (alpha, beta)`}}},
+		{"failback", []string{"    preferred-primary: beta\n", "    preferred-primary: beta\n    failback: always #A\n"},
+			[]want{{"#A", "resources[1].failback", `"always" is not allowed; use "manual" or "auto"`}}},
+		{"failback auto without a preferred primary", []string{"    size: 10G\n", "    size: 10G\n    failback: auto #A\n"},
+			[]want{{"#A", "resources[0].failback", "failback: auto moves db back to its preferred primary, and it has none; add preferred-primary"}}},
 		{"nodes not a list", []string{"nodes:\n  - name: alpha\n    address: 192.0.2.11\n  - name: beta\n    address: 192.0.2.12\n  - name: gamma\n    address: 192.0.2.13\n", "nodes: alpha #A\n"},
 			[]want{{"#A", "nodes", "want a list"}}},
 		// yaml.v3 names the line where the enclosing block starts.
@@ -463,5 +467,19 @@ func TestDocExamples(t *testing.T) {
 		if !known[k] {
 			t.Errorf("docs/configuration.md documents %q, which Parse does not know", k)
 		}
+	}
+}
+
+// TestParseFailback: failback is manual unless the file says auto.
+func TestParseFailback(t *testing.T) {
+	cfg, err := Parse("tandem.yaml", []byte(strings.Replace(base, "    preferred-primary: beta\n", "    preferred-primary: beta\n    failback: auto\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if db, web := cfg.Resource("db"), cfg.Resource("web"); db.Failback != FailbackManual || web.Failback != FailbackAuto {
+		t.Errorf("failback of db %q, web %q; want manual (the default), auto", db.Failback, web.Failback)
+	}
+	if err := cfg.Validate(""); err != nil {
+		t.Errorf("Validate(\"\") = %v", err)
 	}
 }

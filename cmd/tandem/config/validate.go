@@ -91,6 +91,11 @@ func (c *Config) check(ps *problems) {
 				fmt.Sprintf("node %q holds no replica of %s", r.PreferredPrimary, r.Name),
 				"name one of its replicas' nodes ("+strings.Join(names, ", ")+") or remove the key")
 		}
+		if r.Failback == FailbackAuto && r.PreferredPrimary == "" {
+			ps.add(r.lines.at("failback"), path+".failback",
+				fmt.Sprintf("failback: auto moves %s back to its preferred primary, and it has none", r.Name),
+				"add preferred-primary: NODE (one of its replicas' nodes), or remove failback (manual)")
+		}
 		// Only count replicas that were read: a missing or malformed
 		// replicas key is reported as such already.
 		if (r.Replicas != nil || !c.parsed) && len(r.Replicas) != 2 {

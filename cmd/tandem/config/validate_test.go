@@ -342,7 +342,7 @@ func TestHash(t *testing.T) {
 	}
 	same := map[string][]string{
 		"comments and spacing": {"cluster: lab\n", "# the lab\ncluster:   lab   # name\n\n"},
-		"explicit defaults": {"    size: 10G\n", "    size: 10240M\n    protocol: C\n    compression: off\n    bitmap-granularity: 4096\n    al-extents: 1018\n    resync: {max-rate: 100M, app-share: 0.5, checksum: false}\n    split-brain: disconnect\n    on-no-quorum: suspend-io\n",
+		"explicit defaults": {"    size: 10G\n", "    size: 10240M\n    protocol: C\n    compression: off\n    bitmap-granularity: 4096\n    al-extents: 1018\n    resync: {max-rate: 100M, app-share: 0.5, checksum: false}\n    split-brain: disconnect\n    on-no-quorum: suspend-io\n    failback: manual\n",
 			"  - name: alpha\n    address: 192.0.2.11\n", "  - name: alpha\n    address: 192.0.2.11\n    admin-socket: /run/tandem/alpha.sock\n    data-dir: /var/lib/tandem/alpha/\n"},
 		"key order":  {"  - name: alpha\n    address: 192.0.2.11\n", "  - address: 192.0.2.11\n    name: alpha\n"},
 		"node order": {"  - name: alpha\n    address: 192.0.2.11\n  - name: beta\n    address: 192.0.2.12\n", "  - name: beta\n    address: 192.0.2.12\n  - name: alpha\n    address: 192.0.2.11\n"},
@@ -356,6 +356,7 @@ func TestHash(t *testing.T) {
 		"app-share":  {"      app-share: 0.25\n", "      app-share: 0.26\n"},
 		"tls":        {"      ca: /etc/tandem/ca.pem\n", "      ca: /etc/tandem/ca2.pem\n"},
 		"preferred":  {"    preferred-primary: beta\n", "    preferred-primary: alpha\n"},
+		"failback":   {"    preferred-primary: beta\n", "    preferred-primary: beta\n    failback: auto\n"},
 		"nbd-listen": {"        nbd-listen: 192.0.2.11:10809\n", "        nbd-listen: 192.0.2.11:10811\n"},
 	}
 	check := func(name string, edits []string, wantSame bool) {

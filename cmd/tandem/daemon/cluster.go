@@ -103,7 +103,7 @@ func (d *Daemon) machineConfig() cluster.Config {
 		mc.Resources = append(mc.Resources, cluster.ResourceConfig{
 			Name: r.Name, Replicas: [2]string{r.Replicas[0].Node, r.Replicas[1].Node},
 			Preferred: r.PreferredPrimary, OnNoQuorum: cluster.NoQuorumPolicy(r.OnNoQuorum),
-			FailbackAfter: t.FailbackAfter,
+			Failback: cluster.FailbackPolicy(r.Failback), FailbackAfter: t.FailbackAfter,
 		})
 	}
 	return mc
