@@ -70,9 +70,12 @@ type resState struct {
 	vipRetry    time.Time
 
 	degradedWaiting bool
-	volDemoteAsked  bool
-	resyncAsked     bool
-	healthySince    time.Time
+	// blocked: why this replica does not take over a primary that is
+	// gone, "" when nothing stops it (or nothing is to take over).
+	blocked        string
+	volDemoteAsked bool
+	resyncAsked    bool
+	healthySince   time.Time
 }
 
 type fenceState struct {
@@ -409,6 +412,7 @@ func (m *Machine) reconcile(r *resState) {
 		return
 	}
 	m.reportDisk(r, res)
+	r.blocked = ""
 	if r.primary {
 		m.reconcilePrimary(r, res)
 	} else {
@@ -666,9 +670,10 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 			return
 		}
 		if !localOK {
-			m.alertOnce(name+":nofailover", name, fmt.Sprintf(
+			r.blocked = fmt.Sprintf(
 				"primary %s of %s is gone and this replica cannot take over: it is %s in the authority record and %s locally; `tandem promote --force %s` here would discard what it lacks",
-				r.peer, name, res.State(me), v.Disk, name))
+				r.peer, name, res.State(me), v.Disk, name)
+			m.alertOnce(name+":nofailover", name, r.blocked)
 			return
 		}
 		// The failure detector's word against the replication link's: a
@@ -968,6 +973,9 @@ type ResourceStatus struct {
 	LeaseUntil      time.Time `json:"lease_until,omitzero"`
 	Handoff         bool      `json:"handoff,omitempty"`
 	WaitingDegraded bool      `json:"waiting_degraded,omitempty"`
+	// Blocked: why this node does not take over a primary that is gone
+	// (its replica is not UpToDate), "" when nothing stops it.
+	Blocked string `json:"blocked,omitempty"`
 }
 
 // Status returns a snapshot.
@@ -981,7 +989,7 @@ func (m *Machine) Status() Status {
 		s.Members[n] = st
 	}
 	for _, r := range m.res {
-		rs := ResourceStatus{Resource: r.cfg.Name, Primary: r.primary, VIP: r.vip, Handoff: r.handoff, WaitingDegraded: r.degradedWaiting}
+		rs := ResourceStatus{Resource: r.cfg.Name, Primary: r.primary, VIP: r.vip, Handoff: r.handoff, WaitingDegraded: r.degradedWaiting, Blocked: r.blocked}
 		if r.primary {
 			rs.Epoch, rs.Serving, rs.LeaseUntil = r.epoch, !r.suspended, r.leaseUntil
 		}

@@ -213,6 +213,18 @@ func TestOutdatedNeverPromotesAutomatically(t *testing.T) {
 	if !s.alerted("cannot take over") || !s.alerted("Outdated") {
 		t.Fatalf("no alert: %v", s.alerts)
 	}
+	// The status says it too, as long as it holds.
+	blocked := func() string {
+		for _, r := range s.nodes["b"].m.Status().Resources {
+			if r.Resource == "r0" {
+				return r.Blocked
+			}
+		}
+		return ""
+	}
+	if b := blocked(); !strings.Contains(b, "cannot take over") || !strings.Contains(b, "Outdated in the authority record") {
+		t.Fatalf("b's status does not say why it does not take over: %q", b)
+	}
 	s.admin("b", AdminRequest{ID: "p1", Op: AdminPromote, Resource: "r0"})
 	if r := s.lastReply("p1"); !errors.Is(r.Err, ErrNotUpToDate) || !strings.Contains(r.Err.Error(), "--force") {
 		t.Fatalf("promote without force: %+v", r)
@@ -227,6 +239,9 @@ func TestOutdatedNeverPromotesAutomatically(t *testing.T) {
 	r := s.lastReply("p2")
 	if r.Err != nil || !strings.Contains(r.Text, "acknowledged after that is lost") {
 		t.Fatalf("promote --force: %+v", r)
+	}
+	if b := blocked(); b != "" {
+		t.Fatalf("b, primary by force, still says it is blocked: %q", b)
 	}
 	res := s.rec.Resource("r0")
 	if res.Primary != "b" || res.LastFailover.How != "forced" || res.LastFailover.Discarded == "" || res.State("a") != StateOutdated {

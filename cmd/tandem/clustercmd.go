@@ -128,6 +128,11 @@ func printClusterLayer(w io.Writer, st *manager.Status) {
 		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", name, primary, res.Epoch, strings.Join(reps, ", "), last)
 	}
 	tw.Flush()
+	for _, r := range st.Resources {
+		if r.Blocked != "" {
+			fmt.Fprintf(w, "  %s: NO FAILOVER: %s\n", r.Resource, r.Blocked)
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(st.LastFailover)) {
 		f := st.LastFailover[name]
 		var steps []string
