@@ -72,7 +72,10 @@ type resState struct {
 	degradedWaiting bool
 	// blocked: why this replica does not take over a primary that is
 	// gone, "" when nothing stops it (or nothing is to take over).
-	blocked        string
+	blocked string
+	// linkLostAt: since when the local volume has not heard its peer
+	// (zero while it does).
+	linkLostAt     time.Time
 	volDemoteAsked bool
 	resyncAsked    bool
 	healthySince   time.Time
@@ -156,6 +159,11 @@ func (m *Machine) Step(ev Event) Ready {
 			}
 			if !e.State.Connected {
 				r.resyncAsked = false
+			}
+			if e.State.Connected && e.State.PeerHeard {
+				r.linkLostAt = time.Time{}
+			} else if r.linkLostAt.IsZero() {
+				r.linkLostAt = m.now
 			}
 		}
 	case DegradedRequest:
@@ -586,6 +594,12 @@ func (m *Machine) handoffStep(r *resState, res *Resource) bool {
 	return true
 }
 
+// cutLead: a replication link silent for this long before the failure
+// detector lost the peer was cut, not taken down by the peer's death (a
+// crash closes the link at once or within three ping intervals, and the
+// detector declares the death within about a second).
+const cutLead = 2 * time.Second
+
 func fencedNow(res *Resource) bool {
 	return res.Fenced != nil && res.Fenced.Node == res.Primary && res.Fenced.Epoch == res.Epoch
 }
@@ -682,6 +696,17 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 		// into a failover; the veto is bounded so that a primary cut from
 		// the gossip network only is still failed over.
 		if v.Connected && v.PeerHeard && !fencedNow(res) && m.now.Before(m.lastSeen(r.peer).Add(m.cfg.LinkVeto)) {
+			return
+		}
+		// Rule 4, the other half: the link went silent well before the
+		// detector lost the primary, so the detector has been running on
+		// the witness's indirect probes alone since, and a stall of a few
+		// hundred milliseconds on a loaded host defeats them. After a cut,
+		// a death is believed once it lasted LinkVeto; a crash, which
+		// takes the link and the detector's probes down together, is
+		// fenced at once.
+		if !fencedNow(res) && !r.linkLostAt.IsZero() && r.linkLostAt.Before(m.lastSeen(r.peer).Add(-cutLead)) &&
+			m.now.Before(m.lastSeen(r.peer).Add(m.cfg.LinkVeto)) {
 			return
 		}
 		// Rule 1: the old primary must be confirmed off (rule 5: a failed

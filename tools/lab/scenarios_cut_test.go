@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +124,12 @@ func bravoOutdatedEverywhere(epoch uint64) func(*Status) bool {
 func cutAndWriteOn(t *testing.T) (lab *Lab, bin string, w *workload, epoch uint64) {
 	t.Helper()
 	lab, bin = clusterLab(t)
+	// Registered after upLab's teardown, so it runs before it.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(keyLogLines(lab))
+		}
+	})
 	epoch = recordOf(status(t, lab), Alpha).Epoch
 	w = newWorkload(lab)
 	w.mustWrite(t, 4)
@@ -277,6 +285,30 @@ func bitmapResync(t *testing.T, s *Status, crashed bool) *replicate.Progress {
 		t.Fatalf("bravo's resync after the heal: %+v; want a bitmap resync of what alpha wrote alone", lr)
 	}
 	return lr
+}
+
+// keyLogLines are the lines of every daemon's log that tell what the
+// cluster layer decided (membership, fencing, failover, leadership,
+// alerts), for a failed run: the tails alone often miss the moment.
+func keyLogLines(lab *Lab) string {
+	key := regexp.MustCompile(`(?i)fenc|failover|declared|dead|suspect|promot|alert|leadership|quorum|deposed|marked outdated|without the peer`)
+	var b strings.Builder
+	for _, n := range clusterNodes {
+		data, err := os.ReadFile(lab.l.log(n))
+		if err != nil {
+			fmt.Fprintf(&b, "--- %s: %v\n", n, err)
+			continue
+		}
+		fmt.Fprintf(&b, "--- %s (key lines) ---\n", n)
+		k := 0
+		for _, line := range strings.Split(string(data), "\n") {
+			if key.MatchString(line) && !strings.Contains(line, "level=DEBUG") && k < 80 {
+				b.WriteString(line + "\n")
+				k++
+			}
+		}
+	}
+	return b.String()
 }
 
 // logHandoff says whether a data node, leading the authority log when the
