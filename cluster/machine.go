@@ -74,9 +74,15 @@ type resState struct {
 	vipRetry    time.Time
 
 	degradedWaiting bool
-	volDemoteAsked  bool
-	resyncAsked     bool
-	healthySince    time.Time
+	// blocked: why this replica does not take over a primary that is
+	// gone, "" when nothing stops it (or nothing is to take over).
+	blocked string
+	// linkLostAt: since when the local volume has not heard its peer
+	// (zero while it does).
+	linkLostAt     time.Time
+	volDemoteAsked bool
+	resyncAsked    bool
+	healthySince   time.Time
 }
 
 type fenceState struct {
@@ -160,6 +166,11 @@ func (m *Machine) Step(ev Event) Ready {
 			}
 			if !e.State.Connected {
 				r.resyncAsked = false
+			}
+			if e.State.Connected && e.State.PeerHeard {
+				r.linkLostAt = time.Time{}
+			} else if r.linkLostAt.IsZero() {
+				r.linkLostAt = m.now
 			}
 		}
 	case DegradedRequest:
@@ -419,6 +430,7 @@ func (m *Machine) reconcile(r *resState) {
 		return
 	}
 	m.reportDisk(r, res)
+	r.blocked = ""
 	if r.primary {
 		m.reconcilePrimary(r, res)
 	} else {
@@ -601,6 +613,12 @@ func (m *Machine) handoffStep(r *resState, res *Resource) bool {
 	return true
 }
 
+// cutLead: a replication link silent for this long before the failure
+// detector lost the peer was cut, not taken down by the peer's death (a
+// crash closes the link at once or within three ping intervals, and the
+// detector declares the death within about a second).
+const cutLead = 2 * time.Second
+
 func fencedNow(res *Resource) bool {
 	return res.Fenced != nil && res.Fenced.Node == res.Primary && res.Fenced.Epoch == res.Epoch
 }
@@ -693,9 +711,10 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 			return
 		}
 		if !localOK {
-			m.alertOnce(name+":nofailover", name, fmt.Sprintf(
+			r.blocked = fmt.Sprintf(
 				"primary %s of %s is gone and this replica cannot take over: it is %s in the authority record and %s locally; `tandem promote --force %s` here would discard what it lacks",
-				r.peer, name, res.State(me), v.Disk, name))
+				r.peer, name, res.State(me), v.Disk, name)
+			m.alertOnce(name+":nofailover", name, r.blocked)
 			return
 		}
 		// The failure detector's word against the replication link's: a
@@ -704,6 +723,17 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 		// into a failover; the veto is bounded so that a primary cut from
 		// the gossip network only is still failed over.
 		if v.Connected && v.PeerHeard && !fencedNow(res) && m.now.Before(m.lastSeen(r.peer).Add(m.cfg.LinkVeto)) {
+			return
+		}
+		// Rule 4, the other half: the link went silent well before the
+		// detector lost the primary, so the detector has been running on
+		// the witness's indirect probes alone since, and a stall of a few
+		// hundred milliseconds on a loaded host defeats them. After a cut,
+		// a death is believed once it lasted LinkVeto; a crash, which
+		// takes the link and the detector's probes down together, is
+		// fenced at once.
+		if !fencedNow(res) && !r.linkLostAt.IsZero() && r.linkLostAt.Before(m.lastSeen(r.peer).Add(-cutLead)) &&
+			m.now.Before(m.lastSeen(r.peer).Add(m.cfg.LinkVeto)) {
 			return
 		}
 		// Rule 1: the old primary must be confirmed off (rule 5: a failed
@@ -1016,6 +1046,9 @@ type ResourceStatus struct {
 	LeaseUntil      time.Time `json:"lease_until,omitzero"`
 	Handoff         bool      `json:"handoff,omitempty"`
 	WaitingDegraded bool      `json:"waiting_degraded,omitempty"`
+	// Blocked: why this node does not take over a primary that is gone
+	// (its replica is not UpToDate), "" when nothing stops it.
+	Blocked string `json:"blocked,omitempty"`
 }
 
 // Status returns a snapshot.
@@ -1029,7 +1062,7 @@ func (m *Machine) Status() Status {
 		s.Members[n] = st
 	}
 	for _, r := range m.res {
-		rs := ResourceStatus{Resource: r.cfg.Name, Primary: r.primary, VIP: r.vip, Handoff: r.handoff, WaitingDegraded: r.degradedWaiting}
+		rs := ResourceStatus{Resource: r.cfg.Name, Primary: r.primary, VIP: r.vip, Handoff: r.handoff, WaitingDegraded: r.degradedWaiting, Blocked: r.blocked}
 		if r.primary {
 			rs.Epoch, rs.Serving, rs.LeaseUntil = r.epoch, !r.suspended, r.leaseUntil
 		}

@@ -225,6 +225,18 @@ func TestOutdatedNeverPromotesAutomatically(t *testing.T) {
 	if !s.alerted("cannot take over") || !s.alerted("Outdated") {
 		t.Fatalf("no alert: %v", s.alerts)
 	}
+	// The status says it too, as long as it holds.
+	blocked := func() string {
+		for _, r := range s.nodes["b"].m.Status().Resources {
+			if r.Resource == "r0" {
+				return r.Blocked
+			}
+		}
+		return ""
+	}
+	if b := blocked(); !strings.Contains(b, "cannot take over") || !strings.Contains(b, "Outdated in the authority record") {
+		t.Fatalf("b's status does not say why it does not take over: %q", b)
+	}
 	s.admin("b", AdminRequest{ID: "p1", Op: AdminPromote, Resource: "r0"})
 	if r := s.lastReply("p1"); !errors.Is(r.Err, ErrNotUpToDate) || !strings.Contains(r.Err.Error(), "--force") {
 		t.Fatalf("promote without force: %+v", r)
@@ -239,6 +251,9 @@ func TestOutdatedNeverPromotesAutomatically(t *testing.T) {
 	r := s.lastReply("p2")
 	if r.Err != nil || !strings.Contains(r.Text, "acknowledged after that is lost") {
 		t.Fatalf("promote --force: %+v", r)
+	}
+	if b := blocked(); b != "" {
+		t.Fatalf("b, primary by force, still says it is blocked: %q", b)
 	}
 	res := s.rec.Resource("r0")
 	if res.Primary != "b" || res.LastFailover.How != "forced" || res.LastFailover.Discarded == "" || res.State("a") != StateOutdated {
@@ -955,5 +970,56 @@ func TestWronglyConfirmedPrimaryStepsDown(t *testing.T) {
 	}
 	if got := s.serving("r0"); len(got) != 1 || s.rec.Resource("r0").Epoch < 2 {
 		t.Fatalf("r0 served by %v at epoch %d, want one node at a new epoch\n%s", got, s.rec.Resource("r0").Epoch, s.dump())
+	}
+}
+
+// Rule 4 with a stall: the replication link alone is cut (a and b still
+// see each other through w), and seconds later a stalls long enough for
+// the detector, which runs on w's indirect probes alone since the cut, to
+// call it dead. b does not fence it for LinkVeto after it left Alive: a
+// comes back within it and keeps r0, nobody fenced.
+func TestDeathAfterACutWaitsLinkVeto(t *testing.T) {
+	s := started(t, nil)
+	s.setData(false)
+	s.advance(3 * time.Second)
+	stall := s.now
+	s.setLink("a", "b", false)
+	s.setLink("a", "w", false)
+	s.advance(DefaultLinkVeto - 2*time.Second)
+	if at, ok := s.firstAct("b", "fence a"); ok {
+		t.Fatalf("b fenced a %v after it stalled, seconds after a cut of the link alone: %v", at.Sub(stall), s.actsOf("b"))
+	}
+	s.setLink("a", "b", true)
+	s.setLink("a", "w", true)
+	s.advance(10 * time.Second)
+	if s.fenceActions != 0 {
+		t.Fatalf("a cut and a stall caused %d fencing actions: %v", s.fenceActions, s.actsOf("b"))
+	}
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("r0 served by %v after the stall, want a\n%s", got, s.dump())
+	}
+}
+
+// A real death after a cut (b still UpToDate: a wrote nothing alone) is
+// failed over, LinkVeto after a left Alive; a crash that takes the link
+// down with it is fenced at once (TestFenceInFlightCanceledWhenThePrimaryComesBack).
+func TestCrashAfterACutFailsOverAfterLinkVeto(t *testing.T) {
+	s := started(t, nil)
+	s.setData(false)
+	s.advance(3 * time.Second)
+	crashed := s.now
+	s.crash("a")
+	s.advance(DefaultLinkVeto + 2*time.Second)
+	at, ok := s.firstAct("b", "fence a [r0]")
+	if !ok {
+		t.Fatalf("b never fenced a, dead after a cut: %v", s.actsOf("b"))
+	}
+	if at.Before(crashed.Add(DefaultLinkVeto)) {
+		t.Fatalf("b fenced a %v after its death, before LinkVeto (%v) after a cut", at.Sub(crashed), DefaultLinkVeto)
+	}
+	s.completeFence()
+	s.advance(5 * time.Second)
+	if got := s.serving("r0"); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Fatalf("r0 served by %v after a died, want b\n%s", got, s.dump())
 	}
 }

@@ -158,6 +158,14 @@ func (m *Membership) Join(peers []string) (int, error) {
 // reader). Closed by Close.
 func (m *Membership) Events() <-chan MemberChange { return m.events.out }
 
+// State is what the failure detector last said of a voter: Alive, Suspect
+// or Dead, "" if it never said anything (and for this node).
+func (m *Membership) State(node string) MemberState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.states[node]
+}
+
 // SetMeta sets this node's metadata (roles, disk states, config hash...)
 // and gossips it.
 func (m *Membership) SetMeta(b []byte) error {

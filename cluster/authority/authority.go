@@ -152,6 +152,7 @@ func Open(cfg Config) (_ *Authority, err error) {
 		closers = append(closers, ln.Close)
 	}
 	a.stream = newStreamLayer(ln, adv, cfg.Secret, cfg.TLS, a.log, a.serveForward)
+	a.stream.dialer = cfg.dial
 	a.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  a.stream,
 		MaxPool: 3,
@@ -211,7 +212,7 @@ func Open(cfg Config) (_ *Authority, err error) {
 	ch := make(chan raft.Observation, 16)
 	a.obs = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.LeaderObservation, raft.RaftState:
+		case raft.LeaderObservation, raft.RaftState, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
 			return true
 		}
 		return false
@@ -238,11 +239,23 @@ func sameVoters(got, want raft.Configuration) bool {
 
 func (a *Authority) observe(ch <-chan raft.Observation) {
 	defer a.wg.Done()
+	h := handoff{failing: map[string]bool{}}
 	for {
 		select {
 		case <-a.done:
 			return
 		case o := <-ch:
+			switch d := o.Data.(type) {
+			case raft.FailedHeartbeatObservation:
+				h.failing[string(d.PeerID)] = true
+				a.maybeHandOff(&h, string(d.PeerID), d.LastContact)
+				continue
+			case raft.ResumedHeartbeatObservation:
+				delete(h.failing, string(d.PeerID))
+				continue
+			case raft.LeaderObservation:
+				clear(h.failing) // a new term: the new leader's heartbeats tell
+			}
 			st := a.Status()
 			if lo, ok := o.Data.(raft.LeaderObservation); ok {
 				a.log.Info("authority: leader changed", "leader", string(lo.LeaderID), "state", st.State)
@@ -251,6 +264,56 @@ func (a *Authority) observe(ch <-chan raft.Observation) {
 				a.cfg.OnStatus(st)
 			}
 		}
+	}
+}
+
+const (
+	// handoffAfter: how long a leader goes without reaching a live voter
+	// before it hands its leadership to a preferred one (a few heartbeat
+	// failures: a blip does not move the leadership, a cut does, well
+	// before the replication link's ping timeout makes the primary write
+	// without its peer).
+	handoffAfter = 2 * time.Second
+	// handoffRetry: at most one handoff attempt per this period.
+	handoffRetry = 5 * time.Second
+)
+
+// handoff is the observer's memory for Config.PreferredLeaders: the peers
+// whose heartbeats fail now, and the last attempt.
+type handoff struct {
+	failing map[string]bool
+	last    time.Time
+}
+
+// maybeHandOff hands the leadership to a preferred voter that is reached,
+// when this leader, not preferred itself, has not reached peer, which is
+// alive, since lastContact (Config.PreferredLeaders).
+func (a *Authority) maybeHandOff(h *handoff, peer string, lastContact time.Time) {
+	if len(a.cfg.PreferredLeaders) == 0 || slices.Contains(a.cfg.PreferredLeaders, a.cfg.Node) ||
+		a.raft.State() != raft.Leader || time.Since(lastContact) < handoffAfter || time.Since(h.last) < handoffRetry {
+		return
+	}
+	alive := func(n string) bool { return a.cfg.Alive == nil || a.cfg.Alive(n) }
+	if !alive(peer) {
+		return // dead, not cut off: no other leader would reach it either
+	}
+	for _, to := range a.cfg.PreferredLeaders {
+		v, ok := a.cfg.voter(to)
+		if !ok || to == peer || h.failing[to] || !alive(to) {
+			continue
+		}
+		h.last = time.Now()
+		a.log.Warn("authority: handing the leadership to a voter that reaches every node: this leader has not reached a live voter",
+			"to", to, "unreached", peer, "since", time.Since(lastContact).Round(time.Millisecond))
+		f := a.raft.LeadershipTransferToServer(raft.ServerID(to), raft.ServerAddress(v.Addr))
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := f.Error(); err != nil {
+				a.log.Warn("authority: leadership handoff failed", "to", to, "err", err)
+			}
+		}()
+		return
 	}
 }
 
@@ -468,7 +531,8 @@ func (a *Authority) await(ctx context.Context, f raft.Future) error {
 		switch {
 		case err == nil:
 			return nil
-		case errors.Is(err, raft.ErrNotLeader):
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			// Nothing was appended: ask the (next) leader.
 			return errNotLeader
 		case errors.Is(err, raft.ErrEnqueueTimeout):
 			return fmt.Errorf("%w: %w", ErrNoQuorum, err)

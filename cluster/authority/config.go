@@ -87,6 +87,24 @@ type Config struct {
 	// changes.
 	OnStatus func(Status)
 	Timeouts Timeouts
+	// PreferredLeaders are the voters that should lead when the leader
+	// cannot reach every voter: the witness, which sits between the data
+	// nodes. A leader not among them that has not reached a voter for
+	// handoffAfter, while that voter is alive (Alive), hands its
+	// leadership to one of them it still reaches. Raft alone would keep
+	// it: when the link between the data nodes is cut and one of them
+	// leads, the other hears no leader and can commit nothing (its
+	// pre-votes are refused, the witness has a leader), although it may
+	// be the primary that must mark its peer Outdated before it writes on.
+	PreferredLeaders []string
+	// Alive, if set, tells whether the failure detector holds a voter
+	// alive (reached directly or through the others): a leader hands over
+	// only for a voter it is cut off from, not for one that died. nil:
+	// every voter counts as alive.
+	Alive func(node string) bool
+	// dial, if set, replaces the TCP dial of the authority port (tests cut
+	// links with it).
+	dial func(address string, timeout time.Duration) (net.Conn, error)
 	// SnapshotThreshold: entries since the last snapshot before raft takes
 	// another (0: raft's 8192); TrailingLogs: entries kept behind a
 	// snapshot for a follower that lags (0: raft's 10240). Raft also looks

@@ -127,6 +127,8 @@ type streamLayer struct {
 	tls     *tls.Config // nil: plain TCP
 	log     *slog.Logger
 	forward func(net.Conn)
+	// dialer, if set, replaces net.DialTimeout (Config.dial).
+	dialer func(address string, timeout time.Duration) (net.Conn, error)
 
 	raftConns chan net.Conn
 	done      chan struct{}
@@ -229,7 +231,13 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 
 func (s *streamLayer) dial(address string, timeout time.Duration, purpose byte) (net.Conn, error) {
 	deadline := time.Now().Add(timeout)
-	conn, err := net.DialTimeout("tcp", address, timeout)
+	dial := s.dialer
+	if dial == nil {
+		dial = func(address string, timeout time.Duration) (net.Conn, error) {
+			return net.DialTimeout("tcp", address, timeout)
+		}
+	}
+	conn, err := dial(address, timeout)
 	if err != nil {
 		return nil, err
 	}

@@ -136,6 +136,11 @@ func printClusterLayer(w io.Writer, st *manager.Status) {
 		fmt.Fprintf(w, "  FENCING %s (blocks %s): attempt %d since %s, %s; once you know %s is off, `tandem fence confirm %s` unblocks it\n",
 			f.Node, strings.Join(f.Resources, ", "), f.Attempts, f.Since.UTC().Format(time.RFC3339), how, f.Node, f.Node)
 	}
+	for _, r := range st.Resources {
+		if r.Blocked != "" {
+			fmt.Fprintf(w, "  %s: NO FAILOVER: %s\n", r.Resource, r.Blocked)
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(st.LastFailover)) {
 		f := st.LastFailover[name]
 		var steps []string

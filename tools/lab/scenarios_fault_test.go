@@ -131,16 +131,6 @@ func noAckBetween(t *testing.T, ws []timedWrite, from, to time.Time, why string)
 	}
 }
 
-// recordOf is r0 in node's latest authority record, nil when the node
-// does not answer.
-func recordOf(s *Status, node string) *cluster.Resource {
-	st := layer(s, node)
-	if st == nil || st.ClusterLayer.Record == nil {
-		return nil
-	}
-	return st.ClusterLayer.Record.Resource("r0")
-}
-
 // errFound ends an event stream once the event looked for has come.
 var errFound = errors.New("found")
 

@@ -167,6 +167,10 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 	cl.auth, err = authority.Open(authority.Config{
 		Node: d.node.Name, Voters: voters, Dir: filepath.Join(d.node.DataDir, "authority"),
 		Secret: secret, Logger: log, OnCommit: cl.mgr.Commit,
+		// The witness reaches both data nodes when their link is cut: it
+		// leads then, so that both can still commit.
+		PreferredLeaders: d.cfg.Witnesses(),
+		Alive:            func(n string) bool { return cl.ms.State(n) == cluster.MemberAlive },
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
