@@ -135,12 +135,12 @@ func noAckBetween(t *testing.T, ws []timedWrite, from, to time.Time, why string)
 var errFound = errors.New("found")
 
 // sawEvent reports whether node's daemon retains an event for which match
-// holds (it replays the retained ring, for a few seconds at most).
+// holds (the retained ring, without following: events --now).
 func sawEvent(t *testing.T, lab *Lab, node string, match func(daemon.Event) bool) bool {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := lab.client(node).Events(ctx, 0, func(ev daemon.Event) error {
+	err := lab.client(node).EventsNow(ctx, 0, func(ev daemon.Event) error {
 		if match(ev) {
 			return errFound
 		}
