@@ -387,14 +387,21 @@ func (l *link) downstream(f wire.Frame) error {
 	l.applying.Add(1)
 	// The last frame of a burst, with nothing to wait for, is applied
 	// right here: a hand-off to another goroutine would cost a wake-up on
-	// every lone write, and nothing else is waiting to be read.
-	if f.Type == wire.Write && f.Flags&wire.FlagFUA == 0 && l.c.Reader().Buffered() == 0 && !l.rord.conflict(sp.seq, sp.off, sp.end) {
+	// every lone write, and nothing else is waiting to be read. Only small
+	// writes: a large payload goes past the read buffer, so Buffered is 0
+	// after nearly every one, and writing it inline would stop the receive
+	// loop for the whole disk write (streams of 1 MiB writes and resync
+	// chunks would be applied one at a time).
+	if f.Type == wire.Write && n <= inlineApplyMax && f.Flags&wire.FlagFUA == 0 && l.c.Reader().Buffered() == 0 && !l.rord.conflict(sp.seq, sp.off, sp.end) {
 		l.apply(f, sp)
 		return nil
 	}
 	go l.apply(f, sp)
 	return nil
 }
+
+// inlineApplyMax is the largest write the receive loop applies itself.
+const inlineApplyMax = 64 << 10
 
 func (l *link) apply(f wire.Frame, sp *span) {
 	defer l.applying.Done()
@@ -407,6 +414,9 @@ func (l *link) apply(f wire.Frame, sp *span) {
 	switch f.Type {
 	case wire.Write, wire.ResyncData:
 		err = v.data.WriteAt(v.ctx, f.Payload, off, fua)
+		// The data device does not keep the buffer: the next frame may
+		// reuse it.
+		l.c.Reader().Release(f.Payload)
 	case wire.Trim:
 		err = v.data.Trim(v.ctx, off, n, fua)
 	case wire.Zero:

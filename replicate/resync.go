@@ -15,9 +15,9 @@ import (
 
 const (
 	// resyncChunk is the most one resync frame carries.
-	resyncChunk = 256 << 10
+	resyncChunk = 1 << 20
 	// resyncWindow is how many chunks may await the target's ack.
-	resyncWindow = 8
+	resyncWindow = 16
 	// maxResyncGranularity: a chunk must hold whole bitmap bits, or a bit
 	// could never be cleared.
 	maxResyncGranularity = 16 << 20
