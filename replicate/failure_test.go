@@ -573,7 +573,7 @@ func TestPowerCutOfBothNodes(t *testing.T) {
 		return len(acked) > 30
 	})
 	crashed.Store(true)
-	imgs := disk.CrashTogether(rand.New(rand.NewPCG(4, 4)), p.a.data, p.a.meta, p.b.data, p.b.meta)
+	imgs := disk.PowerCut(rand.New(rand.NewPCG(4, 4)), p.a.data, p.a.meta, p.b.data, p.b.meta)
 	p.a.v.kill()
 	p.b.v.kill()
 	wg.Wait()
