@@ -227,7 +227,12 @@ func (l *link) deliver(f wire.Frame) {
 func (l *link) teardown() {
 	v := l.v
 	l.end("", false)
+	// Under pendMu: a resync clear either comes before this, and so
+	// before the bits set below and those of writes that find no link,
+	// or sees the link inactive (clearConfirmed).
+	l.pendMu.Lock()
 	l.active.Store(false)
+	l.pendMu.Unlock()
 	v.seqMu.Lock()
 	if v.cur == l {
 		v.cur = nil
