@@ -86,10 +86,13 @@ type link struct {
 	applying   sync.WaitGroup
 	background sync.WaitGroup // resync and verify loops
 
-	// target side of a resync: bytes applied since the data and the
-	// bitmap were last flushed.
-	rsMu        sync.Mutex
-	rsUnflushed int64
+	// target side of a resync: the ranges written (or found equal)
+	// since the data was last synced, whose bits are cleared only after
+	// the next sync (checkpoint); rsBusy while one runs.
+	rsMu           sync.Mutex
+	rsPending      []rsRange
+	rsPendingBytes int64
+	rsBusy         bool
 	// source side: bytes cleared since the bitmap was last flushed.
 	srcCleared atomic.Int64
 }
@@ -440,8 +443,7 @@ func (l *link) apply(f wire.Frame, sp *span) {
 		}
 	}
 	if err == nil && (f.Type == wire.ResyncData || f.Type == wire.ResyncRequest) {
-		v.bm.Clear(off, n)
-		err = l.resyncApplied(n)
+		err = l.resyncApplied(off, n)
 	}
 	l.rord.remove(sp)
 	spanPool.Put(sp)
@@ -487,19 +489,43 @@ func (l *link) detach(err error) {
 	l.end(why, true)
 }
 
-// resyncApplied makes resync progress durable now and then on a sync
-// target: data first, then the cleared bits, so that a crash never finds
-// a clear bit over data that did not reach the disk.
-func (l *link) resyncApplied(n int64) error {
+// rsRange is a range a sync target holds, not yet known durable.
+type rsRange struct{ off, n int64 }
+
+// resyncApplied records a range the target now holds and, every 32 MiB,
+// makes the progress durable: data first, then the bits of what that
+// sync covered, so that a crash never finds a clear bit over data that
+// did not reach the disk. Only ranges applied before the data sync are
+// cleared: a range written while the sync runs may not be covered by it,
+// and clearing its bit in memory then would let the bitmap write that
+// follows the sync record it as in sync. The other appliers go on (and
+// acknowledge) meanwhile: the source may clear its bits at once, since
+// this side's bitmap on disk still marks the range until the checkpoint
+// and a reconnection resyncs the union of both bitmaps.
+func (l *link) resyncApplied(off, n int64) error {
 	l.rsMu.Lock()
-	defer l.rsMu.Unlock()
-	l.rsUnflushed += n
-	if l.rsUnflushed < 32<<20 {
+	l.rsPending = append(l.rsPending, rsRange{off, n})
+	l.rsPendingBytes += n
+	if l.rsPendingBytes < 32<<20 || l.rsBusy {
+		l.rsMu.Unlock()
 		return nil
 	}
-	l.rsUnflushed = 0
+	batch := l.rsPending
+	l.rsPending, l.rsPendingBytes, l.rsBusy = nil, 0, true
+	l.rsMu.Unlock()
+	err := l.resyncCheckpoint(batch)
+	l.rsMu.Lock()
+	l.rsBusy = false
+	l.rsMu.Unlock()
+	return err
+}
+
+func (l *link) resyncCheckpoint(batch []rsRange) error {
 	if err := l.v.data.Flush(l.v.ctx); err != nil {
 		return err
+	}
+	for _, r := range batch {
+		l.v.bm.Clear(r.off, r.n)
 	}
 	return l.v.bm.FlushAll()
 }
@@ -604,6 +630,11 @@ func (l *link) finishTarget(src peerState) error {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
 	v.bm.Clear(0, v.size)
+	// What was pending is covered by the sync above; a later resync in
+	// this session must not clear its ranges again.
+	l.rsMu.Lock()
+	l.rsPending, l.rsPendingBytes = nil, 0
+	l.rsMu.Unlock()
 	if err := v.bm.FlushAll(); err != nil {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
