@@ -38,6 +38,59 @@ func BenchmarkWrite4k(b *testing.B) {
 	}
 }
 
+// BenchmarkWrite1M: 1 MiB sequential writes at queue depth 8, bare file
+// against the replicated volume:
+//
+//	go test -run X -bench Write1M -benchtime 2000x ./replicate/
+func BenchmarkWrite1M(b *testing.B) {
+	const size = 512 << 20
+	b.Run("local/qd8", func(b *testing.B) {
+		p := newPair(b, pairOpts{blank: true, size: size, files: true})
+		benchSeq(b, p.a.dataDev, 8, 1<<20)
+	})
+	b.Run("replicated/qd8", func(b *testing.B) {
+		p := newPair(b, pairOpts{blank: true, size: size, files: true})
+		p.waitConnected(10 * time.Second)
+		if _, err := p.a.v.Promote(context.Background(), false); err != nil {
+			b.Fatal(err)
+		}
+		benchSeq(b, p.a.v, 8, 1<<20)
+		b.StopTimer()
+		if s := p.a.v.Status(); s.Conn != Connected || s.OutOfSync != 0 {
+			b.Fatalf("not replicated: %+v", s)
+		}
+	})
+}
+
+// benchSeq writes bs-byte blocks in order (wrapping at the end of d) from
+// qd goroutines.
+func benchSeq(b *testing.B, d nbd.Device, qd, bs int) {
+	ctx := context.Background()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	blocks := d.Size() / int64(bs)
+	b.SetBytes(int64(bs))
+	b.ResetTimer()
+	for range qd {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, bs)
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				if err := d.WriteAt(ctx, buf, (i%blocks)*int64(bs), false); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 func itoa(n int) string {
 	if n < 10 {
 		return string(rune('0' + n))

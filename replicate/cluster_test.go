@@ -193,11 +193,14 @@ func (n *testNode) open() {
 }
 
 // kill stops the node like a kill -9: no flush, no clean metadata. With
-// crash, its disks are replaced by what a power cut would have left.
+// crash, its disks are replaced by what a power cut would have left, and
+// the cut stops the old disks at the same instant (disk.PowerCut): the
+// node, still running until kill returns, can no longer write or sync,
+// so it cannot acknowledge anything the images do not hold.
 func (n *testNode) kill(crash bool, seed uint64) {
 	n.t.Helper()
 	if crash {
-		imgs := disk.CrashTogether(rand.New(rand.NewPCG(seed, seed+1)), n.data, n.meta)
+		imgs := disk.PowerCut(rand.New(rand.NewPCG(seed, seed+1)), n.data, n.meta)
 		n.v.kill()
 		n.data, n.meta = imgs[0], imgs[1]
 		return

@@ -15,9 +15,9 @@ import (
 
 const (
 	// resyncChunk is the most one resync frame carries.
-	resyncChunk = 256 << 10
+	resyncChunk = 1 << 20
 	// resyncWindow is how many chunks may await the target's ack.
-	resyncWindow = 8
+	resyncWindow = 16
 	// maxResyncGranularity: a chunk must hold whole bitmap bits, or a bit
 	// could never be cleared.
 	maxResyncGranularity = 16 << 20
@@ -258,13 +258,37 @@ func (l *link) runResync(p *progress) error {
 // now and then so a restart does not redo everything.
 func (l *link) cleared(off, n int64) {
 	v := l.v
-	v.bm.Clear(off, n)
+	if !l.clearConfirmed(off, n) {
+		return
+	}
 	if l.srcCleared.Add(n) >= 32<<20 {
 		l.srcCleared.Store(0)
 		if err := v.bm.FlushAll(); err != nil {
 			v.log.Warn("replicate: writing the bitmap during resync", "err", err)
 		}
 	}
+}
+
+// clearConfirmed clears the source's bits of a range the target holds
+// as this side read it, unless the link was lost meanwhile. The target's
+// confirmation covers the data of the read, not writes to the range made
+// after it: those reached the peer (and sit in the transfer log, whose
+// bits the teardown sets if the link is lost) or were written without it
+// (and set their own bits once they saw the link gone). So a clear is
+// only safe while the link is up, atomically with the teardown, which
+// marks the link inactive and dead under pendMu before it sets the
+// transfer log's bits; a write that finds no link got there after that.
+func (l *link) clearConfirmed(off, n int64) bool {
+	if h := l.v.beforeResyncClear.Load(); h != nil {
+		(*h)(off, n)
+	}
+	l.pendMu.Lock()
+	defer l.pendMu.Unlock()
+	if l.dead || !l.active.Load() {
+		return false
+	}
+	l.v.bm.Clear(off, n)
+	return true
 }
 
 // resyncChecksum compares digests of a chunk first and sends only the
@@ -287,7 +311,9 @@ func (l *link) resyncChecksum(off, n int64, p *progress) error {
 	}
 	for _, r := range compareDigests(mine, theirs, off, n, v.gran) {
 		if !r.differ {
-			v.bm.Clear(r.off, r.n)
+			if !l.clearConfirmed(r.off, r.n) {
+				return ErrPeerLost
+			}
 			l.queueInSync(r.off, r.n)
 			continue
 		}
@@ -332,13 +358,23 @@ func compareDigests(mine, theirs []byte, off, n, gran int64) []digestRun {
 // goes to the history, and the target takes this side's generations.
 func (l *link) finishSource() error {
 	v := l.v
-	if err := v.meta.Update(func(s *md.Superblock) {
+	// Not once this side wrote without the peer (the link went after the
+	// last confirmation): the bitmap records against the generation that
+	// the degraded write moved to, which must stay its base.
+	v.degMu.Lock()
+	if v.rotated {
+		v.degMu.Unlock()
+		return fmt.Errorf("replicate: finishing resync: written without the peer meanwhile: %w", ErrPeerLost)
+	}
+	err := v.meta.Update(func(s *md.Superblock) {
 		g := genFromMD(s.Gen)
 		g.pushHistory(g.Bitmap)
 		g.Bitmap = 0
 		s.Gen = genToMD(g)
 		s.Flags &^= md.PeerOutdated | md.CrashedPrimary
-	}); err != nil {
+	})
+	v.degMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
 	if err := v.bm.FlushAll(); err != nil {

@@ -77,6 +77,11 @@ type Volume struct {
 
 	appBytes atomic.Int64 // application bytes, for the rate controller
 
+	// beforeResyncClear, set only by tests, runs on a sync source after
+	// the target confirmed a range and before its bits are cleared: a
+	// test holds it to put a link loss and later writes in that window.
+	beforeResyncClear atomic.Pointer[func(off, n int64)]
+
 	mu         sync.Mutex
 	sess       *link // the session being set up or running
 	conn       ConnState

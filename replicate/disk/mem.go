@@ -212,13 +212,25 @@ func (m *Mem) crashLocked(r *rand.Rand) *Mem {
 // machine with more than one disk, e.g. data and external metadata): no
 // write to any of them can happen between the snapshots. Calls running
 // concurrently must list shared Mems in the same order.
-func CrashTogether(r *rand.Rand, ms ...*Mem) []*Mem {
+func CrashTogether(r *rand.Rand, ms ...*Mem) []*Mem { return crashAll(r, false, ms) }
+
+// PowerCut is CrashTogether for a machine that stops at that instant:
+// besides returning the images, it closes every one of ms in the same
+// critical section, so whatever the machine still does afterwards fails
+// with ErrClosed. Without it the crashed node goes on running between
+// the snapshot and its stop: a Sync that completes then is in no image,
+// yet the node may report it (a secondary's Flushed), and the primary
+// forgets writes the crashed disk never kept.
+func PowerCut(r *rand.Rand, ms ...*Mem) []*Mem { return crashAll(r, true, ms) }
+
+func crashAll(r *rand.Rand, stop bool, ms []*Mem) []*Mem {
 	for _, m := range ms {
 		m.mu.Lock()
 	}
 	out := make([]*Mem, len(ms))
 	for i, m := range ms {
 		out[i] = m.crashLocked(r)
+		m.closed = m.closed || stop
 	}
 	for _, m := range ms {
 		m.mu.Unlock()

@@ -276,3 +276,34 @@ func TestCrashTogether(t *testing.T) {
 		t.Fatal("CrashTogether: second image")
 	}
 }
+
+// TestPowerCut: the images keep what was synced, and the cut disks fail
+// every later write and sync, so nothing done after the cut can be
+// mistaken for durable.
+func TestPowerCut(t *testing.T) {
+	a, b := NewMem(4096), NewMem(4096)
+	mustWrite(t, a, pattern(512, 1), 0)
+	if err := a.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, b, pattern(512, 2), 0)
+	out := PowerCut(rand.New(rand.NewPCG(6, 6)), a, b)
+	if len(out) != 2 || !bytes.Equal(out[0].Bytes()[:512], pattern(512, 1)) {
+		t.Fatal("PowerCut lost synced data")
+	}
+	for _, m := range []*Mem{a, b} {
+		if _, err := m.WriteAt(pattern(512, 3), 512); !errors.Is(err, ErrClosed) {
+			t.Fatalf("write after the cut: %v, want ErrClosed", err)
+		}
+		if err := m.Sync(); !errors.Is(err, ErrClosed) {
+			t.Fatalf("sync after the cut: %v, want ErrClosed", err)
+		}
+	}
+	// The images are new disks that work.
+	if _, err := out[1].WriteAt(pattern(512, 4), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := out[1].Sync(); err != nil {
+		t.Fatal(err)
+	}
+}

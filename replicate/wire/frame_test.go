@@ -473,3 +473,34 @@ func TestReaderBuffered(t *testing.T) {
 		t.Fatalf("Buffered after the last frame: %d", n)
 	}
 }
+
+// TestReaderRelease: a released payload buffer is reused for a later
+// frame of its size class, the later frame still reads its own bytes, and
+// buffers of other sizes are ignored.
+func TestReaderRelease(t *testing.T) {
+	var stream bytes.Buffer
+	w := NewWriter(&stream, Options{})
+	a, b := bytes.Repeat([]byte{1}, 1<<20), bytes.Repeat([]byte{2}, 1<<20-4096)
+	for _, p := range [][]byte{a, b} {
+		if err := w.Write(Frame{Type: Write, Seq: 1, Length: uint32(len(p)), Payload: p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewReader(&stream, Options{})
+	r.Release(make([]byte, 5000)) // not a pooled size: dropped
+	f1, err := r.Read()
+	if err != nil || !bytes.Equal(f1.Payload, a) {
+		t.Fatalf("first frame: %v", err)
+	}
+	if cap(f1.Payload) != 1<<20 {
+		t.Fatalf("payload cap %d, want the 1 MiB class", cap(f1.Payload))
+	}
+	r.Release(f1.Payload)
+	f2, err := r.Read()
+	if err != nil || !bytes.Equal(f2.Payload, b) {
+		t.Fatalf("second frame: %v", err)
+	}
+	if cap(f2.Payload) != 1<<20 {
+		t.Fatalf("second payload cap %d, want the 1 MiB class", cap(f2.Payload))
+	}
+}

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/bits"
 	"net"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -43,6 +45,53 @@ type Reader struct {
 	zdec  *zstd.Decoder
 	// err is sticky: after a broken frame the stream position is unknown.
 	err error
+	// bufs recycles payload buffers given back with Release, one pool per
+	// power-of-two size from minPooled up: without it every 1 MiB write
+	// from the peer is a fresh 1 MiB allocation (and its zeroing and
+	// garbage collection).
+	bufs [poolClasses]sync.Pool // *[]byte
+}
+
+const (
+	minPooledShift = 12 // 4 KiB: smaller payloads are cheap to allocate
+	poolClasses    = 15 // up to 4 KiB << 14 = 64 MiB, above DefaultMaxPayload
+)
+
+// poolClass is the pool for a payload of n bytes, or -1 if none.
+func poolClass(n int) int {
+	if n < 1<<minPooledShift {
+		return -1
+	}
+	c := bits.Len(uint(n-1)) - minPooledShift
+	if c >= poolClasses {
+		return -1
+	}
+	return c
+}
+
+// alloc returns an n-byte buffer, recycled when one of its size class was
+// released.
+func (r *Reader) alloc(n int) []byte {
+	c := poolClass(n)
+	if c < 0 {
+		return make([]byte, n)
+	}
+	if b, _ := r.bufs[c].Get().(*[]byte); b != nil {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 1<<(c+minPooledShift))
+}
+
+// Release gives back a payload returned by Read once nothing refers to it
+// any more, so a later frame can reuse its memory. It is optional, safe
+// from any goroutine, and ignores buffers that are not of a pooled size.
+func (r *Reader) Release(p []byte) {
+	c := poolClass(cap(p))
+	if c < 0 || cap(p) != 1<<(c+minPooledShift) {
+		return
+	}
+	p = p[:cap(p)]
+	r.bufs[c].Put(&p)
 }
 
 // NewReader reads frames from r.
@@ -72,7 +121,7 @@ func (r *Reader) closeDecoder() {
 func (r *Reader) Buffered() int { return r.br.Buffered() }
 
 // Read returns the next frame, its payload decompressed and owned by the
-// caller. io.EOF means the peer closed cleanly between frames. Any other
+// caller (who may hand it back with Release). io.EOF means the peer closed cleanly between frames. Any other
 // error is final, except a timeout that struck before the first byte of a
 // frame (a read deadline used as an idle timer).
 func (r *Reader) Read() (Frame, error) {
@@ -116,7 +165,7 @@ func (r *Reader) read() (f Frame, sticky bool, err error) {
 	}
 	// Allocation happens only now, bounded by r.max, from a header whose
 	// checksum, type and flags are valid.
-	payload := make([]byte, h.payloadLen)
+	payload := r.alloc(int(h.payloadLen))
 	if _, err := io.ReadFull(r.br, payload); err != nil {
 		return Frame{}, true, fmt.Errorf("wire: reading %s payload (%d bytes): %w", h.typ, h.payloadLen, unexpected(err))
 	}
@@ -126,7 +175,10 @@ func (r *Reader) read() (f Frame, sticky bool, err error) {
 	}
 	switch h.flags & flagsCompressed {
 	case FlagCompressedS2:
-		if payload, err = decompressS2(payload, r.max); err != nil {
+		raw := payload
+		payload, err = decompressS2(raw, r.max)
+		r.Release(raw) // the decompressed bytes are a copy
+		if err != nil {
 			return Frame{}, true, fmt.Errorf("wire: %s frame seq %d: %w", h.typ, h.seq, err)
 		}
 	case FlagCompressedZstd:
@@ -135,7 +187,10 @@ func (r *Reader) read() (f Frame, sticky bool, err error) {
 				return Frame{}, true, fmt.Errorf("wire: creating zstd decoder: %w", err)
 			}
 		}
-		if payload, err = decompressZstd(r.zdec, payload, r.max); err != nil {
+		raw := payload
+		payload, err = decompressZstd(r.zdec, raw, r.max)
+		r.Release(raw)
+		if err != nil {
 			return Frame{}, true, fmt.Errorf("wire: %s frame seq %d: %w", h.typ, h.seq, err)
 		}
 	}
