@@ -109,6 +109,9 @@ type Config struct {
 	Node     string // this node's name
 	Peer     string // the peer node's name
 	Secret   []byte // shared secret (at least 16 bytes)
+	// AcceptSecrets: further secrets the peer may prove instead, while the
+	// cluster rotates its secret (this side proves Secret).
+	AcceptSecrets [][]byte
 
 	Protocol    string // "A", "B" or "C"
 	Compression string // "off", "s2", "zstd"

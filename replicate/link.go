@@ -670,7 +670,7 @@ func (l *link) finishTarget(src peerState) error {
 func (v *Volume) wireConfig(dialer bool) wire.Config {
 	return wire.Config{
 		Cluster: v.cfg.Cluster, Resource: v.cfg.Resource, LocalNode: v.cfg.Node, PeerNode: v.cfg.Peer,
-		Secret: v.cfg.Secret, TLS: v.cfg.TLS, Dialer: dialer, Compression: v.cfg.Compression,
+		Secret: v.cfg.Secret, AcceptSecrets: v.cfg.AcceptSecrets, TLS: v.cfg.TLS, Dialer: dialer, Compression: v.cfg.Compression,
 		Timeout: v.cfg.ConnectTimeout, Logger: v.log,
 	}
 }

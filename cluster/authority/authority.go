@@ -151,7 +151,7 @@ func Open(cfg Config) (_ *Authority, err error) {
 		}
 		closers = append(closers, ln.Close)
 	}
-	a.stream = newStreamLayer(ln, adv, cfg.Secret, cfg.TLS, a.log, a.serveForward)
+	a.stream = newStreamLayer(ln, adv, append([][]byte{cfg.Secret}, cfg.AcceptSecrets...), cfg.TLS, a.log, a.serveForward)
 	a.stream.dialer = cfg.dial
 	a.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  a.stream,

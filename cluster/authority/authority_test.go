@@ -532,7 +532,7 @@ func TestWrongSecretRefused(t *testing.T) {
 	c := newTestCluster(t)
 	c.startAll()
 	l := c.leader()
-	intruder := &streamLayer{secret: []byte("not the secret")}
+	intruder := &streamLayer{secrets: [][]byte{[]byte("not the secret")}}
 	for _, p := range []byte{purposeRaft, purposeForward} {
 		conn, err := intruder.dial(c.cfgs[l].Voters[l].Addr, time.Second, p)
 		if !errors.Is(err, ErrAuth) {
@@ -605,5 +605,44 @@ func TestDirInUseRefused(t *testing.T) {
 	// The refused open closed what it opened, the listener included.
 	if _, err := ln.Accept(); err == nil {
 		t.Fatal("the refused open left its listener open")
+	}
+}
+
+// The middle of a secret rotation: one node already proves the new secret
+// and accepts the old, the others still prove the old and accept the new.
+// The log works across them, in both directions (commits from a leader
+// and forwarded from every node); a secret none of them accepts is still
+// refused.
+func TestRotatingSecretKeepsTheLogRunning(t *testing.T) {
+	c := newTestCluster(t)
+	rotated := []byte("the next cluster secret, rolled in")
+	for i := range c.cfgs {
+		if c.names[i] == "b" {
+			c.cfgs[i].Secret, c.cfgs[i].AcceptSecrets = rotated, [][]byte{secret}
+		} else {
+			c.cfgs[i].AcceptSecrets = [][]byte{rotated}
+		}
+	}
+	c.startAll()
+	for i, n := range c.names {
+		if rec, err := c.propose(i, define("r-"+n)); err != nil || rec.Resource("r-"+n) == nil {
+			t.Fatalf("define from %s mid-rotation: %v, %+v", n, err, rec)
+		}
+	}
+	c.sameEverywhere(c.leader())
+	l := c.leader()
+	for _, k := range [][]byte{rotated, secret} {
+		// It proves k and, mid-rotation like the others, accepts both.
+		conn, err := (&streamLayer{secrets: [][]byte{k, rotated, secret}}).dial(c.cfgs[l].Voters[l].Addr, time.Second, purposeForward)
+		if err != nil {
+			t.Fatalf("a peer proving an accepted secret was refused: %v", err)
+		}
+		conn.Close()
+	}
+	if conn, err := (&streamLayer{secrets: [][]byte{[]byte("neither the old nor the new")}}).dial(c.cfgs[l].Voters[l].Addr, time.Second, purposeForward); !errors.Is(err, ErrAuth) {
+		if conn != nil {
+			conn.Close()
+		}
+		t.Fatalf("a secret nobody accepts: %v, want ErrAuth", err)
 	}
 }

@@ -66,6 +66,9 @@ type Config struct {
 	// Secret is the cluster's shared secret: every connection to the
 	// authority port proves it holds it.
 	Secret []byte
+	// AcceptSecrets are further secrets a peer may prove instead, while
+	// the cluster rotates its secret: this node proves Secret only.
+	AcceptSecrets [][]byte
 	// TLS, if set, wraps every connection of the authority port in TLS
 	// (the secret's challenge then runs inside it), for both ends: it needs
 	// this node's certificate, RootCAs to verify the others' and, for the

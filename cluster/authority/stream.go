@@ -44,6 +44,17 @@ const (
 // else).
 var ErrAuth = errors.New("authority: peer failed authentication")
 
+// anyMAC reports whether got is the MAC under one of the secrets: the
+// first is this node's own, the others are accepted from peers while the
+// cluster rotates its secret.
+func anyMAC(got []byte, secrets [][]byte, label string, purpose byte, cn, sn []byte) bool {
+	ok := false
+	for _, k := range secrets {
+		ok = hmac.Equal(got, mac(k, label, purpose, cn, sn)) || ok
+	}
+	return ok
+}
+
 func mac(secret []byte, label string, purpose byte, cn, sn []byte) []byte {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte(label))
@@ -56,7 +67,7 @@ func mac(secret []byte, label string, purpose byte, cn, sn []byte) []byte {
 // clientHandshake authenticates an outgoing connection for purpose by
 // deadline (the dialer's: a peer that accepts and stalls must not hold up
 // raft's RPC longer than a dead one).
-func clientHandshake(conn net.Conn, secret []byte, purpose byte, deadline time.Time) error {
+func clientHandshake(conn net.Conn, secrets [][]byte, purpose byte, deadline time.Time) error {
 	if err := conn.SetDeadline(deadline); err != nil {
 		return err
 	}
@@ -73,10 +84,10 @@ func clientHandshake(conn net.Conn, secret []byte, purpose byte, deadline time.T
 		return fmt.Errorf("authority: handshake with %s: %w", conn.RemoteAddr(), err)
 	}
 	sn, smac := reply[:nonceSize], reply[nonceSize:]
-	if bytes.Equal(sn, cn) || !hmac.Equal(smac, mac(secret, "tandem-authority server", purpose, cn, sn)) {
+	if bytes.Equal(sn, cn) || !anyMAC(smac, secrets, "tandem-authority server", purpose, cn, sn) {
 		return fmt.Errorf("authority: %s: %w", conn.RemoteAddr(), ErrAuth)
 	}
-	if _, err := conn.Write(mac(secret, "tandem-authority client", purpose, cn, sn)); err != nil {
+	if _, err := conn.Write(mac(secrets[0], "tandem-authority client", purpose, cn, sn)); err != nil {
 		return fmt.Errorf("authority: handshake with %s: %w", conn.RemoteAddr(), err)
 	}
 	return conn.SetDeadline(time.Time{})
@@ -84,7 +95,7 @@ func clientHandshake(conn net.Conn, secret []byte, purpose byte, deadline time.T
 
 // serverHandshake authenticates an incoming connection and returns its
 // purpose.
-func serverHandshake(conn net.Conn, secret []byte) (byte, error) {
+func serverHandshake(conn net.Conn, secrets [][]byte) (byte, error) {
 	if err := conn.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
 		return 0, err
 	}
@@ -104,14 +115,14 @@ func serverHandshake(conn net.Conn, secret []byte) (byte, error) {
 	if _, err := rand.Read(sn); err != nil {
 		return 0, err
 	}
-	if _, err := conn.Write(append(sn, mac(secret, "tandem-authority server", purpose, cn, sn)...)); err != nil {
+	if _, err := conn.Write(append(sn, mac(secrets[0], "tandem-authority server", purpose, cn, sn)...)); err != nil {
 		return 0, fmt.Errorf("authority: handshake from %s: %w", conn.RemoteAddr(), err)
 	}
 	cmac := make([]byte, sha256.Size)
 	if _, err := io.ReadFull(conn, cmac); err != nil {
 		return 0, fmt.Errorf("authority: handshake from %s: %w", conn.RemoteAddr(), err)
 	}
-	if !hmac.Equal(cmac, mac(secret, "tandem-authority client", purpose, cn, sn)) {
+	if !anyMAC(cmac, secrets, "tandem-authority client", purpose, cn, sn) {
 		return 0, fmt.Errorf("authority: %s: %w", conn.RemoteAddr(), ErrAuth)
 	}
 	return purpose, conn.SetDeadline(time.Time{})
@@ -123,7 +134,7 @@ func serverHandshake(conn net.Conn, secret []byte) (byte, error) {
 type streamLayer struct {
 	ln      net.Listener
 	addr    net.Addr
-	secret  []byte
+	secrets [][]byte // this node's own first, then the accepted ones
 	tls     *tls.Config // nil: plain TCP
 	log     *slog.Logger
 	forward func(net.Conn)
@@ -136,8 +147,8 @@ type streamLayer struct {
 	wg        sync.WaitGroup
 }
 
-func newStreamLayer(ln net.Listener, advertise net.Addr, secret []byte, tlsc *tls.Config, log *slog.Logger, forward func(net.Conn)) *streamLayer {
-	s := &streamLayer{ln: ln, addr: advertise, secret: secret, tls: tlsc, log: log, forward: forward,
+func newStreamLayer(ln net.Listener, advertise net.Addr, secrets [][]byte, tlsc *tls.Config, log *slog.Logger, forward func(net.Conn)) *streamLayer {
+	s := &streamLayer{ln: ln, addr: advertise, secrets: secrets, tls: tlsc, log: log, forward: forward,
 		raftConns: make(chan net.Conn), done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -182,7 +193,7 @@ func (s *streamLayer) serve(conn net.Conn) {
 		}
 		conn = tc
 	}
-	purpose, err := serverHandshake(conn, s.secret)
+	purpose, err := serverHandshake(conn, s.secrets)
 	if err != nil {
 		s.log.Warn("authority: refused a connection", "remote", conn.RemoteAddr().String(), "err", err)
 		conn.Close()
@@ -256,7 +267,7 @@ func (s *streamLayer) dial(address string, timeout time.Duration, purpose byte) 
 		}
 		conn = tc
 	}
-	if err := clientHandshake(conn, s.secret, purpose, deadline); err != nil {
+	if err := clientHandshake(conn, s.secrets, purpose, deadline); err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -83,20 +83,20 @@ func TestTLS(t *testing.T) {
 
 	// The secret alone no longer gets in, nor does a certificate from
 	// another CA with the secret.
-	plain := &streamLayer{secret: secret}
+	plain := &streamLayer{secrets: [][]byte{secret}}
 	if conn, err := plain.dial(addr, time.Second, purposeForward); err == nil {
 		conn.Close()
 		t.Fatal("a plain connection with the right secret was accepted")
 	}
 	foreign := newTestCA(t).config(t, "intruder")
 	foreign.RootCAs = ca.pool // it trusts the cluster; the cluster must not trust it
-	other := &streamLayer{secret: secret, tls: foreign}
+	other := &streamLayer{secrets: [][]byte{secret}, tls: foreign}
 	if conn, err := other.dial(addr, time.Second, purposeForward); err == nil {
 		conn.Close()
 		t.Fatal("a certificate from another CA was accepted")
 	}
 	// Right certificate, wrong secret.
-	wrong := &streamLayer{secret: []byte("wrong"), tls: ca.config(t, "w2")}
+	wrong := &streamLayer{secrets: [][]byte{[]byte("wrong")}, tls: ca.config(t, "w2")}
 	if _, err := wrong.dial(addr, time.Second, purposeForward); err == nil {
 		t.Fatal("a wrong secret was accepted over TLS")
 	}

@@ -84,6 +84,9 @@ type Config struct {
 	PeerNode        string
 	// Secret is the cluster's shared secret, at least MinSecretLen bytes.
 	Secret []byte
+	// AcceptSecrets are further secrets the peer may prove instead, while
+	// the cluster rotates its secret; this side proves Secret only.
+	AcceptSecrets [][]byte
 	// TLS, when set, wraps the connection before Hello, TLS 1.3 minimum.
 	// The handshake MACs are bound to the TLS session, so a peer that
 	// proves the secret is the one at the other end of this TLS session
@@ -494,8 +497,12 @@ func (h *handshake) readAuth() error {
 	if err != nil {
 		return err
 	}
-	want := h.mac(h.cfg.PeerNode, h.cfg.LocalNode, h.me.Challenge, h.peer.Challenge, h.theirs, h.mine)
-	if !hmac.Equal(f.Payload, want) {
+	ok := false
+	for _, k := range append([][]byte{h.cfg.Secret}, h.cfg.AcceptSecrets...) {
+		want := h.macWith(k, h.cfg.PeerNode, h.cfg.LocalNode, h.me.Challenge, h.peer.Challenge, h.theirs, h.mine)
+		ok = hmac.Equal(f.Payload, want) || ok
+	}
+	if !ok {
 		return h.refuse(refuseAuth, "authentication failed",
 			fmt.Errorf("%w: %s did not prove the shared secret", ErrAuth, h.cfg.PeerNode))
 	}
@@ -509,7 +516,11 @@ func (h *handshake) readAuth() error {
 // length-prefixed so no two inputs concatenate alike; the order of names
 // and challenges differs by direction so a proof cannot be reflected.
 func (h *handshake) mac(sender, receiver string, receiverChal, senderChal [32]byte, senderHello, receiverHello []byte) []byte {
-	m := hmac.New(sha256.New, h.cfg.Secret)
+	return h.macWith(h.cfg.Secret, sender, receiver, receiverChal, senderChal, senderHello, receiverHello)
+}
+
+func (h *handshake) macWith(secret []byte, sender, receiver string, receiverChal, senderChal [32]byte, senderHello, receiverHello []byte) []byte {
+	m := hmac.New(sha256.New, secret)
 	field := func(b []byte) {
 		var n [4]byte
 		binary.BigEndian.PutUint32(n[:], uint32(len(b)))

@@ -800,3 +800,30 @@ func (s *safeBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Mid-rotation of the cluster secret: one side proves the new secret and
+// accepts the old, the other proves the old and accepts the new; they
+// connect. Accepting is per side: a side that does not list the other's
+// secret refuses it.
+func TestHandshakeRotatingSecret(t *testing.T) {
+	next := []byte("the next cluster secret, rolled in")
+	for _, transport := range []string{"pipe", "tcp"} {
+		t.Run(transport, func(t *testing.T) {
+			dcfg, acfg := testConfig("alpha", "beta", true), testConfig("beta", "alpha", false)
+			dcfg.Secret, dcfg.AcceptSecrets = next, [][]byte{testSecret}
+			acfg.AcceptSecrets = [][]byte{next}
+			d, a := pair(t, transport, dcfg, acfg)
+			if d.err != nil || a.err != nil {
+				t.Fatalf("handshake mid-rotation: dialer %v, acceptor %v", d.err, a.err)
+			}
+			exchange(t, d.c, a.c)
+
+			dcfg, acfg = testConfig("alpha", "beta", true), testConfig("beta", "alpha", false)
+			dcfg.Secret, dcfg.AcceptSecrets = next, [][]byte{testSecret}
+			d, a = pair(t, transport, dcfg, acfg) // the acceptor does not accept next yet
+			if !errors.Is(a.err, ErrAuth) || d.err == nil {
+				t.Fatalf("a secret the acceptor does not accept: dialer %v, acceptor %v", d.err, a.err)
+			}
+		})
+	}
+}

@@ -99,8 +99,13 @@ type Config struct {
 	Path       string
 	Cluster    string
 	SecretFile string
-	Nodes      []Node
-	Resources  []Resource
+	// AcceptSecretFiles hold secrets accepted from peers besides
+	// SecretFile's, while the cluster rotates its secret (docs/operations.md):
+	// the replication link, the authority port and the gossip accept them;
+	// this node proves SecretFile's only.
+	AcceptSecretFiles []string
+	Nodes             []Node
+	Resources         []Resource
 	// Timing is the cluster layer's lease, margin, fence retry, failback
 	// delay and failure-detector probes (zero: defaults). See timing.go.
 	Timing Timing
@@ -335,6 +340,7 @@ func (c *Config) Hash() string {
 type canonConfig struct {
 	Cluster    string          `json:"cluster"`
 	SecretFile string          `json:"secret-file"`
+	Accept     []string        `json:"accept-secret-files,omitempty"`
 	Nodes      []canonNode     `json:"nodes"`
 	Resources  []canonResource `json:"resources"`
 }
@@ -386,7 +392,7 @@ type canonReplica struct {
 }
 
 func (c *Config) canonical() canonConfig {
-	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile}
+	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile, Accept: c.AcceptSecretFiles}
 	for _, n := range c.Nodes {
 		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing)})
 	}

@@ -22,7 +22,7 @@ import (
 // The keys each level of the file may hold. Anything else is an error: a
 // misspelt optional key would otherwise silently leave its default in force.
 var (
-	topKeys      = []string{"cluster", "secret-file", "nodes", "resources", "timing"}
+	topKeys      = []string{"cluster", "secret-file", "accept-secret-files", "nodes", "resources", "timing"}
 	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
 		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "failback", "replicas", "vip"}
@@ -185,6 +185,15 @@ func (d *decoder) config(doc *yaml.Node) *Config {
 	}
 	if e, ok := f["secret-file"]; ok {
 		cfg.SecretFile = d.absPath(e, "secret-file")
+	}
+	if e, ok := f["accept-secret-files"]; ok {
+		items, _ := d.sequence(e, "accept-secret-files")
+		for i, n := range items {
+			p := fmt.Sprintf("accept-secret-files[%d]", i)
+			if s := d.absPath(entry{key: e.key, val: n}, p); s != "" {
+				cfg.AcceptSecretFiles = append(cfg.AcceptSecretFiles, s)
+			}
+		}
 	}
 	if e, ok := f["nodes"]; ok {
 		items, _ := d.sequence(e, "nodes")

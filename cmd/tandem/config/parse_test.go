@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -290,6 +291,10 @@ func TestParseProblems(t *testing.T) {
 			[]want{{"#A", "resources[1].replicas.alpha.device", `"web.img" is not an absolute path`}}},
 		{"relative secret", []string{"secret-file: /etc/tandem/secret\n", "secret-file: secret #A\n"},
 			[]want{{"#A", "secret-file", "not an absolute path"}}},
+		{"relative accepted secret", []string{"secret-file: /etc/tandem/secret\n", "secret-file: /etc/tandem/secret\naccept-secret-files:\n  - secret.new #A\n"},
+			[]want{{"#A", "accept-secret-files[0]", "not an absolute path"}}},
+		{"accepted secrets not a list", []string{"secret-file: /etc/tandem/secret\n", "secret-file: /etc/tandem/secret\naccept-secret-files: /etc/tandem/secret.new #A\n"},
+			[]want{{"#A", "accept-secret-files", "want a list"}}},
 		{"preferred primary without a replica", []string{"    preferred-primary: beta\n", "    preferred-primary: gamma #A\n"},
 			[]want{{"#A", "resources[1].preferred-primary", `node "gamma" holds no replica of web; name one of its replicas' nodes (alpha, beta)`}}},
 		{"failback", []string{"    preferred-primary: beta\n", "    preferred-primary: beta\n    failback: always #A\n"},
@@ -481,5 +486,31 @@ func TestParseFailback(t *testing.T) {
 	}
 	if err := cfg.Validate(""); err != nil {
 		t.Errorf("Validate(\"\") = %v", err)
+	}
+}
+
+func TestParseAcceptSecretFiles(t *testing.T) {
+	text := strings.Replace(base, "secret-file: /etc/tandem/secret\n", "secret-file: /etc/tandem/secret\naccept-secret-files:\n  - /etc/tandem/secret.new\n", 1)
+	cfg, err := Parse("tandem.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.AcceptSecretFiles, []string{"/etc/tandem/secret.new"}) {
+		t.Fatalf("accept-secret-files: %v", cfg.AcceptSecretFiles)
+	}
+	plain, err := Parse("tandem.yaml", []byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Hash() == plain.Hash() {
+		t.Error("accepting another secret does not change the configuration hash")
+	}
+	same := strings.Replace(base, "secret-file: /etc/tandem/secret\n", "secret-file: /etc/tandem/secret\naccept-secret-files: [/etc/tandem/secret]\n", 1)
+	cfg, err = Parse("tandem.yaml", []byte(same))
+	if err == nil {
+		err = cfg.Validate("")
+	}
+	if err == nil || !strings.Contains(err.Error(), "is the secret-file itself") {
+		t.Fatalf("accepting the secret-file itself: %v", err)
 	}
 }

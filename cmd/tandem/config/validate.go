@@ -41,6 +41,11 @@ func (c *Config) check(ps *problems) {
 	if !c.parsed {
 		c.checkFields(ps)
 	}
+	for i, f := range c.AcceptSecretFiles {
+		if f == c.SecretFile {
+			ps.add(c.lines.at("accept-secret-files"), fmt.Sprintf("accept-secret-files[%d]", i), fmt.Sprintf("%s is the secret-file itself", f), "list only the other secret of a rotation here")
+		}
+	}
 	nodes := map[string]*Node{}
 	for i := range c.Nodes {
 		n := &c.Nodes[i]
@@ -131,6 +136,11 @@ func (c *Config) checkFields(ps *problems) {
 	}
 	if !filepath.IsAbs(c.SecretFile) {
 		ps.add(0, "secret-file", fmt.Sprintf("%q is not an absolute path", c.SecretFile), "set it to the secret file's full path")
+	}
+	for i, f := range c.AcceptSecretFiles {
+		if !filepath.IsAbs(f) {
+			ps.add(0, fmt.Sprintf("accept-secret-files[%d]", i), fmt.Sprintf("%q is not an absolute path", f), "set it to the file's full path")
+		}
 	}
 	for i, n := range c.Nodes {
 		p := fmt.Sprintf("nodes[%d]", i)
@@ -355,7 +365,10 @@ func normHost(h string) string {
 // checkLocal looks at the files of node name on this machine.
 func (c *Config) checkLocal(ps *problems, name string) {
 	if c.SecretFile != "" {
-		checkSecret(ps, c.SecretFile, c.lines.at("secret-file"))
+		checkSecret(ps, "secret-file", c.SecretFile, c.lines.at("secret-file"))
+	}
+	for i, f := range c.AcceptSecretFiles {
+		checkSecret(ps, fmt.Sprintf("accept-secret-files[%d]", i), f, c.lines.at("accept-secret-files"))
 	}
 	for i, n := range c.Nodes {
 		if n.Name != name || n.DataDir == "" {
@@ -406,25 +419,25 @@ func (c *Config) checkLocal(ps *problems, name string) {
 	c.checkLocalFencing(ps, name)
 }
 
-func checkSecret(ps *problems, file string, line int) {
+func checkSecret(ps *problems, key, file string, line int) {
 	st, err := os.Stat(file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		ps.add(line, "secret-file", fmt.Sprintf("%s does not exist", file),
+		ps.add(line, key, fmt.Sprintf("%s does not exist", file),
 			fmt.Sprintf("create it with the same content on every node: head -c 32 /dev/urandom | base64 > %s && chmod 600 %s", file, file))
 		return
 	case err != nil:
-		ps.add(line, "secret-file", err.Error(), "make it readable by the daemon (root)")
+		ps.add(line, key, err.Error(), "make it readable by the daemon (root)")
 		return
 	case !st.Mode().IsRegular():
-		ps.add(line, "secret-file", fmt.Sprintf("%s is not a regular file", file), "point secret-file at a file holding the shared secret")
+		ps.add(line, key, fmt.Sprintf("%s is not a regular file", file), "point secret-file at a file holding the shared secret")
 		return
 	case st.Size() == 0:
-		ps.add(line, "secret-file", fmt.Sprintf("%s is empty", file),
+		ps.add(line, key, fmt.Sprintf("%s is empty", file),
 			fmt.Sprintf("write the shared secret into it, the same on every node: head -c 32 /dev/urandom | base64 > %s", file))
 	}
 	if perm := st.Mode().Perm(); perm&0o007 != 0 {
-		ps.add(line, "secret-file", fmt.Sprintf("%s is accessible to every user (mode %04o)", file, perm),
+		ps.add(line, key, fmt.Sprintf("%s is accessible to every user (mode %04o)", file, perm),
 			fmt.Sprintf("chmod 600 %s", file))
 	}
 }

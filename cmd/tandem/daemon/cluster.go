@@ -40,6 +40,17 @@ type clusterLayer struct {
 // joinRetry is how often a node that reached no other member tries again.
 const joinRetry = time.Second
 
+// gossipKeys is memberlist's keyring: the key of this node's secret first
+// (it encrypts with it), then those of the accepted ones (it decrypts
+// with any), so a rolling secret rotation never splits the gossip.
+func (d *Daemon) gossipKeys(secret []byte) [][]byte {
+	keys := [][]byte{gossipKey(secret)}
+	for _, s := range d.acceptSecrets {
+		keys = append(keys, gossipKey(s))
+	}
+	return keys
+}
+
 // gossipKey derives the memberlist key from the cluster secret, so a
 // cluster needs one secret file, and the gossip key is not the secret
 // itself.
@@ -141,7 +152,7 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 		return fmt.Errorf("daemon: gossip %q: %w", d.node.Gossip, err)
 	}
 	p, _ := strconv.Atoi(port)
-	mc := cluster.MembershipConfig{Node: d.node.Name, BindAddr: host, BindPort: p, Keys: [][]byte{gossipKey(secret)}, Logger: log,
+	mc := cluster.MembershipConfig{Node: d.node.Name, BindAddr: host, BindPort: p, Keys: d.gossipKeys(secret), Logger: log,
 		ProbeInterval: d.cfg.Timing.ProbeInterval, ProbeTimeout: d.cfg.Timing.ProbeTimeout, SuspicionMult: d.cfg.Timing.SuspicionMult}
 	var voters []authority.Voter
 	var peers []string
@@ -166,7 +177,7 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 	}
 	cl.auth, err = authority.Open(authority.Config{
 		Node: d.node.Name, Voters: voters, Dir: filepath.Join(d.node.DataDir, "authority"),
-		Secret: secret, Logger: log, OnCommit: cl.mgr.Commit,
+		Secret: secret, AcceptSecrets: d.acceptSecrets, Logger: log, OnCommit: cl.mgr.Commit,
 		// The witness reaches both data nodes when their link is cut: it
 		// leads then, so that both can still commit.
 		PreferredLeaders: d.cfg.Witnesses(),

@@ -57,10 +57,12 @@ type Daemon struct {
 	log  *slog.Logger
 
 	resources []*resource // in configuration order
-	servers   []*nbdServer
-	admin     *adminListener
-	http      *http.Server
-	httpDone  chan struct{}
+	// acceptSecrets: the accept-secret-files' contents, read at start.
+	acceptSecrets [][]byte
+	servers       []*nbdServer
+	admin         *adminListener
+	http          *http.Server
+	httpDone      chan struct{}
 
 	// opCtx is cancelled at shutdown: admin operations in flight (a
 	// verify) stop instead of holding the exit up.
@@ -186,6 +188,16 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 		if secret, err = readSecret(d.cfg.SecretFile); err != nil {
 			return fmt.Errorf("daemon: %w", err)
 		}
+		for _, f := range d.cfg.AcceptSecretFiles {
+			b, err := readSecret(f)
+			if err != nil {
+				return fmt.Errorf("daemon: accept-secret-files: %w", err)
+			}
+			d.acceptSecrets = append(d.acceptSecrets, b)
+		}
+		if len(d.acceptSecrets) > 0 {
+			d.log.Warn("secret rotation in progress: peers proving one of the accept-secret-files are let in; remove the key once every node proves the new secret", "accepted", len(d.acceptSecrets))
+		}
 	}
 	for _, r := range d.resources {
 		d.openResource(ctx, r, secret)
@@ -300,17 +312,18 @@ func (d *Daemon) checkMetadata(r *resource) error {
 
 func (d *Daemon) volumeConfig(r *resource, secret []byte, log *slog.Logger) (replicate.Config, error) {
 	c := replicate.Config{
-		Cluster:     d.cfg.Cluster,
-		Resource:    r.cfg.Name,
-		Node:        d.node.Name,
-		Peer:        r.peer.Node,
-		Secret:      secret,
-		Protocol:    string(r.cfg.Protocol),
-		Compression: string(r.cfg.Compression),
-		Listen:      r.rp.Address,
-		PeerAddress: r.peer.Address,
-		Data:        r.storage.Data,
-		Meta:        r.storage.Meta,
+		Cluster:       d.cfg.Cluster,
+		Resource:      r.cfg.Name,
+		Node:          d.node.Name,
+		Peer:          r.peer.Node,
+		Secret:        secret,
+		AcceptSecrets: d.acceptSecrets,
+		Protocol:      string(r.cfg.Protocol),
+		Compression:   string(r.cfg.Compression),
+		Listen:        r.rp.Address,
+		PeerAddress:   r.peer.Address,
+		Data:          r.storage.Data,
+		Meta:          r.storage.Meta,
 		Resync: replicate.ResyncConfig{
 			MaxRate: r.cfg.Resync.MaxRate, AppShare: r.cfg.Resync.AppShare, Checksum: r.cfg.Resync.Checksum,
 		},
