@@ -134,7 +134,7 @@ func serverHandshake(conn net.Conn, secrets [][]byte) (byte, error) {
 type streamLayer struct {
 	ln      net.Listener
 	addr    net.Addr
-	secrets [][]byte // this node's own first, then the accepted ones
+	secrets [][]byte    // this node's own first, then the accepted ones
 	tls     *tls.Config // nil: plain TCP
 	log     *slog.Logger
 	forward func(net.Conn)
