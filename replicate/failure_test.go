@@ -639,6 +639,19 @@ func TestSplitBrainPolicyDiscardYoungerPrimary(t *testing.T) {
 	}
 }
 
+// newAlonePair is an in-sync pair whose primary, alpha, has lost beta
+// (killed, its disks kept): what alpha writes now, beta resyncs when it
+// is restarted.
+func newAlonePair(t *testing.T) *pair {
+	t.Helper()
+	p := newPair(t, pairOpts{blank: true, size: 8 << 20})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	p.b.kill(false, 0)
+	waitFor(t, 10*time.Second, "alpha sees the link down", func() bool { return p.a.v.Status().Conn == Connecting })
+	return p
+}
+
 // A resync chunk confirmed by the target clears the source's bits for
 // its range, but that confirmation says nothing about writes to the range
 // made after the chunk was read: if the link is lost before the bits are
@@ -646,12 +659,8 @@ func TestSplitBrainPolicyDiscardYoungerPrimary(t *testing.T) {
 // not flushed, from the transfer log) and those of writes made without
 // the peer must survive the late clear, or the next resync skips them.
 func TestLateResyncAckKeepsLaterWritesOutOfSync(t *testing.T) {
-	p := newPair(t, pairOpts{blank: true, size: 8 << 20})
-	p.waitConnected(10 * time.Second)
-	mustPromote(t, p.a, false)
+	p := newAlonePair(t)
 	ctx := context.Background()
-	p.b.kill(false, 0)
-	waitFor(t, 10*time.Second, "alpha sees the link down", func() bool { return p.a.v.Status().Conn == Connecting })
 	const region = 1 << 20 // 16 blocks written without the peer: one resync chunk
 	for i := range int64(16) {
 		off := region + i*4096
@@ -703,4 +712,84 @@ func TestLateResyncAckKeepsLaterWritesOutOfSync(t *testing.T) {
 	p.b.restart()
 	p.waitConnected(20 * time.Second)
 	p.identical()
+}
+
+// A resync chunk the target received before the link broke may still be
+// on its way to the disk when an admin forces the target's promotion: the
+// promotion must wait for it, or the stale chunk lands over a block an
+// application wrote through the new primary (a lost acknowledged write).
+// The target's disk holds that chunk's write until Promote either
+// returns (the bug) or waits for it.
+func TestForcedPromotionWaitsForResyncAppliers(t *testing.T) {
+	p := newAlonePair(t)
+	ctx := context.Background()
+	const x = int64(1 << 20)
+	stale := block(0x11, x, 1)
+	if err := p.a.v.WriteAt(ctx, stale, x, false); err != nil {
+		t.Fatal(err)
+	}
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var held atomic.Bool // not a sync.Once: later writes must not wait
+	p.b.data.SetFault(func(op string, off, n int64) error {
+		if op == "write" && off <= x && x < off+n && held.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+		return nil
+	})
+	defer p.b.data.SetFault(nil)
+	p.b.restart()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the resync chunk never reached beta's disk")
+	}
+	// The chunk is being applied on beta; the link breaks, and beta is
+	// forced primary.
+	p.a.kill(false, 0)
+	waiting := make(chan struct{})
+	hook := func() { close(waiting) }
+	p.b.v.beforeAppliersWait.Store(&hook)
+	type res struct {
+		r   PromoteResult
+		err error
+	}
+	promoted := make(chan res, 1)
+	go func() {
+		r, err := p.b.v.Promote(ctx, true)
+		promoted <- res{r, err}
+	}()
+	var pr res
+	select {
+	case pr = <-promoted:
+		// Promote did not wait for the chunk: the application's write
+		// below comes first, then the chunk is let go.
+	case <-waiting:
+		close(release)
+		pr = <-promoted
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("the forced promotion neither returned nor waited for the resync chunk")
+	}
+	if pr.err != nil {
+		t.Fatalf("forced promotion: %v", pr.err)
+	}
+	fresh := block(0x99, x, 2)
+	if err := p.b.v.WriteAt(ctx, fresh, x, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-release:
+	default:
+		close(release)
+	}
+	waitFor(t, 10*time.Second, "beta's old session torn down", func() bool { return p.b.v.Status().Conn != SyncTarget })
+	got := make([]byte, len(fresh))
+	if err := p.b.v.ReadAt(ctx, got, x); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, fresh) {
+		t.Fatalf("block %d on the new primary: the acknowledged write is gone (first byte %#x, stale chunk %v)", x/4096, got[0], bytes.Equal(got, stale))
+	}
 }

@@ -77,17 +77,21 @@ type link struct {
 	acking   atomic.Int32 // acknowledgements being queued
 	pingBusy atomic.Bool
 
-	pendMu     sync.Mutex
-	pending    map[uint64]*waiter
-	tlog       []tlogEntry
-	tlogHead   int
-	tlogBytes  int64
-	tlogFlush  bool
-	dead       bool
-	endOnce    sync.Once
-	why        string
-	stop       chan struct{} // closed by end
-	done       chan struct{} // closed when torn down
+	pendMu    sync.Mutex
+	pending   map[uint64]*waiter
+	tlog      []tlogEntry
+	tlogHead  int
+	tlogBytes int64
+	tlogFlush bool
+	dead      bool
+	endOnce   sync.Once
+	why       string
+	stop      chan struct{} // closed by end
+	done      chan struct{} // closed when torn down
+	// quiet is closed once no applier of this session runs any more and
+	// none will start (the teardown waited for them): from then on
+	// nothing the peer sent reaches the data area.
+	quiet      chan struct{}
 	applying   sync.WaitGroup
 	background sync.WaitGroup // resync and verify loops
 
@@ -105,7 +109,7 @@ type link struct {
 func newLink(v *Volume, c *wire.Conn, leader bool) *link {
 	return &link{
 		v: v, c: c, leader: leader, start: time.Now(), rord: newOrder(),
-		pending: make(map[uint64]*waiter), stop: make(chan struct{}), done: make(chan struct{}),
+		pending: make(map[uint64]*waiter), stop: make(chan struct{}), done: make(chan struct{}), quiet: make(chan struct{}),
 	}
 }
 
@@ -265,6 +269,11 @@ func (l *link) teardown() {
 		w.ch <- result{err: ErrPeerLost}
 	}
 	l.applying.Wait()
+	// The receive loop has returned: no applier starts any more.
+	v.mu.Lock()
+	delete(v.live, l)
+	v.mu.Unlock()
+	close(l.quiet)
 	l.background.Wait()
 	v.mu.Lock()
 	if v.sess == l {
@@ -1004,6 +1013,9 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	l.active.Store(true)
 	v.seqMu.Unlock()
 	v.mu.Lock()
+	// Registered while ioMu is still held: a role change that follows
+	// sees this session and waits for its appliers once it has ended.
+	v.live[l] = struct{}{}
 	v.peer = &peer
 	v.want = wantNone
 	v.reason, v.sessionReason = "", false

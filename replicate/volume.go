@@ -81,9 +81,16 @@ type Volume struct {
 	// the target confirmed a range and before its bits are cleared: a
 	// test holds it to put a link loss and later writes in that window.
 	beforeResyncClear atomic.Pointer[func(off, n int64)]
+	// beforeAppliersWait, set only by tests, runs in Promote when it is
+	// about to wait for the appliers of an ended session.
+	beforeAppliersWait atomic.Pointer[func()]
 
-	mu         sync.Mutex
-	sess       *link // the session being set up or running
+	mu   sync.Mutex
+	sess *link // the session being set up or running
+	// live: the sessions past their setup whose teardown has not yet
+	// waited for their appliers (see link.quiet). Normally one; two
+	// while a new connection replaces a session still tearing down.
+	live       map[*link]struct{}
 	conn       ConnState
 	standalone bool
 	reason     string
@@ -130,7 +137,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	v := &Volume{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, data: cfg.Data, meta: meta, bm: meta.Bitmap(),
 		size: sb.DataSize, gran: sb.Granularity, proto: cfg.Protocol[0],
-		kick: make(chan struct{}, 1), ord: newOrder(), conn: Connecting,
+		kick: make(chan struct{}, 1), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
 	v.epoch.Store(sb.Epoch)
 	meta.SetDataSync(v.syncData)
@@ -703,10 +710,16 @@ func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error)
 		// The session was set up for the old state (this side a target,
 		// or both incomplete): end it. Against a primary peer this side
 		// stays StandAlone; otherwise the next session syncs from here.
-		// Not waiting for the teardown: a session being set up waits for
-		// ioMu, which this holds.
+		// Not waiting for the whole teardown: a session being set up
+		// waits for ioMu, which this holds (it has no appliers yet).
 		v.dropSession(sess, "forced promotion", peer != nil && peer.Role == Primary, false)
 		dropped = true
+	}
+	if err := v.waitAppliers(ctx); err != nil {
+		return PromoteResult{}, fmt.Errorf("replicate: %s: promote: %w", v.cfg.Resource, err)
+	}
+	if v.failed.Load() { // one of those writes failed the disk
+		return PromoteResult{}, fmt.Errorf("replicate: %s: promote: %w", v.cfg.Resource, ErrDiskFailed)
 	}
 	v.seqMu.Lock()
 	connected := v.cur != nil && !dropped
@@ -742,6 +755,40 @@ func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error)
 	res := PromoteResult{Epoch: epoch, Discarded: strings.Join(discarded, "; ")}
 	v.log.Info("replicate: promoted", "epoch", epoch, "force", force, "discarded", res.Discarded)
 	return res, nil
+}
+
+// waitAppliers waits until no applier of an ended session (one dropped
+// just now, or lost with the link) can still write to the data area: a
+// resync chunk or a write of the old primary landing after the promotion
+// would overwrite what applications write here. A session that goes on
+// (the peer secondary and not a sync source to this side, so it sends
+// no data) is not waited for. Called with ioMu held, so no session
+// finishes its setup meanwhile; a teardown needs none of the locks held.
+func (v *Volume) waitAppliers(ctx context.Context) error {
+	var ended []*link
+	v.mu.Lock()
+	for l := range v.live {
+		select {
+		case <-l.stop:
+			ended = append(ended, l)
+		default:
+		}
+	}
+	v.mu.Unlock()
+	if len(ended) == 0 {
+		return nil
+	}
+	if h := v.beforeAppliersWait.Load(); h != nil {
+		(*h)()
+	}
+	for _, l := range ended {
+		select {
+		case <-l.quiet:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the writes the peer sent in the ended session to reach the disk: %w", ctx.Err())
+		}
+	}
+	return nil
 }
 
 // Demote makes this node secondary, after flushing on both replicas.
