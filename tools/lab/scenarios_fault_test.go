@@ -197,11 +197,19 @@ func TestScenarioWitnessAndSecondaryCrash(t *testing.T) {
 	// Writes without bravo: each waits for bravo's Outdated mark (rule 3),
 	// committed with the witness's vote.
 	w.mustWrite(t, 4)
-	waitFor(t, lab, "bravo Outdated in the record, alpha serving with quorum", func(s *Status) bool {
+	var seen string // what the condition saw last, for a failure's message
+	if err := lab.WaitFor(ctx, "bravo Outdated in the record, alpha serving with quorum", syncWait, func(s *Status) bool {
 		r := recordOf(s, Alpha)
 		p, q, sv := serving(s, Alpha)
-		return r != nil && r.State(Bravo) == cluster.StateOutdated && p && q && sv
-	})
+		var st cluster.ReplicaState
+		if r != nil {
+			st = r.State(Bravo)
+		}
+		seen = fmt.Sprintf("alpha's record answered %v, bravo %q in it; alpha primary %v, quorum %v, serving %v", r != nil, st, p, q, sv)
+		return r != nil && st == cluster.StateOutdated && p && q && sv
+	}); err != nil {
+		t.Fatalf("%v\nlast seen: %s", err, seen)
+	}
 
 	tw := startTimedWriter(w, 2)
 	defer tw.halt()
