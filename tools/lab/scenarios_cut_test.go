@@ -116,6 +116,26 @@ func bravoOutdatedEverywhere(epoch uint64) func(*Status) bool {
 	}
 }
 
+// recordViews says what each voter's status holds of r0's record, for a
+// failure's message: a view that lags is the question then.
+func recordViews(s *Status) string {
+	var out []string
+	for _, n := range clusterNodes {
+		st := layer(s, n)
+		if st == nil || st.ClusterLayer.Record == nil {
+			out = append(out, n+": no cluster status")
+			continue
+		}
+		res := st.ClusterLayer.Record.Resource("r0")
+		if res == nil {
+			out = append(out, fmt.Sprintf("%s: record index %d without r0", n, st.ClusterLayer.Record.Index))
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s: index %d, primary %q epoch %d, bravo %s, quorum %v", n, st.ClusterLayer.Record.Index, res.Primary, res.Epoch, res.State(Bravo), st.ClusterLayer.Quorum))
+	}
+	return strings.Join(out, "; ")
+}
+
 // cutAndWriteOn brings a cluster lab up (alpha Primary, in sync), writes,
 // cuts alpha–bravo and writes on: every write acknowledged (the first
 // one after the cut waits for the link's ping timeout and the
@@ -137,7 +157,9 @@ func cutAndWriteOn(t *testing.T) (lab *Lab, bin string, w *workload, epoch uint6
 		t.Fatal(err)
 	}
 	w.mustWrite(t, 4)
-	waitFor(t, lab, "bravo Outdated in every voter's record, alpha still primary", bravoOutdatedEverywhere(epoch))
+	if err := lab.WaitFor(context.Background(), "bravo Outdated in every voter's record, alpha still primary", syncWait, bravoOutdatedEverywhere(epoch)); err != nil {
+		t.Fatalf("%v\neach voter's view: %s", err, recordViews(status(t, lab)))
+	}
 	logHandoff(t, lab)
 	return lab, bin, w, epoch
 }
