@@ -64,6 +64,9 @@ type VolumeState struct {
 	// PeerHeard: the replication link carried a frame from the peer
 	// lately (replicate.Status.PeerHeard).
 	PeerHeard bool
+	// Session: the volume's count of replication sessions established
+	// (replicate.Status.Session).
+	Session uint64
 }
 
 // VolumeReport carries the local volume's state after any change.
@@ -79,6 +82,10 @@ type VolumeReport struct {
 type DegradedRequest struct {
 	At       time.Time
 	Resource string
+	// Session is the volume's session count when it asked: the session
+	// whose end made the write degraded. A volume report is trusted to
+	// show a connected, in-sync peer again only from a later session.
+	Session uint64
 }
 
 // FenceResult is the outcome of a FenceNode action.

@@ -74,6 +74,14 @@ type resState struct {
 	vipRetry    time.Time
 
 	degradedWaiting bool
+	// peerLeft: the volume asked to write without its peer, whose
+	// session leftSession ended. A report of that session or an earlier
+	// one can be older than the request (a session fails its waiters
+	// before its state reads disconnected, and reports are polled), so
+	// nothing that needs a connected, in-sync peer (a mark-uptodate, a
+	// handoff) is done until a report comes from a later session.
+	peerLeft    bool
+	leftSession uint64
 	// blocked: why this replica does not take over a primary that is
 	// gone, "" when nothing stops it (or nothing is to take over).
 	blocked string
@@ -167,6 +175,9 @@ func (m *Machine) Step(ev Event) Ready {
 			if !e.State.Connected {
 				r.resyncAsked = false
 			}
+			if e.State.Session > r.leftSession {
+				r.peerLeft = false
+			}
 			if e.State.Connected && e.State.PeerHeard {
 				r.linkLostAt = time.Time{}
 			} else if r.linkLostAt.IsZero() {
@@ -175,7 +186,7 @@ func (m *Machine) Step(ev Event) Ready {
 		}
 	case DegradedRequest:
 		if r := m.resource(e.Resource); r != nil {
-			r.degradedWaiting = true
+			r.degradedWaiting, r.peerLeft, r.leftSession = true, true, e.Session
 		} else {
 			m.emit(RefuseDegraded{Resource: e.Resource, Reason: "this node holds no replica of it"})
 		}
@@ -550,7 +561,7 @@ func (m *Machine) reconcilePrimary(r *resState, res *Resource) {
 		return
 	}
 	v := r.vol
-	if r.volKnown && v.Connected && !v.Syncing && v.PeerDisk == DiskUpToDate && res.State(r.peer) != StateUpToDate {
+	if r.volKnown && !r.peerLeft && v.Connected && !v.Syncing && v.PeerDisk == DiskUpToDate && res.State(r.peer) != StateUpToDate {
 		m.propose(name, Command{Op: OpMarkUpToDate, Resource: name, Node: r.peer, Epoch: r.epoch, IfSeq: res.Seq}, "", "")
 	}
 }
@@ -570,7 +581,7 @@ func (m *Machine) handoffStep(r *resState, res *Resource) bool {
 		return false
 	}
 	to := r.peer
-	peerUsable := m.alive(to) && !m.rec.IsStandby(to) && res.State(to) == StateUpToDate && r.volKnown && r.vol.Connected
+	peerUsable := m.alive(to) && !m.rec.IsStandby(to) && res.State(to) == StateUpToDate && r.volKnown && r.vol.Connected && !r.peerLeft
 	abort := func(why string) bool {
 		if r.handoff {
 			r.handoff = false

@@ -1023,3 +1023,38 @@ func TestCrashAfterACutFailsOverAfterLinkVeto(t *testing.T) {
 		t.Fatalf("r0 served by %v after a died, want b\n%s", got, s.dump())
 	}
 }
+
+// The volume asks for a degraded write before the manager's next poll
+// says the link is gone (the session's waiters fail before its state
+// changes): the last report still reads Connected with the peer UpToDate.
+// The committed mark-outdated must not be undone by a mark-uptodate made
+// from that stale report, or the record would call the peer UpToDate
+// while writes go on without it (rule 3).
+func TestStaleConnectedReportDoesNotUndoMarkOutdated(t *testing.T) {
+	s := primaryA(t)
+	s.rec = mustApply(t, s.rec, report("b", StateUpToDate))
+	s.step(Committed{At: s.at(time.Second), Cmd: Command{ID: "b/1/2"}, Record: s.rec})
+	s.step(DegradedRequest{At: s.at(2 * time.Second), Resource: "r0"})
+	if !s.did("allow-degraded r0") {
+		t.Fatalf("the degraded write was not allowed: %v", s.acts)
+	}
+	for i := range 5 {
+		s.step(Tick{At: s.at(3*time.Second + time.Duration(i)*200*time.Millisecond)})
+	}
+	if st := s.rec.Resource("r0").State("b"); st != StateOutdated || s.did("propose mark-uptodate") {
+		t.Fatalf("b is %s in the record after a degraded write; actions: %v", st, s.acts)
+	}
+	// The poll catches up (link down), later a resync brings b back: only
+	// then is it UpToDate again.
+	s.step(VolumeReport{At: s.at(5 * time.Second), Resource: "r0", State: VolumeState{Disk: DiskUpToDate, Primary: true, PeerDisk: DiskUnknown}})
+	// A poll may miss a short resync altogether: the next session's
+	// Connected report is enough, the old one's never.
+	s.step(VolumeReport{At: s.at(6 * time.Second), Resource: "r0", State: VolumeState{Disk: DiskUpToDate, Primary: true, Connected: true, PeerDisk: DiskUpToDate}})
+	if st := s.rec.Resource("r0").State("b"); st != StateOutdated {
+		t.Fatalf("b is %s on a report of the session that ended; actions: %v", st, s.acts)
+	}
+	s.step(VolumeReport{At: s.at(7 * time.Second), Resource: "r0", State: VolumeState{Disk: DiskUpToDate, Primary: true, Connected: true, PeerDisk: DiskUpToDate, PeerHeard: true, Session: 1}})
+	if st := s.rec.Resource("r0").State("b"); st != StateUpToDate {
+		t.Fatalf("b is %s after the resync; actions: %v", st, s.acts)
+	}
+}

@@ -33,7 +33,7 @@ func randomStep(rt *rapid.T, s *sim, f faults) {
 	nodes := []string{"a", "b", "w"}
 	node := func(label string) string { return rapid.SampledFrom(nodes).Draw(rt, label) }
 	res := func() string { return rapid.SampledFrom(s.res).Draw(rt, "resource") }
-	kinds := []string{"advance", "advance", "advance", "write", "write", "resync", "data-link", "fence"}
+	kinds := []string{"advance", "advance", "advance", "write", "write", "resync", "data-link", "cut-under-write", "fence"}
 	if f.crashes {
 		kinds = append(kinds, "crash", "restart")
 	}
@@ -55,6 +55,8 @@ func randomStep(rt *rapid.T, s *sim, f faults) {
 		s.resync(res())
 	case "data-link":
 		s.setData(rapid.Bool().Draw(rt, "up"))
+	case "cut-under-write":
+		s.cutUnderWrite(res())
 	case "fence":
 		s.completeFence()
 	case "crash":

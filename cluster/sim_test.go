@@ -49,9 +49,10 @@ type simVol struct {
 	primary   bool
 	epoch     uint64
 	suspended bool
-	syncing   bool // this side is the sync target
-	degraded  bool // allowed to acknowledge writes without the peer
-	asked     bool // a DegradedRequest is outstanding
+	syncing   bool   // this side is the sync target
+	degraded  bool   // allowed to acknowledge writes without the peer
+	asked     bool   // a DegradedRequest is outstanding
+	sessions  uint64 // replication sessions since this run's boot
 }
 
 type simNode struct {
@@ -212,7 +213,7 @@ func (s *sim) boot(x string) {
 	}
 	n.lastReport = map[string]VolumeState{}
 	for _, v := range n.vols {
-		v.primary, v.suspended, v.syncing, v.degraded, v.asked = false, false, false, false, false
+		v.primary, v.suspended, v.syncing, v.degraded, v.asked, v.sessions = false, false, false, false, false, 0
 	}
 	s.logf("boot %s (run %d)", x, n.boot)
 	s.step(x, Tick{At: s.now})
@@ -471,11 +472,24 @@ func (s *sim) syncVolumes() {
 				v.syncing, v.degraded = false, false
 			}
 		}
+		if conn && !s.connected[r] {
+			va.sessions++
+			vb.sessions++
+		}
 		s.connected[r] = conn
 		if conn {
 			for _, pr := range [][2]*simVol{{va, vb}, {vb, va}} {
 				p, sec := pr[0], pr[1]
-				if p.primary && !sec.primary && !sec.syncing && sec.disk != DiskFailed && (sec.version != p.version || sec.disk != DiskUpToDate) {
+				// A write still waiting to be acknowledged without the
+				// peer has its bits in the bitmap: the handshake makes the
+				// peer a sync target for it.
+				if p.primary && !sec.primary && !sec.syncing && sec.disk != DiskFailed && (sec.version != p.version || sec.disk != DiskUpToDate || p.asked) {
+					sec.syncing, sec.disk = true, DiskInconsistent
+				}
+				// Two secondaries: the handshake compares the data
+				// histories and the one behind becomes the sync target,
+				// whatever roles come later.
+				if !p.primary && !sec.primary && !p.syncing && !sec.syncing && sec.disk != DiskFailed && p.disk != DiskFailed && sec.version < p.version {
 					sec.syncing, sec.disk = true, DiskInconsistent
 				}
 			}
@@ -486,7 +500,7 @@ func (s *sim) syncVolumes() {
 				continue
 			}
 			v, pv := n.vols[r], s.nodes[s.peerOf(x)].vols[r]
-			st := VolumeState{Disk: v.disk, Connected: conn, Syncing: conn && (v.syncing || pv.syncing), PeerDisk: DiskUnknown, Primary: v.primary, PeerHeard: conn}
+			st := VolumeState{Disk: v.disk, Connected: conn, Syncing: conn && (v.syncing || pv.syncing), PeerDisk: DiskUnknown, Primary: v.primary, PeerHeard: conn, Session: v.sessions}
 			if conn {
 				st.PeerDisk = pv.disk
 			}
@@ -658,6 +672,15 @@ func (s *sim) check() {
 		if len(serving) > 1 {
 			s.fail("%s served by %v at once", r, serving)
 		}
+		// Rule 3 as the record states it: a replica the record calls
+		// UpToDate holds every acknowledged write.
+		if res := s.rec.Resource(r); res != nil {
+			for _, x := range s.data {
+				if v := s.nodes[x].vols[r]; res.State(x) == StateUpToDate && v.version < s.acked[r] {
+					s.fail("the record calls %s UpToDate for %s at version %d; version %d was acknowledged", x, r, v.version, s.acked[r])
+				}
+			}
+		}
 	}
 }
 
@@ -679,7 +702,8 @@ func (s *sim) write(r string) {
 		default:
 			if !v.asked {
 				v.asked = true
-				s.queue = append(s.queue, func() { s.step(x, DegradedRequest{At: s.now, Resource: r}) })
+				sess := v.sessions
+				s.queue = append(s.queue, func() { s.step(x, DegradedRequest{At: s.now, Resource: r, Session: sess}) })
 			}
 			continue
 		}
@@ -724,6 +748,25 @@ func (s *sim) completeFence() {
 func (s *sim) setLink(x, y string, up bool) {
 	s.links[mkpair(x, y)] = up
 	s.logf("link %s-%s up=%v", x, y, up)
+	s.settle()
+}
+
+// cutUnderWrite cuts the data link while a write is in flight on r: the
+// volume asks for the degraded write before its machine hears that the
+// link is gone, as a real session fails its waiters before it reports its
+// new state.
+func (s *sim) cutUnderWrite(r string) {
+	s.dataUp = false
+	s.logf("data link cut under a write on %s", r)
+	for _, x := range s.data {
+		n := s.nodes[x]
+		v := n.vols[r]
+		if n.up && v.primary && !v.suspended && !v.degraded && !v.asked && s.connected[r] {
+			v.asked = true
+			sess := v.sessions
+			s.queue = append(s.queue, func() { s.step(x, DegradedRequest{At: s.now, Resource: r, Session: sess}) })
+		}
+	}
 	s.settle()
 }
 

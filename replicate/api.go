@@ -59,6 +59,11 @@ const (
 	StandAlone ConnState = "StandAlone"
 	// Connecting: listening for and dialing the peer.
 	Connecting ConnState = "Connecting"
+	// Disconnecting: the session is ending (writes no longer reach the
+	// peer; the ones it may not have are being marked out of sync). It
+	// shows before any write waiting for the peer is told it is gone, so
+	// a report taken after such a write never reads Connected.
+	Disconnecting ConnState = "Disconnecting"
 	// Connected: replicas in sync, writes replicated.
 	Connected ConnState = "Connected"
 	// SyncSource / SyncTarget: a resync is running in that direction;
@@ -180,9 +185,12 @@ type Status struct {
 	// three ping intervals. The cluster layer does not fence a primary
 	// the failure detector calls dead while its link is still heard (a
 	// stall of the detector, not a death), for a bounded time.
-	PeerHeard bool      `json:"peer_heard"`
-	Size      int64     `json:"size"`
-	Resync    *Progress `json:"resync,omitempty"`
+	PeerHeard bool `json:"peer_heard"`
+	// Session counts the replication sessions established since the
+	// volume opened; the current or last one's number.
+	Session uint64    `json:"session"`
+	Size    int64     `json:"size"`
+	Resync  *Progress `json:"resync,omitempty"`
 	// LastResync is the outcome of the last resync that finished here.
 	LastResync *Progress `json:"last_resync,omitempty"`
 	Verify     *Progress `json:"verify,omitempty"`

@@ -80,8 +80,14 @@ func TestSecondaryKilledUnderLoad(t *testing.T) {
 
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
+	var atEntry Status
 	hook := func() {
-		once.Do(func() { close(entered) })
+		once.Do(func() {
+			// What the cluster layer reads while it answers: never a
+			// connected peer (it would mark it UpToDate again).
+			atEntry = p.a.v.Status()
+			close(entered)
+		})
 		<-release
 	}
 	p.a.onDegraded.Store(&hook)
@@ -99,6 +105,9 @@ func TestSecondaryKilledUnderLoad(t *testing.T) {
 	case <-entered:
 	case <-time.After(10 * time.Second):
 		t.Fatal("OnDegraded was not called after the secondary died")
+	}
+	if atEntry.Conn != Disconnecting && atEntry.Conn != Connecting || atEntry.PeerDisk != DiskUnknown {
+		t.Fatalf("status while OnDegraded runs: connection %s, peer disk %s; want Disconnecting or Connecting, DUnknown", atEntry.Conn, atEntry.PeerDisk)
 	}
 	// While OnDegraded runs, no write started now may be acknowledged.
 	var early atomic.Int64

@@ -1016,6 +1016,7 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	// Registered while ioMu is still held: a role change that follows
 	// sees this session and waits for its appliers once it has ended.
 	v.live[l] = struct{}{}
+	v.sessions++
 	v.peer = &peer
 	v.want = wantNone
 	v.reason, v.sessionReason = "", false

@@ -90,8 +90,11 @@ type Volume struct {
 	// live: the sessions past their setup whose teardown has not yet
 	// waited for their appliers (see link.quiet). Normally one; two
 	// while a new connection replaces a session still tearing down.
-	live       map[*link]struct{}
-	conn       ConnState
+	live map[*link]struct{}
+	conn ConnState
+	// sessions counts the sessions established since Open: a report
+	// with a higher count than when the peer left is from a later one.
+	sessions   uint64
 	standalone bool
 	reason     string
 	// sessionReason: reason says why the last session failed or ended,
@@ -632,9 +635,14 @@ func (v *Volume) Status() Status {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	st.Conn, st.Reason = v.conn, v.reason
+	st.Conn, st.Reason, st.Session = v.conn, v.reason, v.sessions
 	if v.peer != nil {
 		st.PeerRole, st.PeerDisk = v.peer.Role, v.peer.Disk
+	}
+	if l := v.sess; l != nil && !l.active.Load() && st.Conn != Connecting && st.Conn != StandAlone {
+		// teardown has begun: it clears active before it fails a single
+		// waiter, and sets conn only at its end.
+		st.Conn, st.PeerRole, st.PeerDisk = Disconnecting, RoleUnknown, DiskUnknown
 	}
 	if l := v.sess; l != nil && l.active.Load() {
 		st.PeerHeard = time.Duration(l.since()-l.lastRecv.Load()) <= 3*v.cfg.PingInterval

@@ -22,7 +22,7 @@ func volumeState(st replicate.Status) cluster.VolumeState {
 		PeerDisk: cluster.DiskState(st.PeerDisk),
 		Primary:  st.Role == replicate.Primary,
 	}
-	vs.PeerHeard = st.PeerHeard
+	vs.PeerHeard, vs.Session = st.PeerHeard, st.Session
 	switch st.Conn {
 	case replicate.Connected, replicate.VerifySource, replicate.VerifyTarget:
 		vs.Connected = true

@@ -167,7 +167,13 @@ func (m *Manager) DegradedHook(resource string) func(ctx context.Context) error 
 		m.mu.Lock()
 		m.degraded[resource] = append(m.degraded[resource], ch)
 		m.mu.Unlock()
-		m.in.push(cluster.DegradedRequest{At: m.clock.Now(), Resource: resource})
+		// Read now, after the write found the peer gone: no session can
+		// be set up while it waits here (setup excludes writes).
+		var session uint64
+		if r, ok := m.cfg.Resources[resource]; ok {
+			session = r.Volume.Status().Session
+		}
+		m.in.push(cluster.DegradedRequest{At: m.clock.Now(), Resource: resource, Session: session})
 		select {
 		case err := <-ch:
 			return err

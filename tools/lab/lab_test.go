@@ -47,10 +47,32 @@ func upLab(t *testing.T, p Params) (*Lab, string) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log(lab.logTails())
+			keepLogs(t, lab)
 		}
 		checkDown(t, lab)
 	})
 	return lab, bin
+}
+
+// keepLogs copies a failed test's daemon logs to $TANDEM_LAB_KEEP_LOGS/<test>
+// when that is set: the lab directory itself goes with the test.
+func keepLogs(t *testing.T, lab *Lab) {
+	dir := os.Getenv("TANDEM_LAB_KEEP_LOGS")
+	if dir == "" {
+		return
+	}
+	dst := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+time.Now().Format("150405.000"))
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Logf("keeping the logs: %v", err)
+		return
+	}
+	ents, _ := os.ReadDir(lab.l.logs())
+	for _, e := range ents {
+		if data, err := os.ReadFile(filepath.Join(lab.l.logs(), e.Name())); err == nil {
+			_ = os.WriteFile(filepath.Join(dst, e.Name()), data, 0o644)
+		}
+	}
+	t.Logf("logs kept in %s", dst)
 }
 
 // checkDown takes the lab down, twice (it is idempotent), and checks that

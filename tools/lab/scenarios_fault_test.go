@@ -258,7 +258,12 @@ func TestScenarioWitnessAndSecondaryCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, lab, "alpha serving again with the VIP, bravo resynced", inSyncOn(Alpha))
+	// The record calls bravo UpToDate only once the resync is done and
+	// alpha's mark-uptodate has committed, which needs a raft leader
+	// again: wait for both.
+	waitFor(t, lab, "alpha serving again with the VIP, bravo resynced and UpToDate in the record", func(s *Status) bool {
+		return inSyncOn(Alpha)(s) && replicaState(s, Alpha, Bravo) == cluster.StateUpToDate
+	})
 	waitAcked(t, tw, restarting, 2, "after quorum came back")
 	tw.halt()
 	s := status(t, lab)
