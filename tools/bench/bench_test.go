@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -276,5 +277,19 @@ func TestShellJoin(t *testing.T) {
 	want := `fio --uri=nbd://127.0.0.1:1/bench 'a b' 'it'\''s'`
 	if got != want {
 		t.Errorf("shellJoin = %s, want %s", got, want)
+	}
+}
+
+func TestCPUBusyMoves(t *testing.T) {
+	m := startCPU()
+	if m.err != nil {
+		t.Fatal(m.err)
+	}
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for x := 0; time.Now().Before(deadline); x++ {
+		_ = x * x
+	}
+	if c := m.cores(); c <= 0 || c > float64(runtime.NumCPU())+0.5 {
+		t.Fatalf("cores busy while spinning: %.2f (of %d)", c, runtime.NumCPU())
 	}
 }

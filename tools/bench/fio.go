@@ -69,6 +69,9 @@ type sample struct {
 	// leaves out the submission: see parseFio.
 	P50, P99 float64
 	ClatP50  float64
+	// Cores: the machine's CPUs busy on average over the fio run (ramp
+	// included), every process and the kernel counted; 0 if unknown.
+	Cores float64
 }
 
 type fioOutput struct {

@@ -597,11 +597,15 @@ func runFio(ctx context.Context, r row, t *target, cfg config) (sample, error) {
 	cmd.WaitDelay = 5 * time.Second
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	cpu := startCPU()
 	out, err := cmd.Output()
+	cores := cpu.cores()
 	if err != nil {
 		return sample{}, fmt.Errorf("fio: %w: %s %s", err, strings.TrimSpace(stderr.String()), tailBytes(out))
 	}
-	return parseFio(out, r.read())
+	s, err := parseFio(out, r.read())
+	s.Cores = cores
+	return s, err
 }
 
 func tailBytes(b []byte) string {

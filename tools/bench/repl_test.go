@@ -307,8 +307,8 @@ func replReport() report {
 		tRepl:   {{IOPS: 5000, P50: 181}},
 	}
 	r.Results["write-1m-qd8"] = map[string][]sample{
-		tTandem: {{BW: 2000 << 20}},
-		tRepl:   {{BW: 1000 << 20}},
+		tTandem: {{BW: 2000 << 20, Cores: 1}},
+		tRepl:   {{BW: 1000 << 20, Cores: 2}},
 	}
 	r.Resync = true
 	r.Link = linkResults{
@@ -357,6 +357,8 @@ func TestRenderReplicated(t *testing.T) {
 		"`/w/netpeer -listen 127.0.0.1:1` runs as a separate process",
 		"each device is 1073852416 bytes",
 		"both daemons, fio and the kernel share the same 2 vCPU(s)",
+		// 4 times the CPU per GiB: with both vCPUs, half the unreplicated rate.
+		"| write-1m-qd8 | 1.00, 0.51 s/GiB | 2.00, 2.05 s/GiB | 4.00 | 0.50 | 0.85 |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("rendered results lack %q", want)

@@ -168,6 +168,16 @@ func renderReplication(b *strings.Builder, r report) {
 		w("| %s | %s | %s | %s |\n", g.What, g.Measured, g.Target, g.Met)
 	}
 
+	if cs := cpuCosts(r); len(cs) > 0 {
+		w("\n### CPU cost of the ratio goals (this machine's busy CPU during the fio runs, every process and the kernel; medians)\n\n")
+		w("The ceiling is what the replicated target would reach at its measured CPU cost per unit with all %d vCPUs busy, "+
+			"divided by the unreplicated result: a goal above it cannot be met on this machine without doing less work per write.\n\n", r.Machine.CPUs)
+		w("| row | unreplicated: cores busy, CPU per unit | replicated: cores busy, CPU per unit | replicated work ÷ unreplicated | ratio ceiling | goal |\n|---|---:|---:|---:|---:|---:|\n")
+		for _, c := range cs {
+			w("| %s | %.2f, %s | %.2f, %s | %.2f | %.2f | %.2f |\n", c.Row, c.CoresT, c.unit(c.PerT), c.CoresP, c.unit(c.PerP), c.PerP/c.PerT, c.Ceiling, c.Goal)
+		}
+	}
+
 	w("\n### Link and resync (median of the repetitions, min-max in brackets)\n\n")
 	w("| measurement | value |\n|---|---:|\n")
 	us := func(v float64) string { return latency(v) }
@@ -247,4 +257,52 @@ func renderPairMethod(b *strings.Builder, r report, t *target) {
 	if r.Verify != nil {
 		w("\nAt the end both replicas are compared online: `%s`.\n", shellJoin(p.verifyArgs()))
 	}
+}
+
+// cpuCost is one row of the CPU cost table.
+type cpuCost struct {
+	Row            string
+	Bandwidth      bool
+	CoresT, CoresP float64
+	// PerT, PerP: CPU-seconds per GiB (bandwidth rows) or per write.
+	PerT, PerP float64
+	Ceiling    float64
+	Goal       float64
+}
+
+func (c cpuCost) unit(v float64) string {
+	if c.Bandwidth {
+		return fmt.Sprintf("%.2f s/GiB", v)
+	}
+	return fmt.Sprintf("%.0f µs/write", v*1e6)
+}
+
+// cpuCosts relates each ratio goal to the CPU both targets used for it.
+func cpuCosts(r report) []cpuCost {
+	var out []cpuCost
+	for _, g := range []struct {
+		row  string
+		goal float64
+	}{{"randwrite-4k-qd32", 0.7}, {"write-1m-qd8", 0.85}} {
+		rw, ok := findRow(g.row)
+		if !ok || !rowSelected(r.Rows, g.row) || !has(targetNames(r.Targets), tTandem) {
+			continue
+		}
+		t := summarize(r.Results[g.row][tTandem], rw.Bandwidth)
+		p := summarize(r.Results[g.row][tRepl], rw.Bandwidth)
+		thr := func(s summary) float64 {
+			if rw.Bandwidth {
+				return s.BW / (1 << 30)
+			}
+			return s.IOPS
+		}
+		if t.N == 0 || p.N == 0 || t.Cores <= 0 || p.Cores <= 0 || thr(t) <= 0 || thr(p) <= 0 {
+			continue
+		}
+		c := cpuCost{Row: g.row, Bandwidth: rw.Bandwidth, CoresT: t.Cores, CoresP: p.Cores,
+			PerT: t.Cores / thr(t), PerP: p.Cores / thr(p), Goal: g.goal}
+		c.Ceiling = float64(r.Machine.CPUs) / c.PerP / thr(t)
+		out = append(out, c)
+	}
+	return out
 }

@@ -24,6 +24,7 @@ func median(xs []float64) float64 {
 type summary struct {
 	N                  int // successful runs
 	IOPS, BW, P50, P99 float64
+	Cores              float64 // CPUs busy during the run (sample.Cores)
 	// Range of the row's main metric (IOPS or bandwidth) over the runs.
 	Min, Max float64
 }
@@ -44,13 +45,14 @@ func summarize(samples []sample, bandwidth bool) summary {
 		main = col(func(s sample) float64 { return s.BW })
 	}
 	return summary{
-		N:    len(samples),
-		IOPS: median(col(func(s sample) float64 { return s.IOPS })),
-		BW:   median(col(func(s sample) float64 { return s.BW })),
-		P50:  median(col(func(s sample) float64 { return s.P50 })),
-		P99:  median(col(func(s sample) float64 { return s.P99 })),
-		Min:  slices.Min(main),
-		Max:  slices.Max(main),
+		N:     len(samples),
+		IOPS:  median(col(func(s sample) float64 { return s.IOPS })),
+		BW:    median(col(func(s sample) float64 { return s.BW })),
+		P50:   median(col(func(s sample) float64 { return s.P50 })),
+		P99:   median(col(func(s sample) float64 { return s.P99 })),
+		Cores: median(col(func(s sample) float64 { return s.Cores })),
+		Min:   slices.Min(main),
+		Max:   slices.Max(main),
 	}
 }
 
