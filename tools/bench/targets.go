@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tandem-ha/tandem/tools/testenv"
 )
 
 // Target names, in table order.
@@ -232,15 +233,15 @@ func (p *process) stop(grace time.Duration) error {
 	}
 }
 
-// freePort asks the kernel for an unused loopback port. Another process
-// could take it before the server binds; start-up then fails loudly.
+// freePort picks an unused loopback port below the ephemeral range (see
+// testenv.LoopbackPort). Another process could take it before the server
+// binds; start-up then fails loudly.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testenv.LoopbackPort()
 	if err != nil {
 		return 0, fmt.Errorf("bench: finding a free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }
 
 func fileExists(path string) bool {

@@ -13,6 +13,7 @@ package testenv
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -171,18 +172,52 @@ func RequireDevice(t testing.TB, path string) {
 
 // FreeAddr returns a loopback TCP address "127.0.0.1:PORT" that was free a
 // moment ago. Another process may take it before the caller binds it; tests
-// that can pass a listener, or ":0", should do that instead.
+// that can pass a listener, or ":0", should do that instead. The port is
+// drawn below the kernel's ephemeral range (ip_local_port_range), not
+// from it: a port ":0" hands out is also the source port the next
+// outgoing connection of any process may get, which made daemons fail to
+// bind now and then.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := LoopbackPort()
 	if err != nil {
-		t.Fatalf("testenv: finding a free loopback port: %v", err)
+		t.Fatalf("testenv: %v", err)
 	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatalf("testenv: closing probe listener: %v", err)
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// LoopbackPort is FreeAddr's port, for harnesses outside a test.
+func LoopbackPort() (int, error) {
+	lo, hi := 20000, ephemeralStart()
+	if hi-lo < 1000 {
+		lo = 1024
 	}
-	return addr
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken: draw again
+		}
+		if err := l.Close(); err != nil {
+			return 0, fmt.Errorf("closing the probe listener: %w", err)
+		}
+		return port, nil
+	}
+	return 0, fmt.Errorf("no free loopback port in [%d, %d) after 200 draws", lo, hi)
+}
+
+// ephemeralStart is the first port of the kernel's ephemeral range
+// (32768 when it cannot be read).
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var start, end int
+	if _, err := fmt.Sscanf(string(b), "%d %d", &start, &end); err != nil || start <= 1024 {
+		return 32768
+	}
+	return start
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago (see
