@@ -53,6 +53,16 @@ func startCPU() cpuMeter {
 	return cpuMeter{start: time.Now(), busy: b, err: err}
 }
 
+// seconds is the CPU time all CPUs were busy since startCPU; 0 if it
+// could not be read.
+func (m cpuMeter) seconds() float64 {
+	b, err := cpuBusy()
+	if m.err != nil || err != nil {
+		return 0
+	}
+	return b - m.busy
+}
+
 // cores is the mean number of CPUs busy since startCPU; 0 if it could
 // not be read.
 func (m cpuMeter) cores() float64 {

@@ -460,6 +460,9 @@ type linkResults struct {
 	// bytes/s, measured right after each resync for as long as it took.
 	BitmapStream []float64
 	FullStream   []float64
+	// FullStreamPerGiB: the machine's busy CPU-seconds per GiB of the
+	// stream after each full sync.
+	FullStreamPerGiB []float64
 }
 
 type verifyOutcome struct {
@@ -501,7 +504,11 @@ func measureLink(ctx context.Context, cfg config, repl *target, peer *netPeer, r
 		}
 		var s resyncSample
 		if full {
+			cpu := startCPU()
 			s, err = repl.pair.fullResync(ctx)
+			if c := cpu.seconds(); err == nil && c > 0 && s.Bytes > 0 {
+				s.PerGiB = c / (float64(s.Bytes) / (1 << 30))
+			}
 		} else {
 			s, err = repl.pair.bitmapResync(ctx, repl.uri(), cfg.ResyncSize)
 		}
@@ -523,7 +530,9 @@ func measureLink(ctx context.Context, cfg config, repl *target, peer *netPeer, r
 		log.Info("resync", "rep", rep+1, "kind", kind(full), "bytes", s.Bytes, "MiB/s", fmt.Sprintf("%.0f", s.Rate/(1<<20)),
 			"volume MiB/s", fmt.Sprintf("%.0f", s.VolumeRate/(1<<20)), "to in sync", s.ToInSync.Round(time.Millisecond).String())
 		dur := max(time.Duration(s.Seconds*float64(time.Second)), time.Second)
+		cpu := startCPU()
 		bps, err := stream(ctx, peer.addr, dur)
+		streamCPU := cpu.seconds()
 		if err != nil {
 			if err := failed("loopback TCP stream", err); err != nil {
 				return fails, err
@@ -533,6 +542,9 @@ func measureLink(ctx context.Context, cfg config, repl *target, peer *netPeer, r
 		log.Info("loopback TCP stream", "rep", rep+1, "after", kind(full), "duration", dur.Round(time.Millisecond).String(), "MiB/s", fmt.Sprintf("%.0f", bps/(1<<20)))
 		if full {
 			out.Full, out.FullStream = append(out.Full, s), append(out.FullStream, bps)
+			if streamCPU > 0 && bps > 0 {
+				out.FullStreamPerGiB = append(out.FullStreamPerGiB, streamCPU/(bps*dur.Seconds()/(1<<30)))
+			}
 		} else {
 			out.Bitmap, out.BitmapStream = append(out.Bitmap, s), append(out.BitmapStream, bps)
 		}

@@ -312,12 +312,13 @@ func replReport() report {
 	}
 	r.Resync = true
 	r.Link = linkResults{
-		RTT:          []rttSample{{N: 10, P50: 30, P99: 90}, {N: 10, P50: 32, P99: 80}, {N: 10, P50: 31, P99: 70}},
-		ResyncSize:   512 << 20,
-		Bitmap:       []resyncSample{{Bytes: 600 << 20, Rate: 400 << 20, VolumeRate: 410 << 20, ToInSync: 2 * time.Second}},
-		BitmapStream: []float64{500 << 20},
-		Full:         []resyncSample{{Bytes: 1 << 30, Rate: 300 << 20}},
-		FullStream:   []float64{1000 << 20},
+		RTT:              []rttSample{{N: 10, P50: 30, P99: 90}, {N: 10, P50: 32, P99: 80}, {N: 10, P50: 31, P99: 70}},
+		ResyncSize:       512 << 20,
+		Bitmap:           []resyncSample{{Bytes: 600 << 20, Rate: 400 << 20, VolumeRate: 410 << 20, ToInSync: 2 * time.Second}},
+		BitmapStream:     []float64{500 << 20},
+		Full:             []resyncSample{{Bytes: 1 << 30, Rate: 300 << 20, PerGiB: 4}},
+		FullStream:       []float64{1000 << 20},
+		FullStreamPerGiB: []float64{1},
 	}
 	r.Verify = &verifyOutcome{Report: verifyReport{ComparedBytes: 1 << 30}}
 	r.Peer = &netPeer{argv: []string{"/w/netpeer", "-listen", "127.0.0.1:1"}}
@@ -359,6 +360,8 @@ func TestRenderReplicated(t *testing.T) {
 		"both daemons, fio and the kernel share the same 2 vCPU(s)",
 		// 4 times the CPU per GiB: with both vCPUs, half the unreplicated rate.
 		"| write-1m-qd8 | 1.00, 0.51 s/GiB | 2.00, 2.05 s/GiB | 4.00 | 0.50 | 0.85 |",
+		// 4 times the stream's CPU per GiB: half of its 1000 MiB/s with both vCPUs.
+		"| 4.00 s | 1.00 s | 4.00 | 0.51 | 0.80 |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("rendered results lack %q", want)

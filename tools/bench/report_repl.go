@@ -178,6 +178,12 @@ func renderReplication(b *strings.Builder, r report) {
 		}
 	}
 
+	if c, ok := syncCost(r); ok {
+		w("\n### CPU cost of the full sync against the loopback TCP stream (medians)\n\n")
+		w("| full sync: CPU per GiB | stream: CPU per GiB | sync work ÷ stream | ratio ceiling (all %d vCPUs at the sync's cost ÷ the stream's rate) | goal |\n|---:|---:|---:|---:|---:|\n", r.Machine.CPUs)
+		w("| %.2f s | %.2f s | %.2f | %.2f | 0.80 |\n", c.PerSync, c.PerStream, c.PerSync/c.PerStream, c.Ceiling)
+	}
+
 	w("\n### Link and resync (median of the repetitions, min-max in brackets)\n\n")
 	w("| measurement | value |\n|---|---:|\n")
 	us := func(v float64) string { return latency(v) }
@@ -305,4 +311,28 @@ func cpuCosts(r report) []cpuCost {
 		out = append(out, c)
 	}
 	return out
+}
+
+// fullSyncCost relates the full sync's CPU to the TCP stream's.
+type fullSyncCost struct {
+	PerSync, PerStream float64 // CPU-seconds per GiB
+	Ceiling            float64
+}
+
+func syncCost(r report) (fullSyncCost, bool) {
+	var per []float64
+	for _, s := range r.Link.Full {
+		if s.PerGiB > 0 {
+			per = append(per, s.PerGiB)
+		}
+	}
+	if len(per) == 0 || len(r.Link.FullStreamPerGiB) == 0 || len(r.Link.FullStream) == 0 {
+		return fullSyncCost{}, false
+	}
+	c := fullSyncCost{PerSync: median(per), PerStream: median(r.Link.FullStreamPerGiB)}
+	if rate := median(r.Link.FullStream) / (1 << 30); rate > 0 && c.PerSync > 0 && c.PerStream > 0 {
+		c.Ceiling = float64(r.Machine.CPUs) / c.PerSync / rate
+		return c, true
+	}
+	return fullSyncCost{}, false
 }

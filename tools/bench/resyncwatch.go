@@ -37,6 +37,9 @@ type resyncSample struct {
 	// ToInSync is from the trigger (daemon start, resync command) to the
 	// first in-sync poll: start-up and connection set-up included.
 	ToInSync time.Duration
+	// PerGiB is the machine's busy CPU-seconds per GiB resynced, from the
+	// trigger to in sync (full sync only; 0 if not measured).
+	PerGiB float64
 }
 
 var errResyncUnseen = errors.New("bench: the resync finished between two polls; use a larger -resync-size")
