@@ -643,6 +643,13 @@ func (v *Volume) Status() Status {
 		// teardown has begun: it clears active before it fails a single
 		// waiter, and sets conn only at its end.
 		st.Conn, st.PeerRole, st.PeerDisk = Disconnecting, RoleUnknown, DiskUnknown
+		// Why it ends, already: teardown copies it to v.reason only at
+		// its end. (pendMu is never held while v.mu is taken.)
+		l.pendMu.Lock()
+		if l.why != "" {
+			st.Reason = l.why
+		}
+		l.pendMu.Unlock()
 	}
 	if l := v.sess; l != nil && l.active.Load() {
 		st.PeerHeard = time.Duration(l.since()-l.lastRecv.Load()) <= 3*v.cfg.PingInterval
