@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -186,14 +187,30 @@ func FreeAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
-// LoopbackPort is FreeAddr's port, for harnesses outside a test.
+// handedOut holds every port LoopbackPort returned in this process: a
+// probe closes its port, so a later draw would find it free again while
+// the first caller has not bound it yet (two daemons of one test given
+// the same port). Ports are a resource of the whole process, hence one
+// set for it.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// LoopbackPort is FreeAddr's port, for harnesses outside a test. It never
+// returns the same port twice in one process.
 func LoopbackPort() (int, error) {
 	lo, hi := 20000, ephemeralStart()
 	if hi-lo < 1000 {
 		lo = 1024
 	}
+	handedOut.Lock()
+	defer handedOut.Unlock()
 	for range 200 {
 		port := lo + rand.IntN(hi-lo)
+		if handedOut.ports[port] {
+			continue
+		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue // taken: draw again
@@ -201,6 +218,7 @@ func LoopbackPort() (int, error) {
 		if err := l.Close(); err != nil {
 			return 0, fmt.Errorf("closing the probe listener: %w", err)
 		}
+		handedOut.ports[port] = true
 		return port, nil
 	}
 	return 0, fmt.Errorf("no free loopback port in [%d, %d) after 200 draws", lo, hi)

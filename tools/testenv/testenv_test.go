@@ -161,3 +161,22 @@ func TestDebianPackage(t *testing.T) {
 		t.Fatalf("DebianPackage(no-such-tool) = %q", got)
 	}
 }
+
+// A probe closes its port, so without the record of what was handed out
+// the same port could come back while its first caller has not bound it.
+func TestLoopbackPortNeverRepeats(t *testing.T) {
+	seen := map[int]bool{}
+	for range 2000 {
+		p, err := LoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		if p >= ephemeralStart() {
+			t.Fatalf("port %d is in the ephemeral range (from %d)", p, ephemeralStart())
+		}
+		seen[p] = true
+	}
+}
