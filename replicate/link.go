@@ -73,8 +73,11 @@ type link struct {
 	lastRecv atomic.Int64 // since start, ns
 	// lastAck is when an answer last came, or when requests started
 	// waiting after none did (since start, ns): the ack timeout's clock.
-	lastAck  atomic.Int64
-	acking   atomic.Int32 // acknowledgements being queued
+	lastAck atomic.Int64
+	acking  atomic.Int32 // acknowledgements being queued
+	// appliers counts the peer's operations being applied: a lone one
+	// has no acknowledgement to share a system call with.
+	appliers atomic.Int32
 	pingBusy atomic.Bool
 
 	pendMu    sync.Mutex
@@ -407,6 +410,7 @@ func (l *link) downstream(f wire.Frame) error {
 		}
 	}
 	l.applying.Add(1)
+	l.appliers.Add(1)
 	// The last frame of a burst, with nothing to wait for, is applied
 	// right here: a hand-off to another goroutine would cost a wake-up on
 	// every lone write, and nothing else is waiting to be read. Only small
@@ -427,6 +431,7 @@ const inlineApplyMax = 64 << 10
 
 func (l *link) apply(f wire.Frame, sp *span) {
 	defer l.applying.Done()
+	defer l.appliers.Add(-1)
 	v := l.v
 	l.rord.waitBefore(sp.seq, sp.off, sp.end)
 	off, n := sp.off, sp.end-sp.off
@@ -482,7 +487,9 @@ func (l *link) ack(f wire.Frame) {
 	l.acking.Add(1)
 	err := l.c.Queue(f)
 	if l.acking.Add(-1) == 0 && err == nil {
-		runtime.Gosched()
+		if l.appliers.Load() > 1 {
+			runtime.Gosched()
+		}
 		if l.acking.Load() == 0 {
 			err = l.c.Flush()
 		}

@@ -68,6 +68,9 @@ type Volume struct {
 	nextSeq uint64
 	cur     *link // the link writes go to (nil: none); guarded by seqMu
 	sending atomic.Int32
+	// writing counts application writes between admission and their
+	// answer: alone, a writer has nobody to share a system call with.
+	writing atomic.Int32
 	ord     *order // the primary's own writes in flight
 
 	// degMu guards the bookkeeping of one absence of the peer.
@@ -370,6 +373,8 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 		return err
 	}
 	defer v.ioMu.RUnlock()
+	v.writing.Add(1)
+	defer v.writing.Add(-1)
 	off := int64(f.Offset)
 	release, err := v.meta.Begin(ctx, off, n)
 	if err != nil {
@@ -402,9 +407,12 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	v.seqMu.Unlock()
 	if v.sending.Add(-1) == 0 && l != nil {
 		// Let writers that are ready to run queue their frames first, so
-		// that one system call carries them all; alone, this costs
-		// nothing.
-		runtime.Gosched()
+		// that one system call carries them all. A lone writer sends at
+		// once: a yield would first run whatever else is runnable (the
+		// NBD reader it just woke) on its critical path.
+		if v.writing.Load() > 1 {
+			runtime.Gosched()
+		}
 		if v.sending.Load() == 0 {
 			l.flush()
 		}
