@@ -219,7 +219,11 @@ type Range struct {
 type VerifyReport struct {
 	ComparedBytes int64   `json:"compared_bytes"`
 	Differing     []Range `json:"differing"`
-	Repaired      bool    `json:"repaired"`
+	// OmittedRanges counts differing ranges left out of Differing: a
+	// report the primary sends for a verify asked on the secondary lists
+	// at most 262144 of them.
+	OmittedRanges int64 `json:"omitted_ranges,omitempty"`
+	Repaired      bool  `json:"repaired"`
 }
 
 // PromoteResult says what a promotion did.

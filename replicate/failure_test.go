@@ -361,8 +361,14 @@ func TestVerifyFindsFlippedByte(t *testing.T) {
 	if err != nil || len(rep.Differing) != 1 || rep.Differing[0] != want[0] || rep.Repaired {
 		t.Fatalf("verify: %+v, %v; want exactly %+v", rep, err, want)
 	}
-	if _, err := p.b.v.Verify(ctx, false); !errors.Is(err, ErrNotPrimary) {
-		t.Fatalf("verify on the secondary: %v, want ErrNotPrimary", err)
+	// On the secondary, the primary runs it and the same report comes back.
+	waitFor(t, 5*time.Second, "the secondary sees the primary", func() bool { return p.b.v.Status().PeerRole == Primary })
+	rep, err = p.b.v.Verify(ctx, false)
+	if err != nil || len(rep.Differing) != 1 || rep.Differing[0] != want[0] || rep.Repaired || rep.ComparedBytes != 4<<20 {
+		t.Fatalf("verify on the secondary: %+v, %v; want exactly %+v", rep, err, want)
+	}
+	if st := p.a.v.Status(); st.Conn != Connected {
+		t.Fatalf("primary after the verify it ran for the secondary: %s", st.Conn)
 	}
 	rep, err = p.a.v.Verify(ctx, true)
 	if err != nil || !rep.Repaired || len(rep.Differing) != 1 {
@@ -373,6 +379,57 @@ func TestVerifyFindsFlippedByte(t *testing.T) {
 	rep, err = p.a.v.Verify(ctx, false)
 	if err != nil || len(rep.Differing) != 0 {
 		t.Fatalf("verify after repair: %+v, %v", rep, err)
+	}
+	// A repair asked on the secondary resyncs from the primary's data.
+	if _, err := p.b.data.WriteAt(flip, off); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = p.b.v.Verify(ctx, true)
+	if err != nil || !rep.Repaired || len(rep.Differing) != 1 || rep.Differing[0] != want[0] {
+		t.Fatalf("verify with repair on the secondary: %+v, %v", rep, err)
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+}
+
+// A verify asked on the secondary fails clearly when the primary cannot
+// run it, and stops on the primary when its caller gives up.
+func TestVerifyFromSecondaryBusyAndCancel(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 64 << 20, resync: ResyncConfig{MaxRate: 4 << 20}})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	waitFor(t, 5*time.Second, "the secondary sees the primary", func() bool { return p.b.v.Status().PeerRole == Primary })
+	ctx := context.Background()
+	// The primary verifies at the resync's rate limit (16 s for 64 MiB),
+	// so the second one meets it busy.
+	first := make(chan error, 1)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		_, err := p.b.v.Verify(cctx, false)
+		first <- err
+	}()
+	waitFor(t, 5*time.Second, "primary verifying", func() bool { return p.a.v.Status().Conn == VerifySource })
+	if _, err := p.a.v.Verify(ctx, false); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a second verify on the primary: %v, want ErrBusy", err)
+	}
+	if _, err := p.b.v.Verify(ctx, false); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a second verify on the secondary: %v, want ErrBusy", err)
+	}
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled verify: %v", err)
+	}
+	waitFor(t, 5*time.Second, "primary back to Connected", func() bool { return p.a.v.Status().Conn == Connected })
+	if st := p.b.v.Status(); st.Conn != Connected {
+		t.Fatalf("secondary after the cancelled verify: %s", st.Conn)
+	}
+	// Disconnected: no peer to ask.
+	if err := p.b.v.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.b.v.Verify(ctx, false); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("verify while disconnected: %v, want ErrNotConnected", err)
 	}
 }
 

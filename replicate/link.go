@@ -107,6 +107,12 @@ type link struct {
 	rsBusy         bool
 	// source side: bytes cleared since the bitmap was last flushed.
 	srcCleared atomic.Int64
+
+	// A verify run on the primary for the secondary (verify_remote.go),
+	// guarded by pendMu: asked is the secondary's caller waiting for the
+	// answer, askCancel stops the primary's run.
+	asked     chan verifyAnswer
+	askCancel context.CancelFunc
 }
 
 func newLink(v *Volume, c *wire.Conn, leader bool) *link {
@@ -601,6 +607,15 @@ func (l *link) onState(f wire.Frame) error {
 			return err
 		}
 		return l.finishTarget(ps)
+	case stateVerifyAsk:
+		if len(f.Payload) != 1 || f.Payload[0] > 1 {
+			return fmt.Errorf("%w: a verify request with a %d-byte payload", errProtocol, len(f.Payload))
+		}
+		l.verifyForPeer(f.Payload[0] == 1)
+	case stateVerifyCancel:
+		l.cancelForPeer()
+	case stateVerifyAnswer:
+		return l.onVerifyAnswer(f.Payload)
 	case stateVerifyBegin, stateVerifyEnd:
 		v.mu.Lock()
 		if v.sess == l && (v.conn == Connected || v.conn == VerifyTarget) {

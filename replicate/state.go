@@ -27,6 +27,12 @@ const (
 	// stateVerifyBegin / stateVerifyEnd frame an online verify.
 	stateVerifyBegin uint64 = 6
 	stateVerifyEnd   uint64 = 7
+	// stateVerifyAsk: the secondary asks the primary to verify (payload:
+	// 1 to repair); stateVerifyCancel: its caller gave up;
+	// stateVerifyAnswer: the primary's report or error (verify_remote.go).
+	stateVerifyAsk    uint64 = 8
+	stateVerifyCancel uint64 = 9
+	stateVerifyAnswer uint64 = 10
 )
 
 // Wishes an admin expressed on this side for the next session.

@@ -3,6 +3,7 @@ package replicate
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/tandem-ha/tandem/replicate/wire"
 )
@@ -17,8 +18,9 @@ const verifyWindow = 4
 // every bitmap granule at the same point of the ordered stream, so
 // application writes may go on. It reports the differing ranges exactly
 // (granule by granule, adjacent ones merged). With repair it marks them
-// out of sync and resyncs them from this side. It runs on the primary, or
-// on either node when neither is primary; it needs a connected, idle
+// out of sync and resyncs them from this side. On the secondary of a
+// primary it asks the primary to run it (verify_remote.go); with neither
+// primary, the node it is called on compares. It needs a connected, idle
 // link.
 func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
 	if v.closed.Load() {
@@ -33,7 +35,7 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyReport, error) 
 		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: %w", v.cfg.Resource, ErrNotConnected)
 	case peer.Role == Primary:
 		v.mu.Unlock()
-		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: run it on the primary, %s: %w", v.cfg.Resource, v.cfg.Peer, ErrNotPrimary)
+		return l.verifyOnPeer(ctx, repair)
 	case conn != Connected:
 		v.mu.Unlock()
 		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: the link is %s: %w", v.cfg.Resource, conn, ErrBusy)
@@ -108,11 +110,28 @@ func (l *link) verify(ctx context.Context, p *progress) (VerifyReport, error) {
 		p.done.Add(r.n)
 		return nil
 	}
+	// The resync's rate controller paces verify too (as DRBD's c-max-rate
+	// does): it reads the whole device on both nodes, and applications
+	// keep their share.
+	ctl := newRateController(v.cfg.Resync, v.now())
 	for off := int64(0); off < v.size; off += verifyChunk {
 		n := min(int64(verifyChunk), v.size-off)
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
+		if d := ctl.delay(v.now(), n, v.appBytes.Load()); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return rep, ctx.Err()
+			case <-l.stop:
+				t.Stop()
+				return rep, ErrPeerLost
+			case <-t.C:
+			}
+		}
+		ctl.sent(v.now(), n)
 		w, data, err := l.readOrdered(off, n, func(seq uint64, _ []byte) wire.Frame {
 			return wire.Frame{Type: wire.VerifyRequest, Seq: seq, Offset: uint64(off), Length: uint32(n)}
 		}, wire.VerifyDigest, true)

@@ -192,12 +192,14 @@ func newVerifyCmd(a *app) *cobra.Command {
 		Use:   "verify RESOURCE [--repair]",
 		Short: "Compare both replicas online",
 		Long: `Compare the digests of both replicas of RESOURCE, block by block, while
-they stay in use, and print the ranges that differ. Run it on the Primary
-(or on either node while neither is Primary), with the replicas connected.
-With --repair the differing ranges are marked out of sync and resynced from
-this side. The command waits until the comparison is done; interrupting it
-stops the verify. It exits 1 when the replicas differ and were not
-repaired.`,
+they stay in use, and print the ranges that differ. It runs on either node,
+with the replicas connected: on the Secondary it asks the Primary to run it
+(the Primary orders the writes, so only it can compare both replicas at the
+same point while applications write) and prints the Primary's report. With
+--repair the differing ranges are marked out of sync and resynced from the
+Primary (from this node while neither is Primary). The command waits until
+the comparison is done; interrupting it stops the verify. It exits 1 when
+the replicas differ and were not repaired.`,
 		Example: "  tandem verify r0\n  tandem verify r0 --repair",
 		Args:    oneResource,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -218,12 +220,15 @@ repaired.`,
 				for _, r := range rep.Differing {
 					fmt.Fprintf(a.stdout, "  offset %d length %d\n", r.Offset, r.Length)
 				}
+				if rep.OmittedRanges > 0 {
+					fmt.Fprintf(a.stdout, "  ... and %s more (run it on the primary for the whole list)\n", plural(int(rep.OmittedRanges), "range"))
+				}
 				if rep.Repaired && len(rep.Differing) > 0 {
 					fmt.Fprintln(a.stdout, "repaired: the differing ranges were resynced")
 				}
 			}
 			if len(rep.Differing) > 0 && !rep.Repaired {
-				return fmt.Errorf("verify %s: the replicas differ in %s; tandem verify %s --repair resyncs them", args[0], plural(len(rep.Differing), "range"), args[0])
+				return fmt.Errorf("verify %s: the replicas differ in %s; tandem verify %s --repair resyncs them", args[0], plural(len(rep.Differing)+int(rep.OmittedRanges), "range"), args[0])
 			}
 			return nil
 		},

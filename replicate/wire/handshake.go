@@ -19,8 +19,9 @@ import (
 
 // Version is the link protocol this build speaks. The frame header and the
 // first four bytes of Hello (the version) never change, so that any two
-// versions can at least tell each other they differ.
-const Version uint32 = 1
+// versions can at least tell each other they differ. 2: a secondary may
+// ask the primary to verify (State kinds 8-10).
+const Version uint32 = 2
 
 // DefaultTimeout bounds a whole handshake when Config.Timeout is zero.
 const DefaultTimeout = 10 * time.Second

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -232,9 +233,9 @@ func TestHandshakeRefusals(t *testing.T) {
 		{"acceptor expects another peer", func(d, a *Config) { a.PeerNode = "gamma" }, ErrPeer, ErrPeer, `node "alpha"`},
 		{"dialer expects another peer", func(d, a *Config) { d.PeerNode = "gamma" }, ErrPeer, ErrRefused, `node "beta"`},
 		{"newer version on the dialer", func(d, a *Config) { d.ProtocolVersion = Version + 1 }, ErrVersion, ErrVersion,
-			"protocol version 2, this node speaks 1"},
+			fmt.Sprintf("protocol version %d, this node speaks %d", Version+1, Version)},
 		{"newer version on the acceptor", func(d, a *Config) { a.ProtocolVersion = Version + 1 }, ErrVersion, ErrVersion,
-			"protocol version 1, this node speaks 2"},
+			fmt.Sprintf("protocol version %d, this node speaks %d", Version, Version+1)},
 	} {
 		for _, transport := range []string{"pipe", "tcp"} {
 			t.Run(c.name+"/"+transport, func(t *testing.T) {
@@ -424,7 +425,7 @@ func TestHandshakeOldVersion(t *testing.T) {
 	hello := []byte{0, 0, 0, byte(Version - 1), 0xde, 0xad}
 	go peer.w.Write(Frame{Type: Hello, Payload: hello})
 	f := peer.expect(t, Refuse)
-	if f.Payload[0] != refuseVersion || !strings.Contains(string(f.Payload), "protocol version 0, this node speaks 1") {
+	if f.Payload[0] != refuseVersion || !strings.Contains(string(f.Payload), fmt.Sprintf("protocol version %d, this node speaks %d", Version-1, Version)) {
 		t.Fatalf("Refuse %q", f.Payload)
 	}
 	r := <-done

@@ -269,13 +269,17 @@ func TestVerifyFindsAndRepairsAFlippedByte(t *testing.T) {
 	if !strings.Contains(out, want) || strings.Count(out, "offset ") != 1 {
 		t.Fatalf("verify output, want exactly %q:\n%s", want, out)
 	}
+	// On the secondary the primary runs it; the same report comes back.
+	if out, _, err := p.tandemErr("beta", "verify", "r0"); err == nil || !strings.Contains(out, want) || strings.Count(out, "offset ") != 1 {
+		t.Fatalf("verify on the secondary (%v), want exactly %q:\n%s", err, want, out)
+	}
 	out = p.tandem("alpha", "verify", "r0", "--repair")
 	if !strings.Contains(out, "repaired") {
 		t.Errorf("verify --repair: %s", out)
 	}
 	p.waitStatus("alpha", "the repair", inSync)
-	if out := p.tandem("alpha", "verify", "r0"); !strings.Contains(out, "0 ranges differ") {
-		t.Errorf("verify after repair: %s", out)
+	if out := p.tandem("beta", "verify", "r0"); !strings.Contains(out, "0 ranges differ") {
+		t.Errorf("verify after repair, on the secondary: %s", out)
 	}
 	p.stopBoth()
 	p.sameData()
