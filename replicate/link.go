@@ -113,6 +113,8 @@ type link struct {
 	// answer, askCancel stops the primary's run.
 	asked     chan verifyAnswer
 	askCancel context.CancelFunc
+	// vtarget is the progress of a verify this side answers as target.
+	vtarget atomic.Pointer[progress]
 }
 
 func newLink(v *Volume, c *wire.Conn, leader bool) *link {
@@ -465,6 +467,9 @@ func (l *link) apply(f wire.Frame, sp *span) {
 		buf := make([]byte, n)
 		if err = v.data.ReadAt(v.ctx, buf, off); err == nil {
 			payload = digests(buf, v.gran)
+			if p := l.vtarget.Load(); p != nil {
+				p.done.Add(n)
+			}
 		}
 	}
 	if err == nil && (f.Type == wire.ResyncData || f.Type == wire.ResyncRequest) {
@@ -617,9 +622,18 @@ func (l *link) onState(f wire.Frame) error {
 	case stateVerifyAnswer:
 		return l.onVerifyAnswer(f.Payload)
 	case stateVerifyBegin, stateVerifyEnd:
+		// The target counts the bytes it hashed, so that status shows the
+		// verify's progress on both nodes.
 		v.mu.Lock()
 		if v.sess == l && (v.conn == Connected || v.conn == VerifyTarget) {
-			v.conn = map[bool]ConnState{true: VerifyTarget, false: Connected}[f.Offset == stateVerifyBegin]
+			if f.Offset == stateVerifyBegin {
+				p := newProgress(true, true, v.size, v.now())
+				v.conn, v.verify = VerifyTarget, p
+				l.vtarget.Store(p)
+			} else {
+				v.conn, v.verify = Connected, nil
+				l.vtarget.Store(nil)
+			}
 		}
 		v.mu.Unlock()
 	default:
