@@ -115,6 +115,10 @@ type link struct {
 	askCancel context.CancelFunc
 	// vtarget is the progress of a verify this side answers as target.
 	vtarget atomic.Pointer[progress]
+	// peerDiskGone: the primary's disk failed and this replica has
+	// recorded it (peerDiskLost); only then does it serve ReadRequests.
+	// Touched by the receive loop only.
+	peerDiskGone bool
 }
 
 func newLink(v *Volume, c *wire.Conn, leader bool) *link {
@@ -370,15 +374,21 @@ func (l *link) pinger() {
 func (l *link) handle(f wire.Frame) error {
 	v := l.v
 	switch f.Type {
-	case wire.Write, wire.Trim, wire.Zero, wire.ResyncData, wire.ResyncRequest, wire.Flush, wire.VerifyRequest:
+	case wire.Write, wire.Trim, wire.Zero, wire.ResyncData, wire.ResyncRequest, wire.Flush, wire.VerifyRequest, wire.ReadRequest:
 		if e := v.epoch.Load(); f.Epoch < e {
 			return fmt.Errorf("%w: %s seq %d from epoch %d, this node is at epoch %d", ErrStaleEpoch, f.Type, f.Seq, f.Epoch, e)
 		}
 		if f.Type != wire.Flush && f.Type != wire.VerifyRequest && v.primary.Load() {
 			return fmt.Errorf("%w: the peer sends %s to a primary", errProtocol, f.Type)
 		}
+		if f.Type == wire.ReadRequest {
+			// Only a complete replica may stand in for the primary's disk.
+			if ds := v.diskState(v.meta.Superblock()); ds != UpToDate || !l.peerDiskGone {
+				return fmt.Errorf("%w: the peer reads from this node, whose disk is %s (the peer's disk gone: %v)", errProtocol, ds, l.peerDiskGone)
+			}
+		}
 		return l.downstream(f)
-	case wire.Received, wire.Written, wire.Flushed, wire.VerifyDigest:
+	case wire.Received, wire.Written, wire.Flushed, wire.VerifyDigest, wire.ReadData:
 		l.deliver(f)
 	case wire.Ping:
 		go func() { _ = l.c.Write(wire.Frame{Type: wire.Pong, Seq: f.Seq, Epoch: v.epoch.Load()}) }()
@@ -471,6 +481,9 @@ func (l *link) apply(f wire.Frame, sp *span) {
 				p.done.Add(n)
 			}
 		}
+	case wire.ReadRequest:
+		payload = make([]byte, n)
+		err = v.data.ReadAt(v.ctx, payload, off)
 	}
 	if err == nil && (f.Type == wire.ResyncData || f.Type == wire.ResyncRequest) {
 		err = l.resyncApplied(off, n)
@@ -487,6 +500,8 @@ func (l *link) apply(f wire.Frame, sp *span) {
 	switch {
 	case f.Type == wire.VerifyRequest:
 		_ = l.c.Write(wire.Frame{Type: wire.VerifyDigest, Seq: f.Seq, Epoch: v.epoch.Load(), Offset: f.Offset, Length: f.Length, Payload: payload})
+	case f.Type == wire.ReadRequest:
+		l.ack(wire.Frame{Type: wire.ReadData, Seq: f.Seq, Epoch: v.epoch.Load(), Offset: f.Offset, Length: f.Length, Payload: payload})
 	case f.Type == wire.ResyncData, fua, l.peer.Proto == 'C' && f.Type != wire.ResyncRequest:
 		l.ack(wire.Frame{Type: wire.Written, Seq: f.Seq, Epoch: v.epoch.Load()})
 	}
@@ -599,6 +614,11 @@ func (l *link) onState(f wire.Frame) error {
 				return err
 			}
 		}
+		if ps.Role == Primary && (ps.Disk == Failed || ps.Disk == Diskless) && !l.peerDiskGone {
+			if err := l.peerDiskLost(); err != nil {
+				return err
+			}
+		}
 		v.mu.Lock()
 		if v.sess == l {
 			v.peer = &ps
@@ -639,6 +659,31 @@ func (l *link) onState(f wire.Frame) error {
 	default:
 		return fmt.Errorf("%w: State kind %d during a session", errProtocol, f.Offset)
 	}
+	return nil
+}
+
+// peerDiskLost runs when the primary says its disk failed, before any
+// frame it sent after that: this replica may now be the only complete
+// one, so its data starts a new generation with every block out of sync
+// for the peer, durably. Whatever the failed disk holds when it comes
+// back, it is then a sync target of a full resync, never "in sync".
+func (l *link) peerDiskLost() error {
+	v := l.v
+	if v.diskState(v.meta.Superblock()) != UpToDate {
+		return nil // not a replica to stand in: the primary fails its I/O
+	}
+	v.bm.Set(0, v.size)
+	if err := v.bm.FlushAll(); err != nil {
+		return fmt.Errorf("replicate: recording that the primary's disk failed: %w", err)
+	}
+	v.degMu.Lock()
+	err := v.rotateLocked()
+	v.degMu.Unlock()
+	if err != nil {
+		return err
+	}
+	l.peerDiskGone = true
+	v.log.Warn("replicate: the primary's disk failed; this node holds the only copy and serves its reads", "peer", v.cfg.Peer)
 	return nil
 }
 

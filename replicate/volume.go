@@ -59,8 +59,12 @@ type Volume struct {
 	ioMu    sync.RWMutex
 	primary atomic.Bool
 	failed  atomic.Bool
-	closed  atomic.Bool
-	epoch   atomic.Uint64
+	// diskless: the local disk failed while this primary was connected
+	// to an UpToDate secondary, which now holds the only copy: reads,
+	// writes and flushes go to it (DRBD's on-io-error detach).
+	diskless atomic.Bool
+	closed   atomic.Bool
+	epoch    atomic.Uint64
 
 	// seqMu orders: it hands out sequence numbers and queues frames on
 	// the link in that order, so the peer receives them in sequence.
@@ -252,10 +256,14 @@ func (v *Volume) Features() nbd.Features {
 	}
 }
 
-// ReadAt serves reads locally, on the primary only.
+// ReadAt serves reads locally, on the primary only (from the peer when
+// the local disk failed).
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.readable(); err != nil {
 		return err
+	}
+	if v.diskless.Load() {
+		return v.readPeer(ctx, p, off)
 	}
 	if err := v.data.ReadAt(ctx, p, off); err != nil {
 		if ctx.Err() != nil {
@@ -271,7 +279,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // data area is a file and this node is primary.
 func (v *Volume) FileRange(off, length int64) (*os.File, int64, bool) {
 	fs, ok := v.data.(nbd.FileSource)
-	if !ok || v.readable() != nil {
+	if !ok || v.readable() != nil || v.failed.Load() {
 		return nil, 0, false
 	}
 	v.appBytes.Add(length)
@@ -284,7 +292,7 @@ func (v *Volume) readable() error {
 		return fmt.Errorf("%w (%w)", ErrClosed, nbd.ErrShutdown)
 	case !v.primary.Load():
 		return errNotPrimary
-	case v.failed.Load():
+	case v.failed.Load() && !v.diskless.Load():
 		return eio("read", errors.New("the local disk failed earlier"))
 	}
 	return nil
@@ -373,12 +381,20 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 		return err
 	}
 	defer v.ioMu.RUnlock()
+	if v.diskless.Load() {
+		return v.writePeer(ctx, f)
+	}
 	v.writing.Add(1)
 	defer v.writing.Add(-1)
 	off := int64(f.Offset)
 	release, err := v.meta.Begin(ctx, off, n)
 	if err != nil {
-		return fmt.Errorf("replicate: %s: activity log: %w (%w)", v.cfg.Resource, err, syscall.EIO)
+		if ctx.Err() != nil || errors.Is(err, md.ErrClosed) || errors.Is(err, md.ErrRange) || errors.Is(err, md.ErrTooManyExtents) {
+			return fmt.Errorf("replicate: %s: activity log: %w (%w)", v.cfg.Resource, err, syscall.EIO)
+		}
+		// The metadata is part of the disk: a write it cannot record
+		// is a failed disk.
+		return v.diskFailed("activity log", err)
 	}
 	defer release()
 
@@ -516,9 +532,102 @@ func (v *Volume) rotateLocked() error {
 func (v *Volume) diskFailed(what string, err error) error {
 	if !v.failed.Swap(true) {
 		v.log.Error("replicate: local disk failed; the replica is detached", "op", what, "err", err)
-		v.announce()
+		v.detachDisk()
 	}
 	return eio(what, err)
+}
+
+// detachDisk tells the peer the local disk failed. A primary connected
+// to an UpToDate secondary then goes on through it (diskless), once that
+// State is on the wire: the peer marks everything out of sync for this
+// node before it handles any frame sent after it, so nothing it
+// acknowledges afterwards is missing from its bitmap. Operations between
+// the failure and that point fail with EIO, as does the one that failed.
+func (v *Volume) detachDisk() {
+	v.mu.Lock()
+	l, peer := v.sess, v.peer
+	serve := v.primary.Load() && l != nil && l.active.Load() && peer != nil && peer.Disk == UpToDate && v.conn == Connected
+	if serve {
+		// Setting up a new session writes metadata, which a failed disk
+		// cannot be trusted with: this is the last one.
+		v.standalone = true
+	}
+	v.mu.Unlock()
+	v.announce()
+	if serve {
+		v.diskless.Store(true)
+		v.announce()
+		v.log.Warn("replicate: diskless: reads, writes and flushes go to the peer until the disk is replaced", "peer", v.cfg.Peer)
+	}
+}
+
+// errNoPeerCopy: a diskless primary lost the only replica it had.
+var errNoPeerCopy = errors.New("the local disk failed and the peer is not connected")
+
+// readPeer serves a read from the peer, in pieces the link carries.
+func (v *Volume) readPeer(ctx context.Context, p []byte, off int64) error {
+	for len(p) > 0 {
+		n := min(len(p), peerReadMax)
+		l, w := v.request(wire.Frame{Type: wire.ReadRequest, Offset: uint64(off), Length: uint32(n)}, wire.ReadData, -1, 0)
+		if w == nil {
+			return eio("read", errNoPeerCopy)
+		}
+		b, err := l.waitPayload(ctx, w)
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			return eio("read from the peer", err)
+		}
+		if len(b) != n {
+			l.end(fmt.Sprintf("%v: ReadData of %d bytes for a read of %d", errProtocol, len(b), n), true)
+			return eio("read from the peer", errProtocol)
+		}
+		copy(p, b)
+		l.c.Reader().Release(b)
+		p, off = p[n:], off+int64(n)
+		v.appBytes.Add(int64(n))
+	}
+	return nil
+}
+
+// peerReadMax bounds one ReadRequest, so that a large read does not hold
+// the peer's receive buffers for long.
+const peerReadMax = 4 << 20
+
+// writePeer is the write path of a diskless primary: the peer has the
+// only copy, so every write waits for Written whatever the protocol, and
+// nothing is acknowledged without it. No activity log and no bitmap: the
+// metadata is on the failed disk, and the peer has marked all of it out
+// of sync for this node already.
+func (v *Volume) writePeer(ctx context.Context, f wire.Frame) error {
+	l, w := v.request(f, wire.Written, -1, 0)
+	if w == nil {
+		return eio(f.Type.String(), errNoPeerCopy)
+	}
+	if err := l.wait(ctx, w); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return eio(f.Type.String()+" on the peer", err)
+	}
+	v.appBytes.Add(int64(f.Length))
+	return nil
+}
+
+// flushPeer is a diskless primary's flush.
+func (v *Volume) flushPeer(ctx context.Context) error {
+	l, w := v.peerFlushStart()
+	if w == nil {
+		return eio("flush", errNoPeerCopy)
+	}
+	if err := l.wait(ctx, w); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return eio("flush on the peer", err)
+	}
+	return nil
 }
 
 // Flush is a barrier on both replicas: everything acknowledged before it
@@ -533,7 +642,10 @@ func (v *Volume) Flush(ctx context.Context) error {
 		}
 		return nil
 	}
-	if v.failed.Load() {
+	switch {
+	case v.diskless.Load():
+		return v.flushPeer(ctx)
+	case v.failed.Load():
 		return eio("flush", errors.New("the local disk failed earlier"))
 	}
 	return v.flushBoth(ctx)
@@ -567,13 +679,21 @@ func (v *Volume) flushBoth(ctx context.Context) error {
 // peerFlushStart queues a Flush to the peer after every frame sent so
 // far; w is nil without a link.
 func (v *Volume) peerFlushStart() (*link, *waiter) {
+	return v.request(wire.Frame{Type: wire.Flush}, wire.Flushed, -1, 0)
+}
+
+// request queues f for the peer after every frame sent so far, with a
+// waiter for its answer need (and, when off >= 0, its range in the
+// transfer log); w is nil when it did not go out.
+func (v *Volume) request(f wire.Frame, need wire.MsgType, off, n int64) (*link, *waiter) {
 	v.sending.Add(1)
 	v.seqMu.Lock()
 	v.nextSeq++
+	f.Seq = v.nextSeq
 	l := v.cur
 	var w *waiter
 	if l != nil {
-		w, _ = l.queueLocked(wire.Frame{Type: wire.Flush, Seq: v.nextSeq}, wire.Flushed, -1, 0)
+		w, _ = l.queueLocked(f, need, off, n)
 	}
 	v.seqMu.Unlock()
 	if v.sending.Add(-1) == 0 && l != nil {
@@ -602,6 +722,8 @@ func (v *Volume) syncData() error {
 // diskState derives the local disk state.
 func (v *Volume) diskState(sb md.Superblock) DiskState {
 	switch {
+	case v.diskless.Load():
+		return Diskless
 	case v.failed.Load():
 		return Failed
 	case !sb.Flags.Has(md.Consistent) || sb.Flags.Has(md.FullSyncNeeded):
@@ -824,16 +946,40 @@ func (v *Volume) Demote(ctx context.Context) error {
 	if !v.primary.Load() {
 		return nil
 	}
-	if !v.failed.Load() {
+	diskless := v.diskless.Load()
+	switch {
+	case diskless:
+		// Every acknowledged write is on the peer only: durable there
+		// before this node lets go of it.
+		if err := v.flushPeer(ctx); err != nil {
+			return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
+		}
+	case !v.failed.Load():
 		if err := v.flushBoth(ctx); err != nil {
 			return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
 		}
 	}
 	if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.WasPrimary }); err != nil {
-		return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
+		if !v.failed.Load() {
+			return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
+		}
+		// A broken disk must not keep this node primary: the peer takes
+		// over, and this disk comes back only through a full sync.
+		v.log.Warn("replicate: demote: the failed disk's metadata was not updated", "err", err)
 	}
 	v.primary.Store(false)
+	v.diskless.Store(false)
 	v.announce()
+	if diskless {
+		// A secondary without a disk has nothing to apply the new
+		// primary's writes to.
+		v.mu.Lock()
+		l := v.sess
+		v.mu.Unlock()
+		if l != nil {
+			l.end("the local disk failed: detached; replace the disk and recreate the metadata", true)
+		}
+	}
 	v.log.Info("replicate: demoted")
 	return nil
 }

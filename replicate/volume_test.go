@@ -188,14 +188,40 @@ func TestLocalWriteErrorFailsDisk(t *testing.T) {
 	if !errors.Is(err, syscall.EIO) || !errors.Is(err, ErrDiskFailed) {
 		t.Fatalf("write on a failing disk: %v, want EIO", err)
 	}
-	if s := p.a.v.Status(); s.Disk != Failed {
-		t.Fatalf("disk state %s after an I/O error, want Failed", s.Disk)
+	if s := p.a.v.Status(); s.Disk != Diskless {
+		t.Fatalf("disk state %s after an I/O error, want Diskless", s.Disk)
+	}
+	// Connected to an UpToDate peer it goes on diskless
+	// (diskless_test.go); the peer sees that.
+	waitFor(t, 5*time.Second, "the peer sees Diskless", func() bool { return p.b.v.Status().PeerDisk == Diskless })
+}
+
+// Without an UpToDate peer a failed disk fails everything.
+func TestLocalWriteErrorWithoutPeerFailsEverything(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	p.b.kill(false, 0)
+	waitFor(t, 10*time.Second, "alpha without beta", func() bool { return p.a.v.Status().Conn == Connecting })
+	p.a.data.SetFault(func(op string, off, n int64) error {
+		if op == "write" {
+			return syscall.EIO
+		}
+		return nil
+	})
+	if err := p.a.v.WriteAt(context.Background(), make([]byte, 4096), 8192, false); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write on a failing disk: %v, want EIO", err)
 	}
 	p.a.data.SetFault(nil)
 	if err := p.a.v.WriteAt(context.Background(), make([]byte, 4096), 0, false); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("write after the disk failed: %v, want EIO (detached)", err)
 	}
-	waitFor(t, 5*time.Second, "the peer sees Failed", func() bool { return p.b.v.Status().PeerDisk == Failed })
+	if err := p.a.v.ReadAt(context.Background(), make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read after the disk failed: %v, want EIO", err)
+	}
+	if s := p.a.v.Status(); s.Disk != Failed {
+		t.Fatalf("disk state %s, want Failed", s.Disk)
+	}
 }
 
 func TestLargeTrimAndZeroWithFewHotExtents(t *testing.T) {

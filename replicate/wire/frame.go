@@ -73,8 +73,13 @@ const (
 	VerifyDigest MsgType = 19
 	// Disconnect announces an orderly close.
 	Disconnect MsgType = 20
+	// ReadRequest asks the peer for Length bytes at Offset: a primary
+	// whose disk failed reads from its secondary (version 3).
+	ReadRequest MsgType = 21
+	// ReadData answers a ReadRequest with the bytes.
+	ReadData MsgType = 22
 
-	lastType = Disconnect
+	lastType = ReadData
 )
 
 var typeNames = [...]string{
@@ -84,7 +89,7 @@ var typeNames = [...]string{
 	Pong: "Pong", State: "State", BitmapChunk: "BitmapChunk",
 	ResyncRequest: "ResyncRequest", ResyncData: "ResyncData",
 	VerifyRequest: "VerifyRequest", VerifyDigest: "VerifyDigest",
-	Disconnect: "Disconnect",
+	Disconnect: "Disconnect", ReadRequest: "ReadRequest", ReadData: "ReadData",
 }
 
 func (t MsgType) String() string {

@@ -20,8 +20,9 @@ import (
 // Version is the link protocol this build speaks. The frame header and the
 // first four bytes of Hello (the version) never change, so that any two
 // versions can at least tell each other they differ. 2: a secondary may
-// ask the primary to verify (State kinds 8-10).
-const Version uint32 = 2
+// ask the primary to verify (State kinds 8-10). 3: a primary whose disk
+// failed reads from its secondary (ReadRequest, ReadData).
+const Version uint32 = 3
 
 // DefaultTimeout bounds a whole handshake when Config.Timeout is zero.
 const DefaultTimeout = 10 * time.Second

@@ -1,0 +1,181 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/nbd"
+)
+
+// failDisks makes every operation on n's data and metadata fail, as a
+// dead drive holding both would.
+func failDisks(n *testNode) {
+	eioAll := func(string, int64, int64) error { return syscall.EIO }
+	n.data.SetFault(eioAll)
+	n.meta.SetFault(eioAll)
+}
+
+// disklessPair returns a pair whose primary, alpha, has lost its disks
+// and serves through beta.
+func disklessPair(t *testing.T) *pair {
+	t.Helper()
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	failDisks(p.a)
+	_ = p.a.v.WriteAt(context.Background(), make([]byte, 4096), 0, false)
+	waitFor(t, 5*time.Second, "alpha Diskless", func() bool { return p.a.v.Status().Disk == Diskless })
+	return p
+}
+
+// A primary whose disk dies while it is connected to an UpToDate
+// secondary goes on through it: the operation that hit the error fails,
+// everything after it is served by the peer, which marks all of its data
+// out of sync for the failed node. The old disk, back after a restart
+// (the error was transient), is then a full sync target, never "in sync".
+func TestDisklessPrimaryServesThroughThePeer(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	workload(t, p.a.v, 2, 40, 21)
+	before := p.a.v.Status().Generations
+
+	failDisks(p.a)
+	err := p.a.v.WriteAt(ctx, block('x', 8192, 1), 8192, false)
+	if !errors.Is(err, syscall.EIO) || !errors.Is(err, ErrDiskFailed) {
+		t.Fatalf("write that hits the disk error: %v, want EIO", err)
+	}
+	waitFor(t, 5*time.Second, "alpha Diskless, beta holding everything out of sync", func() bool {
+		sa, sb := p.a.v.Status(), p.b.v.Status()
+		return sa.Disk == Diskless && sb.PeerDisk == Diskless && sb.OutOfSync == p.b.v.Size()
+	})
+	if g := p.b.v.Status().Generations; g.Current == before.Current || g.Bitmap != before.Current {
+		t.Fatalf("beta's generations %+v after alpha's disk failed, want a new current over bitmap %x", g, before.Current)
+	}
+
+	// Reads come from beta, byte for byte what it holds.
+	want := append([]byte(nil), p.b.data.Bytes()...)
+	got := make([]byte, len(want))
+	if err := p.a.v.ReadAt(ctx, got, 0); err != nil {
+		t.Fatalf("read on the diskless primary: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the diskless primary read something other than the peer's data")
+	}
+	if _, _, ok := p.a.v.FileRange(0, 4096); ok {
+		t.Fatal("FileRange offered the failed local file")
+	}
+
+	// Writes, trims, zeroes and flushes reach beta only.
+	big := bytes.Repeat([]byte{0x5a}, 5<<20) // more than one ReadRequest
+	for _, op := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"write", func() error { return p.a.v.WriteAt(ctx, block('d', 4096, 2), 4096, false) }},
+		{"FUA write", func() error { return p.a.v.WriteAt(ctx, big, 1<<20, true) }},
+		{"trim", func() error { return p.a.v.Trim(ctx, 7<<20, 64<<10, false) }},
+		{"zero", func() error { return p.a.v.Zero(ctx, 7<<20+128<<10, 8192, nbd.ZeroNoHole) }},
+		{"flush", func() error { return p.a.v.Flush(ctx) }},
+	} {
+		if err := op.fn(); err != nil {
+			t.Fatalf("%s on the diskless primary: %v", op.name, err)
+		}
+	}
+	bb := p.b.data.Bytes()
+	if !bytes.Equal(bb[4096:8192], block('d', 4096, 2)) || !bytes.Equal(bb[1<<20:1<<20+len(big)], big) ||
+		!bytes.Equal(bb[7<<20+128<<10:7<<20+136<<10], make([]byte, 8192)) {
+		t.Fatal("beta does not hold the diskless primary's writes")
+	}
+	got = make([]byte, len(big))
+	if err := p.a.v.ReadAt(ctx, got, 1<<20); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("reading back a 5 MiB write through the peer: %v (equal %v)", err, bytes.Equal(got, big))
+	}
+
+	// Stepping down flushes beta, lets go of it and fails no write.
+	if err := p.a.v.Demote(ctx); err != nil {
+		t.Fatalf("demoting the diskless primary: %v", err)
+	}
+	waitFor(t, 5*time.Second, "alpha StandAlone, detached", func() bool {
+		s := p.a.v.Status()
+		return s.Conn == StandAlone && s.Disk == Failed && strings.Contains(s.Reason, "disk failed")
+	})
+	waitFor(t, 5*time.Second, "beta without alpha", func() bool { return p.b.v.Status().Conn == Connecting })
+	mustPromote(t, p.b, false)
+	if err := p.b.v.WriteAt(ctx, block('b', 0, 3), 0, false); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same disk comes back (a transient fault): it has missed
+	// writes, so it must take a full resync from beta.
+	oldDiskBack(t, p)
+	p.identical()
+}
+
+// Without the peer a diskless primary has no copy left: every operation
+// fails with EIO, none is acknowledged, and it does not reconnect on a
+// disk it cannot trust.
+func TestDisklessPrimaryWithoutPeerFails(t *testing.T) {
+	p := disklessPair(t)
+	ctx := context.Background()
+	p.b.kill(false, 0)
+	waitFor(t, 10*time.Second, "alpha StandAlone", func() bool { return p.a.v.Status().Conn == StandAlone })
+	buf := make([]byte, 4096)
+	for name, err := range map[string]error{
+		"read":  p.a.v.ReadAt(ctx, buf, 0),
+		"write": p.a.v.WriteAt(ctx, buf, 0, false),
+		"flush": p.a.v.Flush(ctx),
+	} {
+		if !errors.Is(err, syscall.EIO) {
+			t.Fatalf("%s on a diskless primary without its peer: %v, want EIO", name, err)
+		}
+	}
+	p.b.restart()
+	time.Sleep(500 * time.Millisecond) // it would have reconnected by now
+	if s := p.a.v.Status(); s.Conn != StandAlone {
+		t.Fatalf("alpha reconnected on its failed disk: %+v", s)
+	}
+	if err := p.a.v.Close(ctx); err == nil {
+		t.Fatal("closing on a dead disk reported a clean metadata close")
+	}
+}
+
+// The failed primary dies while diskless and its disk comes back with
+// it, the secondary never promoted: the writes it made through the peer
+// are nowhere on its disk nor in its activity log, so only the new
+// generation the peer drew keeps the two from calling themselves in sync.
+func TestDisklessPrimaryOldDiskComesBack(t *testing.T) {
+	p := disklessPair(t)
+	ctx := context.Background()
+	for i := range 64 {
+		off := int64(i) * 96 << 10 // spread over the device, past any hot extent
+		if err := p.a.v.WriteAt(ctx, block('z', off, 1), off, false); err != nil {
+			t.Fatalf("diskless write %d: %v", i, err)
+		}
+	}
+	oldDiskBack(t, p)
+	p.identical()
+}
+
+// oldDiskBack restarts alpha on its old disk, working again, and checks
+// that it takes a full resync from beta.
+func oldDiskBack(t *testing.T, p *pair) {
+	t.Helper()
+	p.a.kill(false, 0)
+	p.a.data.SetFault(nil)
+	p.a.meta.SetFault(nil)
+	p.a.restart()
+	waitFor(t, 20*time.Second, "alpha resynced from beta", func() bool {
+		sa, sb := p.a.v.Status(), p.b.v.Status()
+		return sa.Conn == Connected && sb.Conn == Connected && sa.Disk == UpToDate && sb.OutOfSync == 0
+	})
+	if ls := p.a.v.Status().LastResync; ls == nil || ls.TotalBytes < p.a.v.Size() {
+		t.Fatalf("alpha's resync after the failed disk: %+v, want all %d bytes", ls, p.a.v.Size())
+	}
+}
