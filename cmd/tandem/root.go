@@ -22,13 +22,17 @@ available block device, exported over NBD (the Network Block Device
 protocol), with synchronous replication, quorum, fencing and a floating
 service address.
 
-Replicated resources, with manual roles (docs/operations.md):
+Replicated resources (docs/operations.md). With gossip and authority
+addresses in the configuration, the cluster layer detects a dead primary,
+fences it, promotes the survivor and moves the service address; without
+them roles are set by hand, as with DRBD alone:
 
   tandem daemon      run this node's replicas, their NBD exports, the admin API
   tandem create-md   create a replica's metadata (dump-md shows it)
   tandem status      roles, disk and link states, resync progress
   tandem events      follow the node's changes as they happen (audit log: DATA_DIR/audit.log)
   tandem promote / demote / connect / disconnect / resync / verify / resolve
+  tandem switchover / standby / unstandby   move resources, under the cluster layer
 
 Fencing, by hand through each node's configured levels (docs/operations.md):
 
@@ -46,9 +50,6 @@ One node, no replication:
   tandem attach   connect a kernel NBD device (/dev/nbdN) to an export
   tandem detach   disconnect a kernel NBD device
   tandem version  print the version
-
-Cluster membership, quorum and automatic failover are on the roadmap; see
-README.md and docs/architecture.md.
 
 Try it:
 
