@@ -58,13 +58,13 @@ func hint(code, resource string) string {
 	case daemon.CodeBusy:
 		return fmt.Sprintf("a resync or verify is running: see tandem status %s", resource)
 	case daemon.CodeResourceDown:
-		return fmt.Sprintf("tandem status %s says why; fix it (e.g. tandem create-md) and restart the daemon", resource)
+		return fmt.Sprintf("tandem status %s says why; fix it (e.g. tandem create-md %s), then tandem up %s", resource, resource, resource)
 	case daemon.CodeShuttingDown:
 		return "the daemon is stopping"
 	case daemon.CodeIsPrimary:
 		return fmt.Sprintf("this node is Primary: tandem demote %s first", resource)
 	case daemon.CodeDiskFailed:
-		return "the local disk returned an I/O error and is detached; replace or repair it, then restart the daemon (a resync follows)"
+		return fmt.Sprintf("the local disk returned an I/O error and is detached; fail over (demote here, promote the peer), then tandem down %s, replace or repair the disk, tandem create-md %s --force, tandem up %s (a full resync follows)", resource, resource, resource)
 	case daemon.CodePeerLost:
 		return fmt.Sprintf("the peer went away during the operation: check tandem status %s, reconnect and retry", resource)
 	case daemon.CodeStaleEpoch:
@@ -304,5 +304,22 @@ A Primary keeps serving and records its writes in the out-of-sync bitmap.`,
 		newResyncCmd(a),
 		newVerifyCmd(a),
 		newResolveCmd(a),
+		newDoneCmd(a, doneCmd{use: "down RESOURCE", short: "Take one resource down on this node, releasing its devices",
+			long: `Close RESOURCE on this node (flushed, metadata marked clean), release its
+backing device and metadata, and stop serving its NBD export, while the
+daemon's other resources go on (drbdadm down). Refused on the Primary:
+demote it first. Then the disk can be replaced and tandem create-md run on
+it; tandem up RESOURCE opens it again. Under the cluster layer the node's
+replica counts as Failed meanwhile and is never promoted.`,
+			example: "  tandem down r0 && tandem create-md r0 --force && tandem up r0",
+			call:    func(ctx context.Context, c *daemon.Client, res string) error { return c.Down(ctx, res) }, done: "%s: down, devices released"}),
+		newDoneCmd(a, doneCmd{use: "up RESOURCE", short: "Open a resource that is down on this node",
+			long: `Open RESOURCE on this node again (drbdadm up): after tandem down, or a
+resource that stayed down at start (no metadata, corrupt metadata, a
+missing device). The metadata is checked as at start and never written
+if it is unusable; the replica connects to its peer and resyncs what the
+generations say (a full sync for fresh metadata). Refused, with the
+reason, if it still cannot open.`,
+			call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Up(ctx, res) }, done: "%s: up"}),
 	}
 }

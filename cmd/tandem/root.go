@@ -32,6 +32,7 @@ them roles are set by hand, as with DRBD alone:
   tandem status      roles, disk and link states, resync progress
   tandem events      follow the node's changes as they happen (audit log: DATA_DIR/audit.log)
   tandem promote / demote / connect / disconnect / resync / verify / resolve
+  tandem down / up   take one resource down (devices released) and bring it back
   tandem switchover / standby / unstandby   move resources, under the cluster layer
 
 Fencing, by hand through each node's configured levels (docs/operations.md):

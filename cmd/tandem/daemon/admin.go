@@ -18,36 +18,45 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/events", d.handleEvents) // events.go
 	mux.HandleFunc("POST /v1/resources/{name}/promote", func(w http.ResponseWriter, req *http.Request) {
 		var body PromoteRequest
-		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return d.promote(ctx, r, body.Force) })
+		d.op(w, req, &body, func(ctx context.Context, r *resource, v Volume) (any, error) { return d.promote(ctx, r, body.Force) })
 	})
 	mux.HandleFunc("POST /v1/resources/{name}/demote", func(w http.ResponseWriter, req *http.Request) {
-		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, d.demote(ctx, r) })
+		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, d.demote(ctx, r) })
 	})
 	mux.HandleFunc("POST /v1/resources/{name}/connect", func(w http.ResponseWriter, req *http.Request) {
-		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Connect(ctx) })
+		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.Connect(ctx) })
 	})
 	mux.HandleFunc("POST /v1/resources/{name}/disconnect", func(w http.ResponseWriter, req *http.Request) {
-		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Disconnect(ctx) })
+		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.Disconnect(ctx) })
 	})
 	mux.HandleFunc("POST /v1/resources/{name}/peer-fenced", func(w http.ResponseWriter, req *http.Request) {
-		d.op(w, req, nil, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.PeerFenced(ctx) })
+		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.PeerFenced(ctx) })
 	})
 	mux.HandleFunc("POST /v1/resources/{name}/resync", func(w http.ResponseWriter, req *http.Request) {
 		var body ResyncRequest
-		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return Done{true}, r.vol.Resync(ctx, body.Full) })
+		d.op(w, req, &body, func(ctx context.Context, r *resource, v Volume) (any, error) {
+			return Done{true}, v.Resync(ctx, body.Full)
+		})
 	})
 	mux.HandleFunc("POST /v1/resources/{name}/verify", func(w http.ResponseWriter, req *http.Request) {
 		var body VerifyRequest
-		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) { return r.vol.Verify(ctx, body.Repair) })
+		d.op(w, req, &body, func(ctx context.Context, r *resource, v Volume) (any, error) { return v.Verify(ctx, body.Repair) })
 	})
 	mux.HandleFunc("POST /v1/resources/{name}/resolve", func(w http.ResponseWriter, req *http.Request) {
 		var body ResolveRequest
-		d.op(w, req, &body, func(ctx context.Context, r *resource) (any, error) {
+		d.op(w, req, &body, func(ctx context.Context, r *resource, v Volume) (any, error) {
 			if !body.DiscardMyData {
 				return nil, fmt.Errorf("%w: resolve needs discard_my_data: the node whose changes are thrown away runs it", errBadRequest)
 			}
-			return Done{true}, r.vol.Resolve(ctx, true)
+			return Done{true}, v.Resolve(ctx, true)
 		})
+	})
+	// up and down reach a resource whatever its state (lifecycle.go).
+	mux.HandleFunc("POST /v1/resources/{name}/up", func(w http.ResponseWriter, req *http.Request) {
+		d.opAny(w, req, func(ctx context.Context, r *resource) (any, error) { return Done{true}, d.up(ctx, r) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/down", func(w http.ResponseWriter, req *http.Request) {
+		d.opAny(w, req, func(ctx context.Context, r *resource) (any, error) { return Done{true}, d.down(ctx, r) })
 	})
 	d.clusterRoutes(mux) // clusterapi.go
 	d.fenceLogRoute(mux) // fencelog.go
@@ -69,20 +78,23 @@ func (d *Daemon) Status() NodeStatus {
 
 func (r *resource) status(node string) ResourceStatus {
 	rs := ResourceStatus{NBDListen: r.rp.NBDListen}
-	if r.vol == nil {
+	r.mu.Lock()
+	v, downErr := r.vol, r.downErr
+	r.mu.Unlock()
+	if v == nil {
 		rs.Status = replicate.Status{
 			Resource: r.cfg.Name, Node: node, Peer: r.peer.Node,
 			Role: replicate.Secondary, Disk: replicate.Diskless, Conn: replicate.StandAlone,
 			PeerRole: replicate.RoleUnknown, PeerDisk: replicate.DiskUnknown,
 			Protocol: string(r.cfg.Protocol), Size: r.cfg.Size,
 		}
-		if r.downErr != nil {
-			rs.Error = r.downErr.Error()
+		if downErr != nil {
+			rs.Error = downErr.Error()
 			rs.Reason = rs.Error
 		}
 		return rs
 	}
-	rs.Status = r.vol.Status()
+	rs.Status = v.Status()
 	rs.Up = true
 	rs.NBDServing = r.gate.primary.Load()
 	return rs
@@ -114,30 +126,24 @@ func (d *Daemon) unknown(name string) error {
 	return fmt.Errorf("%w %q on node %s (resources here: %v)", ErrUnknownResource, name, d.node.Name, names)
 }
 
-// lookup returns the resource called name if it is up.
-func (d *Daemon) lookup(name string) (*resource, error) {
-	d.mu.Lock()
-	stopping := d.stopping
-	d.mu.Unlock()
-	if stopping {
+// find returns the resource called name, up or down.
+func (d *Daemon) find(name string) (*resource, error) {
+	if d.isStopping() {
 		return nil, ErrShuttingDown
 	}
 	for _, r := range d.resources {
-		if r.cfg.Name != name {
-			continue
+		if r.cfg.Name == name {
+			return r, nil
 		}
-		if r.vol == nil {
-			return nil, fmt.Errorf("%s: %w: %v", name, ErrResourceDown, r.downErr)
-		}
-		return r, nil
 	}
 	return nil, d.unknown(name)
 }
 
 // op decodes the body into in (nil: none expected), runs fn on the named
-// resource with a context that ends when the client goes away or the
-// daemon stops, and writes its result or refusal.
-func (d *Daemon) op(w http.ResponseWriter, req *http.Request, in any, fn func(context.Context, *resource) (any, error)) {
+// resource, which must be up, with its volume, and writes its result or
+// refusal. A down that follows closes the volume under fn: its
+// operations then fail with replicate.ErrClosed.
+func (d *Daemon) op(w http.ResponseWriter, req *http.Request, in any, fn func(context.Context, *resource, Volume) (any, error)) {
 	if in != nil {
 		dec := json.NewDecoder(io.LimitReader(req.Body, 1<<16))
 		dec.DisallowUnknownFields()
@@ -146,11 +152,32 @@ func (d *Daemon) op(w http.ResponseWriter, req *http.Request, in any, fn func(co
 			return
 		}
 	}
-	r, err := d.lookup(req.PathValue("name"))
+	r, err := d.find(req.PathValue("name"))
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	v, err := r.upVolume()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	d.run(w, req, r, in, func(ctx context.Context, r *resource) (any, error) { return fn(ctx, r, v) })
+}
+
+// opAny is op for a resource in any state, without a body.
+func (d *Daemon) opAny(w http.ResponseWriter, req *http.Request, fn func(context.Context, *resource) (any, error)) {
+	r, err := d.find(req.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	d.run(w, req, r, nil, fn)
+}
+
+// run runs fn with a context that ends when the client goes away or the
+// daemon stops, and writes its result or refusal.
+func (d *Daemon) run(w http.ResponseWriter, req *http.Request, r *resource, in any, fn func(context.Context, *resource) (any, error)) {
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
 	stop := context.AfterFunc(d.opCtx, cancel)
@@ -175,7 +202,11 @@ func (d *Daemon) promote(ctx context.Context, r *resource, force bool) (replicat
 	}
 	r.roleMu.Lock()
 	defer r.roleMu.Unlock()
-	res, err := r.vol.Promote(ctx, force)
+	v, err := r.upVolume()
+	if err != nil {
+		return replicate.PromoteResult{}, err
+	}
+	res, err := v.Promote(ctx, force)
 	if err != nil {
 		return res, err
 	}
@@ -195,9 +226,13 @@ func (d *Daemon) demote(ctx context.Context, r *resource) error {
 	}
 	r.roleMu.Lock()
 	defer r.roleMu.Unlock()
+	v, err := r.upVolume()
+	if err != nil {
+		return err
+	}
 	r.gate.primary.Store(false)
-	if err := r.vol.Demote(ctx); err != nil {
-		r.gate.primary.Store(r.vol.Status().Role == replicate.Primary)
+	if err := v.Demote(ctx); err != nil {
+		r.gate.primary.Store(v.Status().Role == replicate.Primary)
 		return err
 	}
 	d.log.Info("demoted: nbd export refuses I/O", "resource", r.cfg.Name)

@@ -130,6 +130,16 @@ func (c *Client) Resolve(ctx context.Context, resource string, discardMyData boo
 	return c.do(ctx, http.MethodPost, opPath(resource, "resolve"), ResolveRequest{DiscardMyData: discardMyData}, &Done{})
 }
 
+// Up opens a resource that is down on this node.
+func (c *Client) Up(ctx context.Context, resource string) error {
+	return c.do(ctx, http.MethodPost, opPath(resource, "up"), struct{}{}, &Done{})
+}
+
+// Down closes a Secondary resource on this node and releases its devices.
+func (c *Client) Down(ctx context.Context, resource string) error {
+	return c.do(ctx, http.MethodPost, opPath(resource, "down"), struct{}{}, &Done{})
+}
+
 func opPath(resource, op string) string {
 	return "/v1/resources/" + url.PathEscape(resource) + "/" + op
 }

@@ -76,19 +76,48 @@ func (l *lazyLog) Propose(ctx context.Context, cmd cluster.Command) (*cluster.Re
 	return a.Propose(ctx, cmd)
 }
 
-// downVolume stands in for a resource that did not open: it reports no
-// disk, so the machine never promotes it and tells the record.
-type downVolume struct{ r *resource }
+// liveVolume is what the node manager drives: the resource's volume
+// while it is up (tandem up and down swap it, lifecycle.go); while it is
+// down it reports no disk, so the machine never promotes it and tells the
+// record.
+type liveVolume struct{ r *resource }
 
-func (v downVolume) Status() replicate.Status {
-	return v.r.status("").Status
+func (l liveVolume) Status() replicate.Status {
+	if v := l.r.volume(); v != nil {
+		return v.Status()
+	}
+	return l.r.status("").Status
 }
-func (v downVolume) Promote(context.Context, bool) (replicate.PromoteResult, error) {
-	return replicate.PromoteResult{}, fmt.Errorf("resource %s: %w: %v", v.r.cfg.Name, ErrResourceDown, v.r.downErr)
+
+func (l liveVolume) Promote(ctx context.Context, force bool) (replicate.PromoteResult, error) {
+	v, err := l.r.upVolume()
+	if err != nil {
+		return replicate.PromoteResult{}, err
+	}
+	return v.Promote(ctx, force)
 }
-func (v downVolume) Demote(context.Context) error       { return nil }
-func (v downVolume) Resync(context.Context, bool) error { return ErrResourceDown }
-func (v downVolume) PeerFenced(context.Context) error   { return nil }
+
+func (l liveVolume) Demote(ctx context.Context) error {
+	if v := l.r.volume(); v != nil {
+		return v.Demote(ctx)
+	}
+	return nil // down is not primary
+}
+
+func (l liveVolume) Resync(ctx context.Context, full bool) error {
+	v, err := l.r.upVolume()
+	if err != nil {
+		return err
+	}
+	return v.Resync(ctx, full)
+}
+
+func (l liveVolume) PeerFenced(ctx context.Context) error {
+	if v := l.r.volume(); v != nil {
+		return v.PeerFenced(ctx)
+	}
+	return nil // no session to end
+}
 
 // degradedHook is the volumes' OnDegraded while the cluster layer runs.
 func (d *Daemon) degradedHook(resource string) func(context.Context) error {
@@ -135,11 +164,7 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 	}
 	res := map[string]manager.Resource{}
 	for _, r := range d.resources {
-		var v manager.Volume = downVolume{r}
-		if r.vol != nil {
-			v = r.vol
-		}
-		res[r.cfg.Name] = manager.Resource{Volume: v, Gate: r.gate}
+		res[r.cfg.Name] = manager.Resource{Volume: liveVolume{r}, Gate: r.gate}
 	}
 	fencer := d.opts.Fencer
 	if fencer == nil {

@@ -57,7 +57,10 @@ type Daemon struct {
 	log  *slog.Logger
 
 	resources []*resource // in configuration order
-	// acceptSecrets: the accept-secret-files' contents, read at start.
+	// secret and acceptSecrets: the secret-file's and the
+	// accept-secret-files' contents, read at start (and used again by
+	// tandem up).
+	secret        []byte
 	acceptSecrets [][]byte
 	servers       []*nbdServer
 	admin         *adminListener
@@ -88,11 +91,21 @@ type resource struct {
 	peer *config.Replica
 	gate *gate
 
+	// mu guards what up and down swap (lifecycle.go); read the volume
+	// with volume or upVolume.
+	mu      sync.Mutex
 	storage *Storage
 	vol     Volume // nil while down
 	downErr error  // why it is down
 
-	roleMu sync.Mutex // promote, demote and reconcile
+	roleMu sync.Mutex // promote, demote, reconcile, up and down
+}
+
+// volume is the open volume, nil while the resource is down.
+func (r *resource) volume() Volume {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.vol
 }
 
 type nbdServer struct {
@@ -199,8 +212,9 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 			d.log.Warn("secret rotation in progress: peers proving one of the accept-secret-files are let in; remove the key once every node proves the new secret", "accepted", len(d.acceptSecrets))
 		}
 	}
+	d.secret = secret
 	for _, r := range d.resources {
-		d.openResource(ctx, r, secret)
+		_ = d.openResource(ctx, r)
 	}
 	if err := d.startNBD(); err != nil {
 		return err
@@ -245,55 +259,56 @@ func readSecret(path string) ([]byte, error) {
 	return b, nil
 }
 
-// openResource brings one resource up or records why it stays down. It
-// never writes metadata: missing or corrupt metadata is reported, not
-// reinitialised.
-func (d *Daemon) openResource(ctx context.Context, r *resource, secret []byte) {
+// openResource brings one resource up or records why it stays down (and
+// returns it). It never writes metadata: missing or corrupt metadata is
+// reported, not reinitialised.
+func (d *Daemon) openResource(ctx context.Context, r *resource) error {
 	log := d.log.With("resource", r.cfg.Name)
-	down := func(err error) {
-		r.downErr = err
-		log.Error("resource stays down", "err", err)
-		if r.storage != nil {
-			r.storage.Close()
-			r.storage = nil
+	var s *Storage
+	down := func(err error) error {
+		if s != nil {
+			s.Close()
 		}
+		r.mu.Lock()
+		r.downErr = err
+		r.mu.Unlock()
+		log.Error("resource stays down", "err", err)
+		return err
 	}
 	s, err := OpenStorage(r.cfg, r.rp, OpenOptions{})
 	if err != nil {
-		down(err)
-		return
+		return down(err)
 	}
-	r.storage = s
-	if err := d.checkMetadata(r); err != nil {
-		down(err)
-		return
+	if err := d.checkMetadata(r, s); err != nil {
+		return down(err)
 	}
 	// The volume names its resource in its own log records.
-	vcfg, err := d.volumeConfig(r, secret, d.log)
+	vcfg, err := d.volumeConfig(r, s, d.log)
 	if err != nil {
-		down(err)
-		return
+		return down(err)
 	}
 	v, err := d.opts.Open(ctx, vcfg)
 	if err != nil {
-		down(fmt.Errorf("resource %s: opening the volume: %w", r.cfg.Name, err))
-		return
+		return down(fmt.Errorf("resource %s: opening the volume: %w", r.cfg.Name, err))
 	}
-	r.vol = v
+	r.mu.Lock()
+	r.vol, r.storage, r.downErr = v, s, nil
+	r.mu.Unlock()
 	r.gate.setVolume(v)
 	st := v.Status()
 	r.gate.primary.Store(st.Role == replicate.Primary)
 	log.Info("resource up", "role", st.Role, "disk", st.Disk, "connection", st.Conn, "listen", r.rp.Address, "peer", r.peer.Address)
+	return nil
 }
 
 // checkMetadata reads the metadata (without changing it) so that a missing
 // or corrupt one, or one of another resource, is named as such.
-func (d *Daemon) checkMetadata(r *resource) error {
+func (d *Daemon) checkMetadata(r *resource, s *Storage) error {
 	name := r.cfg.Name
-	info, err := md.Dump(r.storage.Meta)
+	info, err := md.Dump(s.Meta)
 	switch {
 	case errors.Is(err, md.ErrNoMetadata):
-		return fmt.Errorf("resource %s: %w: run tandem create-md %s --node %s, then restart the daemon", name, md.ErrNoMetadata, name, d.node.Name)
+		return fmt.Errorf("resource %s: %w: run tandem create-md %s --node %s, then tandem up %s", name, md.ErrNoMetadata, name, d.node.Name, name)
 	case errors.Is(err, md.ErrCorrupt), errors.Is(err, md.ErrVersion):
 		return fmt.Errorf("resource %s: metadata unusable, resource kept down (nothing was changed; inspect it with tandem dump-md %s): %w", name, name, err)
 	case err != nil:
@@ -310,20 +325,20 @@ func (d *Daemon) checkMetadata(r *resource) error {
 	return nil
 }
 
-func (d *Daemon) volumeConfig(r *resource, secret []byte, log *slog.Logger) (replicate.Config, error) {
+func (d *Daemon) volumeConfig(r *resource, s *Storage, log *slog.Logger) (replicate.Config, error) {
 	c := replicate.Config{
 		Cluster:       d.cfg.Cluster,
 		Resource:      r.cfg.Name,
 		Node:          d.node.Name,
 		Peer:          r.peer.Node,
-		Secret:        secret,
+		Secret:        d.secret,
 		AcceptSecrets: d.acceptSecrets,
 		Protocol:      string(r.cfg.Protocol),
 		Compression:   string(r.cfg.Compression),
 		Listen:        r.rp.Address,
 		PeerAddress:   r.peer.Address,
-		Data:          r.storage.Data,
-		Meta:          r.storage.Meta,
+		Data:          s.Data,
+		Meta:          s.Meta,
 		Resync: replicate.ResyncConfig{
 			MaxRate: r.cfg.Resync.MaxRate, AppShare: r.cfg.Resync.AppShare, Checksum: r.cfg.Resync.Checksum,
 		},
@@ -433,11 +448,13 @@ func (d *Daemon) reconcileLoop() {
 		case <-t.C:
 		}
 		for _, r := range d.resources {
-			if r.vol == nil {
+			r.roleMu.Lock()
+			v := r.volume()
+			if v == nil {
+				r.roleMu.Unlock()
 				continue
 			}
-			r.roleMu.Lock()
-			p := r.vol.Status().Role == replicate.Primary
+			p := v.Status().Role == replicate.Primary
 			if r.gate.primary.Swap(p) != p {
 				d.log.Warn("nbd export follows a role change", "resource", r.cfg.Name, "primary", p)
 			}
@@ -510,20 +527,13 @@ func (d *Daemon) shutdown(ctx context.Context) {
 		}
 		d.bg.Wait()
 		for _, r := range d.resources {
-			if r.vol != nil {
-				r.gate.setVolume(nil)
-				if err := r.vol.Close(ctx); err != nil {
-					d.log.Error("closing volume", "resource", r.cfg.Name, "err", err)
-					errs = append(errs, fmt.Errorf("resource %s: %w", r.cfg.Name, err))
-				} else {
-					d.log.Info("resource closed", "resource", r.cfg.Name)
-				}
+			// Under roleMu: an up still running finishes first, and one
+			// that comes after sees the daemon stopping.
+			r.roleMu.Lock()
+			if err := d.closeResource(ctx, r, ErrShuttingDown); err != nil {
+				errs = append(errs, err)
 			}
-			if r.storage != nil {
-				if err := r.storage.Close(); err != nil {
-					errs = append(errs, fmt.Errorf("resource %s: %w", r.cfg.Name, err))
-				}
-			}
+			r.roleMu.Unlock()
 		}
 		if d.http != nil {
 			if err := d.http.Shutdown(ctx); err != nil {

@@ -80,10 +80,11 @@ func (d *Daemon) watchVolumes() {
 	defer t.Stop()
 	for {
 		for _, r := range d.resources {
-			if r.vol == nil {
+			v := r.volume()
+			if v == nil {
 				continue
 			}
-			st := r.vol.Status()
+			st := v.Status()
 			prev, seen := last[r.cfg.Name]
 			last[r.cfg.Name] = st
 			if seen {

@@ -44,8 +44,8 @@ type SoftResource struct {
 func (d *Daemon) softState() SoftState {
 	st := map[string]replicate.Status{}
 	for _, r := range d.resources {
-		if r.vol != nil {
-			st[r.cfg.Name] = r.vol.Status()
+		if v := r.volume(); v != nil {
+			st[r.cfg.Name] = v.Status()
 		}
 	}
 	return d.softStateOf(st)
