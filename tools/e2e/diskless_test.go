@@ -1,0 +1,116 @@
+package e2e_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
+	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/tools/testenv"
+)
+
+// faultyDisk puts node's device behind a disk that fails on demand: the
+// image is served by nbdkit through its error filter (every request
+// fails with EIO while the trigger file exists) and mounted back as a
+// file with nbdfuse, which the daemon opens in place of the image. fail
+// creates the trigger, heal removes it.
+func faultyDisk(t *testing.T, p *pair, n string) (fail, heal func()) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "nbdkit", "nbdfuse", "fusermount3")
+	dev := p.nodes[n].device
+	dir := t.TempDir()
+	backing, sock, trigger, mnt := filepath.Join(dir, "backing.img"), filepath.Join(dir, "nbdkit.sock"), filepath.Join(dir, "fail"), filepath.Join(dir, "mnt")
+	if err := os.Rename(dev, backing); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kit := testenv.Start(t, "nbdkit", "-f", "-U", sock, "--filter=error", "file", backing,
+		"error=EIO", "error-rate=100%", "error-file="+trigger)
+	kit.WaitFor(t, "nbdkit's socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	pidFile := filepath.Join(dir, "nbdfuse.pid")
+	fuse := testenv.Start(t, "nbdfuse", "-P", pidFile, filepath.Join(mnt, "disk"), "--unix", sock)
+	fuse.WaitFor(t, "nbdfuse's pid file", func() bool { _, err := os.Stat(pidFile); return err == nil })
+	if err := os.Symlink(filepath.Join(mnt, "disk"), dev); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Lazily: a daemon of a failed test may still hold the file.
+		if _, stderr, err := testenv.RunErr("fusermount3", "-u", "-z", mnt); err != nil {
+			t.Errorf("fusermount3 -u %s: %v: %s", mnt, err, stderr)
+		}
+		select {
+		case <-fuse.Exited():
+		case <-time.After(30 * time.Second):
+			fuse.Kill(t)
+		}
+		kit.Stop(t)
+	})
+	return func() { writeFile(t, trigger, "", 0o600) }, func() { os.Remove(trigger) }
+}
+
+// The primary's disk starts failing under two real daemons: the one
+// request that hits it fails, every later one a client makes is served by
+// the secondary; demoted, the old primary lets go, the secondary takes
+// over with every write, and the old disk, working again, comes back as a
+// full sync target.
+func TestDisklessPrimaryRealDaemons(t *testing.T) {
+	testenv.RequireTool(t, "qemu-io")
+	p := newPair(t, pairOptions{size: 16 * mib})
+	fail, heal := faultyDisk(t, p, "alpha")
+	p.initialSync()
+	qemuIO := func(n string, cmds ...string) string {
+		t.Helper()
+		out, stderr, _ := testenvRunErr("qemu-io", qemuIOArgs(p.uri(n), cmds...)...)
+		return out + stderr
+	}
+	if out := qemuIO("alpha", "write -P 0x71 0 2M"); strings.Contains(out, "failed") {
+		t.Fatalf("qemu-io before the fault: %s", out)
+	}
+	fail()
+	if out := qemuIO("alpha", "write -P 0x72 4M 64k"); !strings.Contains(out, "Input/output error") {
+		t.Fatalf("qemu-io write that meets the fault: %s, want Input/output error", out)
+	}
+	p.waitStatus("alpha", "alpha Diskless", func(s daemon.ResourceStatus) bool { return s.Disk == replicate.Diskless })
+	p.waitStatus("beta", "beta holding everything for alpha", func(s daemon.ResourceStatus) bool {
+		return s.PeerDisk == replicate.Diskless && s.OutOfSync == p.size
+	})
+	out := qemuIO("alpha", "write -P 0x73 6M 1M", "flush", "read -P 0x71 0 2M", "read -P 0x73 6M 1M")
+	if strings.Contains(out, "failed") || strings.Contains(out, "error") || strings.Count(out, "read ") != 2 {
+		t.Fatalf("qemu-io through the diskless primary:\n%s", out)
+	}
+	if !bytes.Equal(p.fileRange("beta", 6*mib, mib), bytes.Repeat([]byte{0x73}, mib)) {
+		t.Fatal("beta's disk does not hold the write made through the diskless primary")
+	}
+
+	p.tandem("alpha", "demote", "r0")
+	p.waitStatus("alpha", "alpha detached", func(s daemon.ResourceStatus) bool {
+		return s.Conn == replicate.StandAlone && strings.Contains(s.Reason, "disk failed")
+	})
+	p.waitStatus("beta", "beta without alpha", func(s daemon.ResourceStatus) bool { return s.Conn == replicate.Connecting })
+	p.tandem("beta", "promote", "r0")
+	if out := qemuIO("beta", "read -P 0x71 0 2M", "read -P 0x73 6M 1M"); strings.Contains(out, "failed") || strings.Count(out, "read ") != 2 {
+		t.Fatalf("qemu-io on beta after the takeover:\n%s", out)
+	}
+
+	// Its daemon stops with an error (the metadata could not be closed
+	// clean on the failed disk), which it says.
+	if err := p.nodes["alpha"].proc.Stop(t); err == nil || !strings.Contains(p.nodes["alpha"].proc.Stderr(), "input/output error") {
+		t.Fatalf("alpha's daemon stopping on its failed disk: %v, want an error naming it", err)
+	}
+	heal()
+	p.start("alpha")
+	seen := p.watchResync("beta")
+	if seen == nil || seen.TotalBytes < p.size {
+		t.Fatalf("alpha's resync on its old disk: %+v, want all %d bytes", seen, p.size)
+	}
+	p.waitStatus("alpha", "alpha in sync", inSync)
+	p.stopBoth()
+	p.sameData()
+}
