@@ -114,3 +114,48 @@ func TestDisklessPrimaryRealDaemons(t *testing.T) {
 	p.stopBoth()
 	p.sameData()
 }
+
+// Under the cluster layer a primary whose disk fails hands the resource
+// over without fencing: it goes on diskless through the secondary until
+// the machine demotes it, the secondary is promoted at the next epoch,
+// and nothing acknowledged is lost.
+func TestClusterDisklessPrimaryHandsOver(t *testing.T) {
+	testenv.RequireTool(t, "qemu-io")
+	p := clusterPair(t)
+	fail, heal := faultyDisk(t, p, "alpha")
+	for _, n := range []string{"witness", "alpha", "beta"} {
+		p.start(n)
+	}
+	p.waitStatus("alpha", "alpha promoted by the cluster layer", serving)
+	p.waitStatus("beta", "beta in sync", inSync)
+	qemuIO(t, p.uri("alpha"), "write -P 0x5a 1M 2M", "flush")
+
+	fail()
+	out, stderr, _ := testenvRunErr("qemu-io", qemuIOArgs(p.uri("alpha"), "write -P 0x11 8M 64k")...)
+	if !strings.Contains(out+stderr, "Input/output error") {
+		t.Fatalf("the write that meets the fault: %s%s", out, stderr)
+	}
+	p.waitStatus("beta", "beta promoted after alpha's disk failed", serving)
+	if st := p.status("alpha"); st.Role != replicate.Secondary {
+		t.Fatalf("alpha after handing over: %+v", st)
+	}
+	if b := qemuIO(t, p.uri("beta"), "read -P 0x5a 1M 2M"); strings.Contains(b, "Pattern verification failed") {
+		t.Fatalf("beta lacks what alpha acknowledged: %s", b)
+	}
+	res := p.clusterStatus("beta").ClusterLayer.Record.Resource("r0")
+	if res == nil || res.Primary != "beta" || res.Epoch < 2 || res.State("alpha") != "Failed" {
+		t.Fatalf("record after the handover: %+v", res)
+	}
+	if strings.Contains(p.nodes["beta"].proc.Stderr(), "fence confirm alpha") {
+		t.Fatal("beta asked for a fence: a primary that demoted itself needs none")
+	}
+	qemuIO(t, p.uri("beta"), "write -P 0x6b 4M 1M", "flush")
+
+	_ = p.nodes["alpha"].proc.Stop(t) // it cannot close the failed disk's metadata clean
+	heal()
+	p.start("alpha")
+	p.waitStatus("alpha", "alpha back on its healed disk, resynced", inSync)
+	if b := p.fileRange("alpha", 4*mib, mib); !isPattern(b, 0x6b) {
+		t.Fatalf("alpha lacks beta's writes after the resync: %s", describe(b))
+	}
+}
