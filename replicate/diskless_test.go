@@ -22,9 +22,9 @@ func failDisks(n *testNode) {
 
 // disklessPair returns a pair whose primary, alpha, has lost its disks
 // and serves through beta.
-func disklessPair(t *testing.T) *pair {
+func disklessPair(t *testing.T, protocol string) *pair {
 	t.Helper()
-	p := newPair(t, pairOpts{blank: true})
+	p := newPair(t, pairOpts{blank: true, protocol: protocol})
 	p.waitConnected(10 * time.Second)
 	mustPromote(t, p.a, false)
 	failDisks(p.a)
@@ -39,7 +39,14 @@ func disklessPair(t *testing.T) *pair {
 // out of sync for the failed node. The old disk, back after a restart
 // (the error was transient), is then a full sync target, never "in sync".
 func TestDisklessPrimaryServesThroughThePeer(t *testing.T) {
-	p := newPair(t, pairOpts{blank: true})
+	// Whatever the protocol, the diskless primary waits for Written.
+	for _, proto := range []string{"A", "B", "C"} {
+		t.Run("protocol "+proto, func(t *testing.T) { testDisklessServes(t, proto) })
+	}
+}
+
+func testDisklessServes(t *testing.T, proto string) {
+	p := newPair(t, pairOpts{blank: true, protocol: proto})
 	p.waitConnected(10 * time.Second)
 	mustPromote(t, p.a, false)
 	ctx := context.Background()
@@ -122,7 +129,7 @@ func TestDisklessPrimaryServesThroughThePeer(t *testing.T) {
 // fails with EIO, none is acknowledged, and it does not reconnect on a
 // disk it cannot trust.
 func TestDisklessPrimaryWithoutPeerFails(t *testing.T) {
-	p := disklessPair(t)
+	p := disklessPair(t, "C")
 	ctx := context.Background()
 	p.b.kill(false, 0)
 	waitFor(t, 10*time.Second, "alpha StandAlone", func() bool { return p.a.v.Status().Conn == StandAlone })
@@ -151,7 +158,7 @@ func TestDisklessPrimaryWithoutPeerFails(t *testing.T) {
 // are nowhere on its disk nor in its activity log, so only the new
 // generation the peer drew keeps the two from calling themselves in sync.
 func TestDisklessPrimaryOldDiskComesBack(t *testing.T) {
-	p := disklessPair(t)
+	p := disklessPair(t, "C")
 	ctx := context.Background()
 	for i := range 64 {
 		off := int64(i) * 96 << 10 // spread over the device, past any hot extent

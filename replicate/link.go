@@ -116,9 +116,11 @@ type link struct {
 	// vtarget is the progress of a verify this side answers as target.
 	vtarget atomic.Pointer[progress]
 	// peerDiskGone: the primary's disk failed and this replica has
-	// recorded it (peerDiskLost); only then does it serve ReadRequests.
-	// Touched by the receive loop only.
-	peerDiskGone bool
+	// recorded it (peerDiskLost); only then does it serve ReadRequests,
+	// and it acknowledges every write with Written, whatever the
+	// protocol (the primary waits for it). Set by the receive loop before
+	// it dispatches any later frame.
+	peerDiskGone atomic.Bool
 }
 
 func newLink(v *Volume, c *wire.Conn, leader bool) *link {
@@ -383,8 +385,8 @@ func (l *link) handle(f wire.Frame) error {
 		}
 		if f.Type == wire.ReadRequest {
 			// Only a complete replica may stand in for the primary's disk.
-			if ds := v.diskState(v.meta.Superblock()); ds != UpToDate || !l.peerDiskGone {
-				return fmt.Errorf("%w: the peer reads from this node, whose disk is %s (the peer's disk gone: %v)", errProtocol, ds, l.peerDiskGone)
+			if ds := v.diskState(v.meta.Superblock()); ds != UpToDate || !l.peerDiskGone.Load() {
+				return fmt.Errorf("%w: the peer reads from this node, whose disk is %s (the peer's disk gone: %v)", errProtocol, ds, l.peerDiskGone.Load())
 			}
 		}
 		return l.downstream(f)
@@ -502,7 +504,7 @@ func (l *link) apply(f wire.Frame, sp *span) {
 		_ = l.c.Write(wire.Frame{Type: wire.VerifyDigest, Seq: f.Seq, Epoch: v.epoch.Load(), Offset: f.Offset, Length: f.Length, Payload: payload})
 	case f.Type == wire.ReadRequest:
 		l.ack(wire.Frame{Type: wire.ReadData, Seq: f.Seq, Epoch: v.epoch.Load(), Offset: f.Offset, Length: f.Length, Payload: payload})
-	case f.Type == wire.ResyncData, fua, l.peer.Proto == 'C' && f.Type != wire.ResyncRequest:
+	case f.Type == wire.ResyncData, fua, (l.peer.Proto == 'C' || l.peerDiskGone.Load()) && f.Type != wire.ResyncRequest:
 		l.ack(wire.Frame{Type: wire.Written, Seq: f.Seq, Epoch: v.epoch.Load()})
 	}
 }
@@ -614,7 +616,7 @@ func (l *link) onState(f wire.Frame) error {
 				return err
 			}
 		}
-		if ps.Role == Primary && (ps.Disk == Failed || ps.Disk == Diskless) && !l.peerDiskGone {
+		if ps.Role == Primary && (ps.Disk == Failed || ps.Disk == Diskless) && !l.peerDiskGone.Load() {
 			if err := l.peerDiskLost(); err != nil {
 				return err
 			}
@@ -682,7 +684,7 @@ func (l *link) peerDiskLost() error {
 	if err != nil {
 		return err
 	}
-	l.peerDiskGone = true
+	l.peerDiskGone.Store(true)
 	v.log.Warn("replicate: the primary's disk failed; this node holds the only copy and serves its reads", "peer", v.cfg.Peer)
 	return nil
 }
