@@ -186,3 +186,24 @@ func oldDiskBack(t *testing.T, p *pair) {
 		t.Fatalf("alpha's resync after the failed disk: %+v, want all %d bytes", ls, p.a.v.Size())
 	}
 }
+
+// Closing a diskless primary makes what it acknowledged durable on the
+// peer, its only copy: a power cut of the peer right after keeps it all.
+func TestDisklessPrimaryCloseFlushesThePeer(t *testing.T) {
+	p := disklessPair(t, "C")
+	ctx := context.Background()
+	for i := range 32 {
+		off := int64(i) * 64 << 10
+		if err := p.a.v.WriteAt(ctx, block('f', off, 1), off, false); err != nil {
+			t.Fatalf("diskless write %d: %v", i, err)
+		}
+	}
+	_ = p.a.v.Close(ctx) // the dead disk's metadata does not close clean
+	p.b.kill(true, 7)
+	for i := range 32 {
+		off := int64(i) * 64 << 10
+		if !bytes.Equal(p.b.data.Bytes()[off:off+4096], block('f', off, 1)) {
+			t.Fatalf("block %d acknowledged by the diskless primary lost in the peer's power cut", i)
+		}
+	}
+}

@@ -1152,7 +1152,13 @@ func (v *Volume) Close(ctx context.Context) error {
 	v.ioMu.Lock()
 	defer v.ioMu.Unlock()
 	var errs []error
-	if v.primary.Load() && !v.failed.Load() {
+	switch {
+	case v.primary.Load() && v.diskless.Load():
+		// What it acknowledged is on the peer only: durable there first.
+		if err := v.flushPeer(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	case v.primary.Load() && !v.failed.Load():
 		if err := v.flushBoth(ctx); err != nil {
 			errs = append(errs, err)
 		}
