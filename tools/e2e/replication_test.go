@@ -93,6 +93,14 @@ func TestReplicationProtocols(t *testing.T) {
 
 // watchResync polls node's status until in sync, wants to see the resync
 // running once, and returns its final progress (last_resync).
+// lastResync waits until node is in sync and returns the totals of the
+// resync that got it there (whether or not status showed it running).
+func (p *pair) lastResync(n string) *replicate.Progress {
+	p.t.Helper()
+	st := p.waitStatus(n, "in sync after a resync", func(st daemon.ResourceStatus) bool { return inSync(st) && st.LastResync != nil })
+	return st.LastResync
+}
+
 func (p *pair) watchResync(n string) (seen *replicate.Progress) {
 	p.t.Helper()
 	st := p.waitStatus(n, "the resync to finish", func(st daemon.ResourceStatus) bool {
