@@ -34,8 +34,8 @@ func disklessPair(t *testing.T, protocol string) *pair {
 }
 
 // A primary whose disk dies while it is connected to an UpToDate
-// secondary goes on through it: the operation that hit the error fails,
-// everything after it is served by the peer, which marks all of its data
+// secondary goes on through it: the operation that hit the error and
+// everything after it are served by the peer, which marks all of its data
 // out of sync for the failed node. The old disk, back after a restart
 // (the error was transient), is then a full sync target, never "in sync".
 func TestDisklessPrimaryServesThroughThePeer(t *testing.T) {
@@ -54,9 +54,13 @@ func testDisklessServes(t *testing.T, proto string) {
 	before := p.a.v.Status().Generations
 
 	failDisks(p.a)
-	err := p.a.v.WriteAt(ctx, block('x', 8192, 1), 8192, false)
-	if !errors.Is(err, syscall.EIO) || !errors.Is(err, ErrDiskFailed) {
-		t.Fatalf("write that hits the disk error: %v, want EIO", err)
+	// The write that meets the error is done through the peer: the
+	// client never sees it.
+	if err := p.a.v.WriteAt(ctx, block('x', 8192, 1), 8192, false); err != nil {
+		t.Fatalf("write that hits the disk error: %v, want it done through the peer", err)
+	}
+	if !bytes.Equal(p.b.data.Bytes()[8192:12288], block('x', 8192, 1)) {
+		t.Fatal("the write that met the error is not on the peer")
 	}
 	waitFor(t, 5*time.Second, "alpha Diskless, beta holding everything out of sync", func() bool {
 		sa, sb := p.a.v.Status(), p.b.v.Status()
@@ -206,4 +210,51 @@ func TestDisklessPrimaryCloseFlushesThePeer(t *testing.T) {
 			t.Fatalf("block %d acknowledged by the diskless primary lost in the peer's power cut", i)
 		}
 	}
+}
+
+// A read that meets the error is served by the peer too, and so are the
+// requests that run into the failure while it is being handled.
+func TestDisklessPrimaryMasksConcurrentErrors(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	for i := range 16 {
+		off := int64(i) * 4096
+		if err := p.a.v.WriteAt(ctx, block('r', off, 1), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failDisks(p.a)
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			off := int64(i) * 4096
+			buf := make([]byte, 4096)
+			err := p.a.v.ReadAt(ctx, buf, off)
+			if err == nil && !bytes.Equal(buf, block('r', off, 1)) {
+				err = errors.New("wrong data")
+			}
+			if err == nil {
+				err = p.a.v.WriteAt(ctx, block('s', off, 2), off, i%2 == 0)
+			}
+			errs <- err
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a request that ran into the disk failure: %v", err)
+		}
+	}
+	if s := p.a.v.Status(); s.Disk != Diskless {
+		t.Fatalf("alpha %s, want Diskless", s.Disk)
+	}
+	for i := range 16 {
+		off := int64(i) * 4096
+		if !bytes.Equal(p.b.data.Bytes()[off:off+4096], block('s', off, 2)) {
+			t.Fatalf("block %d not on the peer", i)
+		}
+	}
+	p.a.data.SetFault(nil) // for the cleanup's Close
+	p.a.meta.SetFault(nil)
 }

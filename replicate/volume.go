@@ -63,6 +63,10 @@ type Volume struct {
 	// to an UpToDate secondary, which now holds the only copy: reads,
 	// writes and flushes go to it (DRBD's on-io-error detach).
 	diskless atomic.Bool
+	// detached is closed once the first disk failure has been handled
+	// (detachDisk): whoever meets the failure meanwhile waits for it, then
+	// sees whether the peer serves.
+	detached chan struct{}
 	closed   atomic.Bool
 	epoch    atomic.Uint64
 
@@ -147,7 +151,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	v := &Volume{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, data: cfg.Data, meta: meta, bm: meta.Bitmap(),
 		size: sb.DataSize, gran: sb.Granularity, proto: cfg.Protocol[0],
-		kick: make(chan struct{}, 1), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
+		kick: make(chan struct{}, 1), detached: make(chan struct{}), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
 	v.epoch.Store(sb.Epoch)
 	meta.SetDataSync(v.syncData)
@@ -269,7 +273,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		if ctx.Err() != nil {
 			return err
 		}
-		return v.diskFailed("read", err)
+		return v.detachOr("read", err, func() error { return v.readPeer(ctx, p, off) })
 	}
 	v.appBytes.Add(int64(len(p)))
 	return nil
@@ -292,8 +296,11 @@ func (v *Volume) readable() error {
 		return fmt.Errorf("%w (%w)", ErrClosed, nbd.ErrShutdown)
 	case !v.primary.Load():
 		return errNotPrimary
-	case v.failed.Load() && !v.diskless.Load():
-		return eio("read", errors.New("the local disk failed earlier"))
+	case v.failed.Load():
+		<-v.detached // a detach under way decides whether the peer serves
+		if !v.diskless.Load() {
+			return eio("read", errors.New("the local disk failed earlier"))
+		}
 	}
 	return nil
 }
@@ -394,7 +401,7 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 		}
 		// The metadata is part of the disk: a write it cannot record
 		// is a failed disk.
-		return v.diskFailed("activity log", err)
+		return v.detachOr("activity log", err, func() error { return v.writePeer(ctx, f) })
 	}
 	defer release()
 
@@ -458,7 +465,9 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 		if ctx.Err() != nil {
 			return lerr
 		}
-		return v.diskFailed(f.Type.String(), lerr)
+		// Sent again once the peer stands in: the second copy lands
+		// after the first, and is acknowledged on the peer's disk.
+		return v.detachOr(f.Type.String(), lerr, func() error { return v.writePeer(ctx, f) })
 	}
 	v.appBytes.Add(n)
 
@@ -528,21 +537,37 @@ func (v *Volume) rotateLocked() error {
 	return nil
 }
 
-// diskFailed detaches the local disk after an I/O error.
+// diskFailed detaches the local disk after an I/O error. The first
+// caller detaches; the others wait until that is done.
 func (v *Volume) diskFailed(what string, err error) error {
 	if !v.failed.Swap(true) {
 		v.log.Error("replicate: local disk failed; the replica is detached", "op", what, "err", err)
 		v.detachDisk()
+		close(v.detached)
+	} else {
+		<-v.detached
 	}
 	return eio(what, err)
 }
 
+// detachOr is diskFailed for an application request: when the peer
+// stands in for the failed disk (diskless), the request is done through
+// it instead, so the client never sees the error.
+func (v *Volume) detachOr(what string, err error, viaPeer func() error) error {
+	err = v.diskFailed(what, err)
+	if v.diskless.Load() {
+		return viaPeer()
+	}
+	return err
+}
+
 // detachDisk tells the peer the local disk failed. A primary connected
-// to an UpToDate secondary then goes on through it (diskless), once that
-// State is on the wire: the peer marks everything out of sync for this
-// node before it handles any frame sent after it, so nothing it
-// acknowledges afterwards is missing from its bitmap. Operations between
-// the failure and that point fail with EIO, as does the one that failed.
+// to an UpToDate secondary then goes on through it (diskless), once the
+// peer has confirmed it recorded the failure: it marks everything out of
+// sync for this node and draws a new generation before it handles any
+// frame sent after the State, so its Flushed for a Flush sent after it
+// says that is durable, and nothing acknowledged through it afterwards
+// can be missing from a resync of the old disk.
 func (v *Volume) detachDisk() {
 	v.mu.Lock()
 	l, peer := v.sess, v.peer
@@ -554,11 +579,16 @@ func (v *Volume) detachDisk() {
 	}
 	v.mu.Unlock()
 	v.announce()
-	if serve {
-		v.diskless.Store(true)
-		v.announce()
-		v.log.Warn("replicate: diskless: reads, writes and flushes go to the peer until the disk is replaced", "peer", v.cfg.Peer)
+	if !serve {
+		return
 	}
+	if err := v.flushPeer(v.ctx); err != nil {
+		v.log.Error("replicate: the peer did not confirm it holds the only copy: every request fails", "peer", v.cfg.Peer, "err", err)
+		return
+	}
+	v.diskless.Store(true)
+	v.announce()
+	v.log.Warn("replicate: diskless: reads, writes and flushes go to the peer until the disk is replaced", "peer", v.cfg.Peer)
 }
 
 // errNoPeerCopy: a diskless primary lost the only replica it had.
@@ -660,7 +690,7 @@ func (v *Volume) flushBoth(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return err
 		}
-		return v.diskFailed("flush", err)
+		return v.detachOr("flush", err, func() error { return v.flushPeer(ctx) })
 	}
 	if w == nil {
 		return nil
