@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"os"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -102,8 +103,20 @@ func TestSummarize(t *testing.T) {
 		{IOPS: 200, BW: 2, P50: 20, P99: 30},
 	}, false)
 	want := summary{N: 3, IOPS: 200, BW: 2, P50: 20, P99: 30, Min: 100, Max: 300}
-	if s != want {
+	if !reflect.DeepEqual(s, want) {
 		t.Errorf("summarize = %+v, want %+v", s, want)
+	}
+	// The split by process is the median of each process over the
+	// samples that have it; one without (a process could not be read)
+	// is left out rather than counted as zero.
+	s = summarize([]sample{
+		{IOPS: 1, FioCores: 0.1, ServerCores: []float64{0.5, 0.9}},
+		{IOPS: 2},
+		{IOPS: 3, FioCores: 0.3, ServerCores: []float64{0.7, 0.3}},
+		{IOPS: 4, FioCores: 0.2, ServerCores: []float64{0.6, 0.4}},
+	}, false)
+	if s.FioCores != 0.2 || !reflect.DeepEqual(s.ServerCores, []float64{0.6, 0.4}) {
+		t.Errorf("split = fio %v, servers %v; want 0.2, [0.6 0.4]", s.FioCores, s.ServerCores)
 	}
 	if s := summarize([]sample{{IOPS: 1, BW: 7}, {IOPS: 2, BW: 9}}, true); s.Min != 7 || s.Max != 9 {
 		t.Errorf("bandwidth range = %v-%v, want 7-9", s.Min, s.Max)
@@ -291,5 +304,24 @@ func TestCPUBusyMoves(t *testing.T) {
 	}
 	if c := m.cores(); c <= 0 || c > float64(runtime.NumCPU())+0.5 {
 		t.Fatalf("cores busy while spinning: %.2f (of %d)", c, runtime.NumCPU())
+	}
+}
+
+func TestParseProcStat(t *testing.T) {
+	// A command name may hold spaces and parentheses: fields are counted
+	// from its last ')'. utime 250 and stime 150 ticks: 4 s.
+	line := "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 7 0 1000 2000000 300 18446744073709551615\n"
+	got, err := parseProcStat([]byte(line))
+	if err != nil || got != 4 {
+		t.Errorf("parseProcStat = %v, %v; want 4", got, err)
+	}
+	for _, bad := range []string{"", "4242 (x) S 1 2 3", "4242 (x) S 1 4242 4242 0 -1 0 0 0 0 0 x 150 0 0"} {
+		if _, err := parseProcStat([]byte(bad)); err == nil {
+			t.Errorf("parseProcStat(%q) took it", bad)
+		}
+	}
+	// This process has used some CPU by now.
+	if v, err := procCPU(os.Getpid()); err != nil || v < 0 {
+		t.Errorf("procCPU(self) = %v, %v", v, err)
 	}
 }

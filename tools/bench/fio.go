@@ -72,6 +72,12 @@ type sample struct {
 	// Cores: the machine's CPUs busy on average over the fio run (ramp
 	// included), every process and the kernel counted; 0 if unknown.
 	Cores float64
+	// FioCores and ServerCores split Cores: fio with its job processes,
+	// and each of the target's server processes (target.pids order); the
+	// rest is the kernel's own threads and other processes. Both are
+	// unset if a process's CPU time could not be read.
+	FioCores    float64
+	ServerCores []float64
 }
 
 type fioOutput struct {

@@ -609,14 +609,24 @@ func runFio(ctx context.Context, r row, t *target, cfg config) (sample, error) {
 	cmd.WaitDelay = 5 * time.Second
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	procs := startProcs(t.pids())
 	cpu := startCPU()
 	out, err := cmd.Output()
+	wall := time.Since(cpu.start).Seconds()
 	cores := cpu.cores()
+	servers := procs.seconds()
 	if err != nil {
 		return sample{}, fmt.Errorf("fio: %w: %s %s", err, strings.TrimSpace(stderr.String()), tailBytes(out))
 	}
 	s, err := parseFio(out, r.read())
 	s.Cores = cores
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && wall > 0 && servers != nil {
+		// fio's own usage includes its job processes, which it waited for.
+		s.FioCores = (time.Duration(ru.Utime.Nano()) + time.Duration(ru.Stime.Nano())).Seconds() / wall
+		for _, c := range servers {
+			s.ServerCores = append(s.ServerCores, c/wall)
+		}
+	}
 	return s, err
 }
 

@@ -307,8 +307,8 @@ func replReport() report {
 		tRepl:   {{IOPS: 5000, P50: 181}},
 	}
 	r.Results["write-1m-qd8"] = map[string][]sample{
-		tTandem: {{BW: 2000 << 20, Cores: 1}},
-		tRepl:   {{BW: 1000 << 20, Cores: 2}},
+		tTandem: {{BW: 2000 << 20, Cores: 1, FioCores: 0.2, ServerCores: []float64{0.7}}},
+		tRepl:   {{BW: 1000 << 20, Cores: 2, FioCores: 0.2, ServerCores: []float64{1.0, 0.6}}},
 	}
 	r.Resync = true
 	r.Link = linkResults{
@@ -360,6 +360,9 @@ func TestRenderReplicated(t *testing.T) {
 		"both daemons, fio and the kernel share the same 2 vCPU(s)",
 		// 4 times the CPU per GiB: with both vCPUs, half the unreplicated rate.
 		"| write-1m-qd8 | 1.00, 0.51 s/GiB | 2.00, 2.05 s/GiB | 4.00 | 0.50 | 0.85 |",
+		// The split: 0.51 s/GiB unreplicated plus the secondary's 0.61 with
+		// both vCPUs busy: 2 / (1.13 s/GiB × 1.95 GiB/s) = 0.91.
+		"| write-1m-qd8 | 0.10 s/GiB, 0.36 s/GiB, 0.05 s/GiB | 0.20 s/GiB, 1.02 s/GiB, 0.61 s/GiB, 0.20 s/GiB | 0.91 | 0.85 |",
 		// 4 times the stream's CPU per GiB: half of its 1000 MiB/s with both vCPUs.
 		"| 4.00 s | 1.00 s | 4.00 | 0.51 | 0.80 |",
 	} {

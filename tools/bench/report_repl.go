@@ -176,6 +176,7 @@ func renderReplication(b *strings.Builder, r report) {
 		for _, c := range cs {
 			w("| %s | %.2f, %s | %.2f, %s | %.2f | %.2f | %.2f |\n", c.Row, c.CoresT, c.unit(c.PerT), c.CoresP, c.unit(c.PerP), c.PerP/c.PerT, c.Ceiling, c.Goal)
 		}
+		renderSplit(w, cs, r.Machine.CPUs)
 	}
 
 	if c, ok := syncCost(r); ok {
@@ -265,6 +266,29 @@ func renderPairMethod(b *strings.Builder, r report, t *target) {
 	}
 }
 
+// renderSplit prints the CPU cost tables' split by process, for the rows
+// that have one.
+func renderSplit(w func(string, ...any), cs []cpuCost, cpus int) {
+	var split []cpuCost
+	for _, c := range cs {
+		if c.Split {
+			split = append(split, c)
+		}
+	}
+	if len(split) == 0 {
+		return
+	}
+	w("\nThe same CPU per unit split by process (from /proc/PID/stat and fio's own usage, its job processes included; "+
+		"rest is the kernel's threads and any other process, and comes out slightly negative when there are none: the machine's total is counted in clock ticks, each process's time more precisely). The secondary's ceiling is the ratio the replicated target would reach "+
+		"with all %d vCPUs busy if it cost the whole unreplicated run plus only the secondary's own CPU, that is with a primary that "+
+		"replicates for free: a goal above it cannot be met on this machine by any work on the primary.\n\n", cpus)
+	w("| row | unreplicated: fio, server, rest | replicated: fio, primary, secondary, rest | secondary's ceiling | goal |\n|---|---:|---:|---:|---:|\n")
+	for _, c := range split {
+		w("| %s | %s, %s, %s | %s, %s, %s, %s | %.2f | %.2f |\n", c.Row, c.unit(c.FioT), c.unit(c.ServerT), c.unit(c.RestT),
+			c.unit(c.FioP), c.unit(c.PrimaryP), c.unit(c.SecondaryP), c.unit(c.RestP), c.SecondaryCeiling, c.Goal)
+	}
+}
+
 // cpuCost is one row of the CPU cost table.
 type cpuCost struct {
 	Row            string
@@ -274,6 +298,18 @@ type cpuCost struct {
 	PerT, PerP float64
 	Ceiling    float64
 	Goal       float64
+	// Split of PerT and PerP by process (same unit), when measured:
+	// fio, the unreplicated server, the primary, the secondary, and the
+	// rest (kernel threads, other processes).
+	Split                      bool
+	FioT, ServerT, RestT       float64
+	FioP, PrimaryP, SecondaryP float64
+	RestP                      float64
+	// SecondaryCeiling is the ratio with the unreplicated run's whole
+	// cost and only the secondary's on top: what a primary costing no more
+	// than the unreplicated server (replicating for free) would reach
+	// with all vCPUs busy.
+	SecondaryCeiling float64
 }
 
 func (c cpuCost) unit(v float64) string {
@@ -308,6 +344,14 @@ func cpuCosts(r report) []cpuCost {
 		c := cpuCost{Row: g.row, Bandwidth: rw.Bandwidth, CoresT: t.Cores, CoresP: p.Cores,
 			PerT: t.Cores / thr(t), PerP: p.Cores / thr(p), Goal: g.goal}
 		c.Ceiling = float64(r.Machine.CPUs) / c.PerP / thr(t)
+		if len(t.ServerCores) == 1 && len(p.ServerCores) == 2 {
+			c.Split = true
+			c.FioT, c.ServerT = t.FioCores/thr(t), t.ServerCores[0]/thr(t)
+			c.RestT = c.PerT - c.FioT - c.ServerT
+			c.FioP, c.PrimaryP, c.SecondaryP = p.FioCores/thr(p), p.ServerCores[0]/thr(p), p.ServerCores[1]/thr(p)
+			c.RestP = c.PerP - c.FioP - c.PrimaryP - c.SecondaryP
+			c.SecondaryCeiling = float64(r.Machine.CPUs) / (c.PerT + c.SecondaryP) / thr(t)
+		}
 		out = append(out, c)
 	}
 	return out

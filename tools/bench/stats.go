@@ -25,6 +25,10 @@ type summary struct {
 	N                  int // successful runs
 	IOPS, BW, P50, P99 float64
 	Cores              float64 // CPUs busy during the run (sample.Cores)
+	// FioCores and ServerCores: medians of the samples' split, over the
+	// samples that have one; ServerCores is nil if none has.
+	FioCores    float64
+	ServerCores []float64
 	// Range of the row's main metric (IOPS or bandwidth) over the runs.
 	Min, Max float64
 }
@@ -44,15 +48,38 @@ func summarize(samples []sample, bandwidth bool) summary {
 	if bandwidth {
 		main = col(func(s sample) float64 { return s.BW })
 	}
+	var split []sample
+	for _, s := range samples {
+		if s.ServerCores != nil && (len(split) == 0 || len(s.ServerCores) == len(split[0].ServerCores)) {
+			split = append(split, s)
+		}
+	}
+	var fio float64
+	var servers []float64
+	if len(split) > 0 {
+		fc := make([]float64, len(split))
+		for i, s := range split {
+			fc[i] = s.FioCores
+		}
+		fio = median(fc)
+		for j := range split[0].ServerCores {
+			for i, s := range split {
+				fc[i] = s.ServerCores[j]
+			}
+			servers = append(servers, median(fc))
+		}
+	}
 	return summary{
-		N:     len(samples),
-		IOPS:  median(col(func(s sample) float64 { return s.IOPS })),
-		BW:    median(col(func(s sample) float64 { return s.BW })),
-		P50:   median(col(func(s sample) float64 { return s.P50 })),
-		P99:   median(col(func(s sample) float64 { return s.P99 })),
-		Cores: median(col(func(s sample) float64 { return s.Cores })),
-		Min:   slices.Min(main),
-		Max:   slices.Max(main),
+		FioCores:    fio,
+		ServerCores: servers,
+		N:           len(samples),
+		IOPS:        median(col(func(s sample) float64 { return s.IOPS })),
+		BW:          median(col(func(s sample) float64 { return s.BW })),
+		P50:         median(col(func(s sample) float64 { return s.P50 })),
+		P99:         median(col(func(s sample) float64 { return s.P99 })),
+		Cores:       median(col(func(s sample) float64 { return s.Cores })),
+		Min:         slices.Min(main),
+		Max:         slices.Max(main),
 	}
 }
 

@@ -45,6 +45,18 @@ type target struct {
 
 func (t *target) uri() string { return fmt.Sprintf("nbd://127.0.0.1:%d/bench", t.Port) }
 
+// pids are the target's server processes: the daemon, or the replicated
+// pair's primary then secondary; none for the raw file.
+func (t *target) pids() []int {
+	switch {
+	case t.pair != nil:
+		return []int{t.pair.Primary.proc.pid, t.pair.Secondary.proc.pid}
+	case t.proc != nil:
+		return []int{t.proc.pid}
+	}
+	return nil
+}
+
 // runs says whether the target takes part in workload row.
 func (t *target) runs(row string) bool { return targetRuns(t.Name, row) }
 
