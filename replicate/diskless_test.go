@@ -258,3 +258,59 @@ func TestDisklessPrimaryMasksConcurrentErrors(t *testing.T) {
 	p.a.data.SetFault(nil) // for the cleanup's Close
 	p.a.meta.SetFault(nil)
 }
+
+// A disk that dies under a verify is detached like one that dies while
+// merely connected (the peer is UpToDate all the same): the verify stops
+// with ErrDiskFailed, the primary goes on through the peer, and a new
+// verify is refused until the disk is replaced.
+func TestDisklessDuringVerify(t *testing.T) {
+	// Slow enough that the verify is still running when the disk fails.
+	p := newPair(t, pairOpts{blank: true, size: 64 << 20, resync: ResyncConfig{MaxRate: 4 << 20}})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	type result struct {
+		rep VerifyReport
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := p.a.v.Verify(ctx, true)
+		done <- result{rep, err}
+	}()
+	waitFor(t, 10*time.Second, "the verify under way on both nodes", func() bool {
+		return p.a.v.Status().Conn == VerifySource && p.b.v.Status().Conn == VerifyTarget
+	})
+
+	failDisks(p.a)
+	if err := p.a.v.WriteAt(ctx, block('v', 4096, 1), 4096, false); err != nil {
+		t.Fatalf("write that hits the disk error during the verify: %v, want it done through the peer", err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the verify went on after the disk failed")
+	}
+	if !errors.Is(r.err, ErrDiskFailed) || r.rep.Repaired || r.rep.ComparedBytes >= p.a.v.Size() {
+		t.Fatalf("verify = %+v, %v; want it stopped early with ErrDiskFailed and nothing repaired", r.rep, r.err)
+	}
+	waitFor(t, 5*time.Second, "alpha Diskless and Connected, beta holding everything", func() bool {
+		sa, sb := p.a.v.Status(), p.b.v.Status()
+		return sa.Disk == Diskless && sa.Conn == Connected && sb.Conn == Connected && sb.PeerDisk == Diskless && sb.OutOfSync == p.b.v.Size()
+	})
+	if !bytes.Equal(p.b.data.Bytes()[4096:8192], block('v', 4096, 1)) {
+		t.Fatal("the write that met the error is not on the peer")
+	}
+	got := make([]byte, 4096)
+	if err := p.a.v.ReadAt(ctx, got, 4096); err != nil || !bytes.Equal(got, block('v', 4096, 1)) {
+		t.Fatalf("read through the peer after the verify stopped: %v", err)
+	}
+	if _, err := p.a.v.Verify(ctx, false); !errors.Is(err, ErrDiskFailed) {
+		t.Fatalf("a verify on the diskless primary: %v, want ErrDiskFailed", err)
+	}
+	if _, err := p.b.v.Verify(ctx, false); err == nil {
+		t.Fatal("a verify asked from the secondary of a diskless primary succeeded")
+	}
+	_ = p.a.v.Close(ctx) // the dead disk's metadata does not close clean
+}

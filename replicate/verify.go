@@ -26,6 +26,9 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyReport, error) 
 	if v.closed.Load() {
 		return VerifyReport{}, ErrClosed
 	}
+	if v.failed.Load() {
+		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: this node's disk is gone (replace it, then verify): %w", v.cfg.Resource, ErrDiskFailed)
+	}
 	v.mu.Lock()
 	l, conn, peer := v.sess, v.conn, v.peer
 	var p *progress
@@ -118,6 +121,9 @@ func (l *link) verify(ctx context.Context, p *progress) (VerifyReport, error) {
 		n := min(int64(verifyChunk), v.size-off)
 		if err := ctx.Err(); err != nil {
 			return rep, err
+		}
+		if v.failed.Load() {
+			return rep, fmt.Errorf("stopped after %d bytes: the local disk failed: %w", rep.ComparedBytes, ErrDiskFailed)
 		}
 		if d := ctl.delay(v.now(), n, v.appBytes.Load()); d > 0 {
 			t := time.NewTimer(d)

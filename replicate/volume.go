@@ -571,7 +571,10 @@ func (v *Volume) detachOr(what string, err error, viaPeer func() error) error {
 func (v *Volume) detachDisk() {
 	v.mu.Lock()
 	l, peer := v.sess, v.peer
-	serve := v.primary.Load() && l != nil && l.active.Load() && peer != nil && peer.Disk == UpToDate && v.conn == Connected
+	// During a verify the peer is UpToDate as well; the verify stops at
+	// its next piece (this disk's digests mean nothing any more).
+	serve := v.primary.Load() && l != nil && l.active.Load() && peer != nil && peer.Disk == UpToDate &&
+		(v.conn == Connected || v.conn == VerifySource)
 	if serve {
 		// Setting up a new session writes metadata, which a failed disk
 		// cannot be trusted with: this is the last one.
