@@ -2,7 +2,6 @@ package replicate
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/tandem-ha/tandem/tools/testenv"
 )
 
 // The pair as one block device must be linearizable: every 4 KiB block a
@@ -24,66 +24,8 @@ import (
 // write, a stale read after a failover or a resync that brings back old
 // data is a history porcupine cannot linearize.
 
-const (
-	linBlocks    = 256
-	linBlockSize = 4096
-)
-
-type linInput struct {
-	write bool
-	block int
-	value uint64 // the value written
-}
-
-// linOutput is a read's value; writes have none.
-type linOutput struct{ value uint64 }
-
-// linModel is a register per block, all zero to begin with (a blank pair).
-var linModel = porcupine.Model{
-	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
-		by := make([][]porcupine.Operation, linBlocks)
-		for _, op := range h {
-			b := op.Input.(linInput).block
-			by[b] = append(by[b], op)
-		}
-		return by
-	},
-	Init: func() any { return uint64(0) },
-	Step: func(state, input, output any) (bool, any) {
-		in := input.(linInput)
-		if in.write {
-			return true, in.value
-		}
-		return output.(linOutput).value == state.(uint64), state
-	},
-	DescribeOperation: func(input, output any) string {
-		in := input.(linInput)
-		if in.write {
-			return fmt.Sprintf("write(%d, %#x)", in.block, in.value)
-		}
-		return fmt.Sprintf("read(%d) -> %#x", in.block, output.(linOutput).value)
-	},
-}
-
-// linBlock is a block holding value v: v in every 8 bytes, so that a read
-// can tell a whole value from a mix of two.
-func linBlock(v uint64) []byte {
-	b := make([]byte, linBlockSize)
-	for i := 0; i < len(b); i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], v)
-	}
-	return b
-}
-
-func linValue(b []byte) (uint64, bool) {
-	v := binary.LittleEndian.Uint64(b)
-	for i := 8; i < len(b); i += 8 {
-		if binary.LittleEndian.Uint64(b[i:]) != v {
-			return 0, false
-		}
-	}
-	return v, true
-}
+// linBlocks: the pair's 1 MiB.
+const linBlocks = 256
 
 // linHistory collects the clients' operations.
 type linHistory struct {
@@ -118,18 +60,18 @@ func (c *linClients) run(n int, seed uint64) {
 		go func() {
 			defer c.wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(id)))
-			buf := make([]byte, linBlockSize)
+			buf := make([]byte, testenv.BlockSize)
 			// Bounded: enough for the whole scenario several times over.
 			for seq := uint64(1); seq < 1<<20 && !c.stop.Load(); seq++ {
 				v := c.primary.Load()
 				blk := rng.IntN(linBlocks)
-				off := int64(blk) * linBlockSize
+				off := int64(blk) * testenv.BlockSize
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				failed := c.failed.Load()
 				if rng.IntN(2) == 0 {
-					in := linInput{write: true, block: blk, value: uint64(id+1)<<40 | seq}
+					in := testenv.BlockInput{Write: true, Block: blk, Value: uint64(id+1)<<40 | seq}
 					call := c.h.now()
-					err := v.WriteAt(ctx, linBlock(in.value), off, false)
+					err := v.WriteAt(ctx, testenv.BlockOf(in.Value), off, false)
 					ret := c.h.now()
 					switch {
 					case err == nil:
@@ -147,20 +89,20 @@ func (c *linClients) run(n int, seed uint64) {
 						c.failed.Add(1)
 						ret = math.MaxInt64
 					}
-					c.h.add(porcupine.Operation{ClientId: id, Input: in, Call: call, Output: linOutput{}, Return: ret})
+					c.h.add(porcupine.Operation{ClientId: id, Input: in, Call: call, Output: testenv.BlockOutput{}, Return: ret})
 				} else {
 					call := c.h.now()
 					err := v.ReadAt(ctx, buf, off)
 					ret := c.h.now()
 					if err != nil {
 						c.failed.Add(1) // a failed read returns nothing to check
-					} else if val, ok := linValue(buf); !ok {
+					} else if val, ok := testenv.BlockValue(buf); !ok {
 						c.h.mu.Lock()
 						c.h.torn = append(c.h.torn, fmt.Sprintf("block %d read torn at %d", blk, call))
 						c.h.mu.Unlock()
 					} else {
 						c.reads.Add(1)
-						c.h.add(porcupine.Operation{ClientId: id, Input: linInput{block: blk}, Call: call, Output: linOutput{val}, Return: ret})
+						c.h.add(porcupine.Operation{ClientId: id, Input: testenv.BlockInput{Block: blk}, Call: call, Output: testenv.BlockOutput{Value: val}, Return: ret})
 					}
 				}
 				cancel()
@@ -250,18 +192,7 @@ func testLinearizable(t *testing.T, proto string) {
 		t.Fatalf("%d torn reads, first: %s", len(h.torn), h.torn[0])
 	}
 	t.Logf("history: %d operations (%d writes acknowledged, %d reads, %d failed)", len(h.ops), c.acked.Load(), c.reads.Load(), c.failed.Load())
-	res, info := porcupine.CheckOperationsVerbose(linModel, h.ops, time.Minute)
-	switch res {
-	case porcupine.Ok:
-	case porcupine.Unknown:
-		t.Fatal("porcupine did not finish checking the history within a minute")
-	default:
-		path := t.TempDir() + "/history.html"
-		if err := porcupine.VisualizePath(linModel, info, path); err != nil {
-			t.Logf("visualising: %v", err)
-		}
-		t.Fatalf("the history is not linearizable (visualisation: %s)", path)
-	}
+	testenv.CheckLinearizable(t, linBlocks, h.ops)
 	p.identical()
 }
 
@@ -269,10 +200,10 @@ func testLinearizable(t *testing.T, proto string) {
 // or reads a value nobody wrote, is refused.
 func TestLinearizableModelRefuses(t *testing.T) {
 	w := func(client int, v uint64, call, ret int64) porcupine.Operation {
-		return porcupine.Operation{ClientId: client, Input: linInput{write: true, block: 3, value: v}, Call: call, Output: linOutput{}, Return: ret}
+		return porcupine.Operation{ClientId: client, Input: testenv.BlockInput{Write: true, Block: 3, Value: v}, Call: call, Output: testenv.BlockOutput{}, Return: ret}
 	}
 	r := func(client int, v uint64, call, ret int64) porcupine.Operation {
-		return porcupine.Operation{ClientId: client, Input: linInput{block: 3}, Call: call, Output: linOutput{v}, Return: ret}
+		return porcupine.Operation{ClientId: client, Input: testenv.BlockInput{Block: 3}, Call: call, Output: testenv.BlockOutput{Value: v}, Return: ret}
 	}
 	for _, tc := range []struct {
 		name string
@@ -290,14 +221,14 @@ func TestLinearizableModelRefuses(t *testing.T) {
 		{"ambiguous write not seen", []porcupine.Operation{w(0, 7, 0, 10), w(0, 8, 20, math.MaxInt64), r(1, 7, 40, 50)}, true},
 		{"ambiguous write seen, then lost", []porcupine.Operation{w(0, 7, 0, 10), w(0, 8, 20, math.MaxInt64), r(1, 8, 40, 50), r(1, 7, 60, 70)}, false},
 	} {
-		if got := porcupine.CheckOperations(linModel, tc.h); got != tc.ok {
+		if got := porcupine.CheckOperations(testenv.BlockModel(linBlocks), tc.h); got != tc.ok {
 			t.Errorf("%s: linearizable = %v, want %v", tc.name, got, tc.ok)
 		}
 	}
-	if _, ok := linValue(append(linBlock(1)[:8], linBlock(2)[8:]...)); ok {
+	if _, ok := testenv.BlockValue(append(testenv.BlockOf(1)[:8], testenv.BlockOf(2)[8:]...)); ok {
 		t.Error("a block mixing two values passed as whole")
 	}
-	if v, ok := linValue(linBlock(0xabc)); !ok || v != 0xabc {
-		t.Errorf("linValue(linBlock(0xabc)) = %#x, %v", v, ok)
+	if v, ok := testenv.BlockValue(testenv.BlockOf(0xabc)); !ok || v != 0xabc {
+		t.Errorf("testenv.BlockValue(testenv.BlockOf(0xabc)) = %#x, %v", v, ok)
 	}
 }

@@ -1,0 +1,215 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/tandem-ha/tandem/tools/testenv"
+)
+
+// TestScenarioLinearizable: libnbd clients in the client namespace (one
+// connection each, through the VIP) read and write 256 blocks of 4 KiB,
+// each a register, while alpha is crashed, bravo takes over (fence,
+// promotion, VIP), and alpha comes back and resyncs under the load. The
+// history of every operation, timed by the clients, must be linearizable
+// (porcupine): no acknowledged write lost, no read of a value older than
+// one already read or acknowledged, no torn block.
+func TestScenarioLinearizable(t *testing.T) {
+	testenv.RequireTool(t, "nbdsh") // python3-libnbd, which linclient.py imports
+	lab, bin := clusterLab(t)
+	began := time.Now()
+	phase := func(what string) { t.Logf("%6.1fs %s", time.Since(began).Seconds(), what) }
+
+	script, err := filepath.Abs("testdata/linclient.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "history.jsonl")
+	const clients, blocks = 4, 256
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// Pipes with descriptors of their own: the child reads and writes
+	// them directly, so that it exiting (or failing) is seen at once.
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdoutR, stdoutW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	exited := make(chan error, 1)
+	go func() {
+		// The python of Debian's python3-libnbd, not whatever is first on
+		// PATH.
+		code, err := lab.Exec(ctx, Client, []string{"/usr/bin/python3", script, URI(0), fmt.Sprint(clients), fmt.Sprint(blocks), "120", out},
+			stdinR, stdoutW, &stderr)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("exit %d", code)
+		}
+		stdinR.Close()
+		stdoutW.Close()
+		exited <- err
+	}()
+	lines := make(chan string, 4)
+	go func() {
+		sc := bufio.NewScanner(stdoutR)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		stdoutR.Close()
+		close(lines)
+	}()
+	stopClients := func() error {
+		stdinW.Close()
+		err := <-exited
+		for range lines {
+		}
+		return err
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = stopClients()
+		}
+	}()
+	select {
+	case l := <-lines:
+		if l != "ready" {
+			t.Fatalf("linclient.py: %q, want ready\n%s", l, stderr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("linclient.py did not get ready in a minute\n%s", stderr.String())
+	}
+	phase("clients running on alpha")
+	time.Sleep(3 * time.Second)
+
+	if err := lab.Crash(Alpha); err != nil {
+		t.Fatal(err)
+	}
+	phase("alpha crashed")
+	waitFor(t, lab, "bravo Primary with the VIP", func(s *Status) bool {
+		return s.Resources[0].Primary == Bravo && s.Resources[0].VIPHolder == Bravo
+	})
+	phase("bravo serves")
+	time.Sleep(3 * time.Second)
+	if err := lab.Restart(context.Background(), Alpha); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, lab, "alpha resynced as Secondary, bravo Primary with the VIP", inSyncOn(Bravo))
+	phase("alpha resynced")
+	time.Sleep(2 * time.Second)
+	stopped = true
+	if err := stopClients(); err != nil {
+		t.Fatalf("linclient.py: %v\n%s", err, stderr.String())
+	}
+	phase("clients stopped")
+
+	ops, st, err := readHistory(out, blocks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("history: %d operations: %d writes acknowledged, %d reads, %d failed (%d writes of unknown outcome); after the crash %d writes acknowledged, %d reads",
+		len(ops), st.writes, st.reads, st.failed, st.unknown, st.writesAfter, st.readsAfter)
+	if st.torn > 0 {
+		t.Fatalf("%d reads returned a block mixing two values", st.torn)
+	}
+	// The clients must have worked on both sides of the failover, or the
+	// check proves little.
+	if st.writes < 200 || st.reads < 200 || st.writesAfter < 100 || st.readsAfter < 100 {
+		t.Fatalf("too little I/O to judge: %+v", st)
+	}
+	testenv.CheckLinearizable(t, blocks, ops)
+	verifyReplicas(t, lab, bin, Bravo)
+	phase("linearizable; replicas identical")
+}
+
+type historyStats struct {
+	writes, reads, failed, unknown, torn int
+	writesAfter, readsAfter              int // after the first failed operation
+}
+
+// readHistory turns linclient.py's records into porcupine operations: a
+// failed read is left out (it returned nothing), a failed write may take
+// effect at any time after its call or never.
+func readHistory(path string, blocks int) ([]porcupine.Operation, historyStats, error) {
+	var st historyStats
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, st, fmt.Errorf("the clients' history: %w", err)
+	}
+	defer f.Close()
+	type rec struct {
+		client   int
+		kind     string
+		block    int
+		value    int64
+		call, rt int64
+		ok       bool
+	}
+	var recs []rec
+	firstFail := int64(math.MaxInt64)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var raw []any
+		if err := json.Unmarshal(sc.Bytes(), &raw); err != nil || len(raw) != 7 {
+			return nil, st, fmt.Errorf("the clients' history: bad record %q", sc.Text())
+		}
+		num := func(i int) int64 { v, _ := raw[i].(float64); return int64(v) }
+		kind, _ := raw[1].(string)
+		ok, _ := raw[6].(bool)
+		r := rec{client: int(num(0)), kind: kind, block: int(num(2)), value: num(3), call: num(4), rt: num(5), ok: ok}
+		if r.block < 0 || r.block >= blocks || (kind != "w" && kind != "r") {
+			return nil, st, fmt.Errorf("the clients' history: bad record %q", sc.Text())
+		}
+		recs = append(recs, r)
+		if !ok {
+			firstFail = min(firstFail, r.call)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, st, fmt.Errorf("the clients' history: %w", err)
+	}
+	var ops []porcupine.Operation
+	for _, r := range recs {
+		after := r.call > firstFail
+		switch {
+		case r.kind == "w":
+			ret := r.rt
+			if r.ok {
+				st.writes++
+				if after {
+					st.writesAfter++
+				}
+			} else {
+				st.failed++
+				st.unknown++
+				ret = math.MaxInt64
+			}
+			// The values are large: JSON's float64 holds them exactly
+			// (client << 40 | sequence is below 2^53).
+			ops = append(ops, porcupine.Operation{ClientId: r.client, Input: testenv.BlockInput{Write: true, Block: r.block, Value: uint64(r.value)}, Call: r.call, Output: testenv.BlockOutput{}, Return: ret})
+		case !r.ok:
+			st.failed++
+		case r.value < 0:
+			st.torn++
+		default:
+			st.reads++
+			if after {
+				st.readsAfter++
+			}
+			ops = append(ops, porcupine.Operation{ClientId: r.client, Input: testenv.BlockInput{Block: r.block}, Call: r.call, Output: testenv.BlockOutput{Value: uint64(r.value)}, Return: r.rt})
+		}
+	}
+	return ops, st, nil
+}
