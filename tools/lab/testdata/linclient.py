@@ -13,10 +13,12 @@
 # where a read's value is -1 when the block mixed two values (torn).
 import json
 import random
+import socket
 import struct
 import sys
 import threading
 import time
+import urllib.parse
 
 import nbd
 
@@ -28,12 +30,26 @@ stop = threading.Event()
 
 
 def connect():
+    # Our own socket, for its timeouts: a server that dies with its link
+    # (a fenced node) sends no FIN, and a request it had already received
+    # would wait for its reply for ever. Keepalives and TCP_USER_TIMEOUT
+    # end such a connection within seconds; the next one reaches the VIP's
+    # new holder.
+    u = urllib.parse.urlparse(uri)
     while not stop.is_set():
         try:
+            sock = socket.create_connection((u.hostname, u.port), timeout=1)
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 3000)
             h = nbd.NBD()
-            h.connect_uri(uri)
+            h.set_export_name(u.path.lstrip("/"))
+            h.connect_socket(sock.detach())
             return h
-        except nbd.Error:
+        except (OSError, nbd.Error):
             time.sleep(0.05)
     return None
 
