@@ -63,7 +63,9 @@ func linearizableAcross(t *testing.T, lab *Lab, bin, faultName string, fault, re
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "history.jsonl")
+	// In the logs directory, so that a failed run keeps it with the logs
+	// (TANDEM_LAB_KEEP_LOGS).
+	out := filepath.Join(lab.l.logs(), "linclient-history.jsonl")
 	const clients, blocks = 4, 256
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -1,9 +1,13 @@
 package testenv
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,6 +98,29 @@ func CheckLinearizable(t testing.TB, blocks int, ops []porcupine.Operation) {
 		if err := porcupine.VisualizePath(model, info, path); err != nil {
 			t.Logf("visualising: %v", err)
 		}
-		t.Fatalf("the history of %d operations is not linearizable (visualisation: %s)", len(ops), path)
+		t.Fatalf("the history of %d operations is not linearizable (visualisation: %s)%s", len(ops), path, explain(model, ops))
 	}
+}
+
+// explain names the first block whose own history is not linearizable
+// and lists its operations, oldest first, for the failure message.
+func explain(model porcupine.Model, ops []porcupine.Operation) string {
+	for _, part := range model.Partition(ops) {
+		if len(part) == 0 || porcupine.CheckOperations(model, part) {
+			continue
+		}
+		part = slices.Clone(part)
+		slices.SortFunc(part, func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
+		var b strings.Builder
+		fmt.Fprintf(&b, "\nblock %d, %d operations (call, return in ns; return - for a write of unknown outcome):", part[0].Input.(BlockInput).Block, len(part))
+		for _, op := range part {
+			ret := fmt.Sprint(op.Return)
+			if op.Return == math.MaxInt64 {
+				ret = "-"
+			}
+			fmt.Fprintf(&b, "\n  client %d %s [%d, %s]", op.ClientId, model.DescribeOperation(op.Input, op.Output), op.Call, ret)
+		}
+		return b.String()
+	}
+	return ""
 }
