@@ -74,17 +74,24 @@ func (o *order) waitBefore(seq uint64, off, end int64) {
 // remove drops s and wakes the operations that may have waited for it.
 func (o *order) remove(s *span) {
 	o.mu.Lock()
-	for i, p := range o.ops {
-		if p == s {
-			last := len(o.ops) - 1
-			o.ops[i] = o.ops[last]
-			o.ops[last] = nil
-			o.ops = o.ops[:last]
-			break
-		}
-	}
+	o.ops = dropUnordered(o.ops, s)
 	if o.waiters > 0 {
 		o.cond.Broadcast()
 	}
 	o.mu.Unlock()
+}
+
+// dropUnordered removes x from s, moving the last element into its place
+// (the sets here have no order), and clears the freed slot so that the
+// backing array keeps nothing alive.
+func dropUnordered[T comparable](s []T, x T) []T {
+	for i, y := range s {
+		if y == x {
+			last := len(s) - 1
+			var zero T
+			s[i], s[last] = s[last], zero
+			return s[:last]
+		}
+	}
+	return s
 }

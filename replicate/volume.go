@@ -80,6 +80,9 @@ type Volume struct {
 	// answer: alone, a writer has nobody to share a system call with.
 	writing atomic.Int32
 	ord     *order // the primary's own writes in flight
+	// unsettled are the primary's writes not yet acknowledged or failed:
+	// overlapping reads wait for them (unsettled.go).
+	unsettled unsettled
 
 	// degMu guards the bookkeeping of one absence of the peer.
 	degMu    sync.Mutex
@@ -269,6 +272,9 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if v.diskless.Load() {
 		return v.readPeer(ctx, p, off)
 	}
+	if err := v.unsettled.wait(ctx, off, off+int64(len(p))); err != nil {
+		return err
+	}
 	if err := v.data.ReadAt(ctx, p, off); err != nil {
 		if ctx.Err() != nil {
 			return err
@@ -283,7 +289,9 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // data area is a file and this node is primary.
 func (v *Volume) FileRange(off, length int64) (*os.File, int64, bool) {
 	fs, ok := v.data.(nbd.FileSource)
-	if !ok || v.readable() != nil || v.failed.Load() {
+	// A read overlapping an unsettled write goes through ReadAt, which
+	// waits for it.
+	if !ok || v.readable() != nil || v.failed.Load() || v.unsettled.overlaps(off, off+length) {
 		return nil, 0, false
 	}
 	v.appBytes.Add(length)
@@ -413,6 +421,8 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	case v.proto == 'B':
 		need = wire.Received
 	}
+	pw := v.unsettled.add(off, off+n)
+	defer v.unsettled.settle(pw)
 	sp := spanPool.Get().(*span)
 	sp.off, sp.end = off, off+n
 	v.sending.Add(1)
