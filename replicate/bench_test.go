@@ -38,6 +38,29 @@ func BenchmarkWrite4k(b *testing.B) {
 	}
 }
 
+// BenchmarkRead4k: 4 KiB random reads on the bare data file and on the
+// primary of a connected pair (local reads, which first check for
+// overlapping writes in flight), at queue depth 1 and 32:
+//
+//	go test -run X -bench Read4k -benchtime 200000x ./replicate/
+func BenchmarkRead4k(b *testing.B) {
+	const size = 256 << 20
+	for _, qd := range []int{1, 32} {
+		b.Run("local/qd"+itoa(qd), func(b *testing.B) {
+			p := newPair(b, pairOpts{blank: true, size: size, files: true})
+			benchIO(b, p.a.dataDev, qd, true)
+		})
+		b.Run("primary/qd"+itoa(qd), func(b *testing.B) {
+			p := newPair(b, pairOpts{blank: true, size: size, files: true})
+			p.waitConnected(10 * time.Second)
+			if _, err := p.a.v.Promote(context.Background(), false); err != nil {
+				b.Fatal(err)
+			}
+			benchIO(b, p.a.v, qd, true)
+		})
+	}
+}
+
 // BenchmarkWrite1M: 1 MiB sequential writes at queue depth 8, bare file
 // against the replicated volume:
 //
@@ -98,7 +121,11 @@ func itoa(n int) string {
 	return itoa(n/10) + string(rune('0'+n%10))
 }
 
-func benchWrites(b *testing.B, d nbd.Device, qd int) {
+func benchWrites(b *testing.B, d nbd.Device, qd int) { benchIO(b, d, qd, false) }
+
+// benchIO does b.N random 4 KiB writes (or reads) on d from qd
+// goroutines.
+func benchIO(b *testing.B, d nbd.Device, qd int, read bool) {
 	ctx := context.Background()
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -112,7 +139,13 @@ func benchWrites(b *testing.B, d nbd.Device, qd int) {
 			buf := make([]byte, 4096)
 			for next.Add(1) <= int64(b.N) {
 				off := r.Int64N(d.Size()/4096) * 4096
-				if err := d.WriteAt(ctx, buf, off, false); err != nil {
+				var err error
+				if read {
+					err = d.ReadAt(ctx, buf, off)
+				} else {
+					err = d.WriteAt(ctx, buf, off, false)
+				}
+				if err != nil {
 					b.Error(err)
 					return
 				}
