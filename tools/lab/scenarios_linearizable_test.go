@@ -14,6 +14,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/tandem-ha/tandem/tools/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // TestScenarioLinearizableCrash: libnbd clients in the client namespace
@@ -51,6 +52,17 @@ func TestScenarioLinearizablePartition(t *testing.T) {
 		}
 		return lab.Restart(ctx, Alpha)
 	})
+}
+
+// TestScenarioLinearizableSwitchover: the same clients through an admin
+// switchover to bravo: alpha drains and demotes, bravo promotes and
+// claims the VIP, and no client may see the device go back in time.
+func TestScenarioLinearizableSwitchover(t *testing.T) {
+	lab, bin := clusterLab(t)
+	linearizableAcross(t, lab, bin, "switchover to bravo", func(context.Context) error {
+		tandemOn(t, lab, bin, Bravo, "switchover", "r0", "--to", Bravo, "--node", Bravo)
+		return nil
+	}, func(context.Context) error { return nil })
 }
 
 // linearizableAcross runs the clients on alpha, applies fault, waits for
@@ -129,6 +141,9 @@ func linearizableAcross(t *testing.T, lab *Lab, bin, faultName string, fault, re
 	phase("clients running on alpha")
 	time.Sleep(3 * time.Second)
 
+	// The clients time operations on CLOCK_MONOTONIC too (Python's
+	// time.monotonic_ns): the fault is placed in their history.
+	faultAt := monotonicNow(t)
 	if err := fault(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -150,11 +165,11 @@ func linearizableAcross(t *testing.T, lab *Lab, bin, faultName string, fault, re
 	}
 	phase("clients stopped")
 
-	ops, st, err := readHistory(out, blocks)
+	ops, st, err := readHistory(out, blocks, faultAt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("history: %d operations: %d writes acknowledged, %d reads, %d failed (%d writes of unknown outcome), %d reads torn by a write running at the same time; after the first failed operation %d writes acknowledged, %d reads",
+	t.Logf("history: %d operations: %d writes acknowledged, %d reads, %d failed (%d writes of unknown outcome), %d reads torn by a write running at the same time; after the fault %d writes acknowledged, %d reads",
 		len(ops), st.writes, st.reads, st.failed, st.unknown, st.tornOverlapped, st.writesAfter, st.readsAfter)
 	if st.torn > 0 {
 		t.Fatalf("%d reads returned a block mixing two values with no write to it running at the same time", st.torn)
@@ -169,16 +184,26 @@ func linearizableAcross(t *testing.T, lab *Lab, bin, faultName string, fault, re
 	phase("linearizable; replicas identical")
 }
 
+// monotonicNow reads CLOCK_MONOTONIC in ns, the clock linclient.py
+// times operations with (network namespaces share it).
+func monotonicNow(t *testing.T) int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return ts.Nano()
+}
+
 type historyStats struct {
 	writes, reads, failed, unknown, torn int
 	tornOverlapped                       int // torn while a write to the block ran: allowed
-	writesAfter, readsAfter              int // after the first failed operation
+	writesAfter, readsAfter              int // called after the fault
 }
 
 // readHistory turns linclient.py's records into porcupine operations: a
 // failed read is left out (it returned nothing), a failed write may take
 // effect at any time after its call or never.
-func readHistory(path string, blocks int) ([]porcupine.Operation, historyStats, error) {
+func readHistory(path string, blocks int, faultAt int64) ([]porcupine.Operation, historyStats, error) {
 	var st historyStats
 	f, err := os.Open(path)
 	if err != nil {
@@ -194,7 +219,6 @@ func readHistory(path string, blocks int) ([]porcupine.Operation, historyStats, 
 		ok       bool
 	}
 	var recs []rec
-	firstFail := int64(math.MaxInt64)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		var raw []any
@@ -209,9 +233,6 @@ func readHistory(path string, blocks int) ([]porcupine.Operation, historyStats, 
 			return nil, st, fmt.Errorf("the clients' history: bad record %q", sc.Text())
 		}
 		recs = append(recs, r)
-		if !ok {
-			firstFail = min(firstFail, r.call)
-		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, st, fmt.Errorf("the clients' history: %w", err)
@@ -230,7 +251,7 @@ func readHistory(path string, blocks int) ([]porcupine.Operation, historyStats, 
 	}
 	var ops []porcupine.Operation
 	for _, r := range recs {
-		after := r.call > firstFail
+		after := r.call > faultAt
 		switch {
 		case r.kind == "w":
 			ret := r.rt
@@ -283,11 +304,13 @@ func TestReadHistory(t *testing.T) {
 	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ops, st, err := readHistory(path, 4)
+	ops, st, err := readHistory(path, 4, 250)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := historyStats{writes: 1, reads: 1, failed: 2, unknown: 1, torn: 1, tornOverlapped: 2, writesAfter: 0, readsAfter: 0}
+	// The fault at 250: the good read (300) came after it, the good write
+	// (100) before.
+	want := historyStats{writes: 1, reads: 1, failed: 2, unknown: 1, torn: 1, tornOverlapped: 2, writesAfter: 0, readsAfter: 1}
 	if st != want {
 		t.Errorf("stats %+v, want %+v", st, want)
 	}
@@ -298,7 +321,7 @@ func TestReadHistory(t *testing.T) {
 		if err := os.WriteFile(path, []byte(bad+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := readHistory(path, 4); err == nil {
+		if _, _, err := readHistory(path, 4, 0); err == nil {
 			t.Errorf("readHistory took %s", bad)
 		}
 	}
