@@ -1,17 +1,14 @@
 package fence
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -170,27 +167,10 @@ func (a *Agent) run(ctx context.Context, action Action) (agentRun, error) {
 	if err != nil {
 		return agentRun{code: -1}, fmt.Errorf("fence: %s %s: %w", a, action, err)
 	}
-	var stdout, stderr limitedBuffer
-	cmd := exec.CommandContext(ctx, a.cfg.Path)
-	cmd.Stdin = strings.NewReader(input)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error {
-		// The group's id is the agent's pid, which cannot be reused while
-		// the agent is not reaped yet (Cancel runs before Wait reaps it).
-		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	}
-	// If something the agent started escaped its group and holds the
-	// pipes, stop reading after a while rather than hang.
-	cmd.WaitDelay = 2 * time.Second
-	start := time.Now()
-	err = cmd.Run()
-	took := time.Since(start)
-	out, errOut := redact(stdout.String(), secrets), redact(stderr.String(), secrets)
-	code := -1
-	if cmd.ProcessState != nil {
-		code = cmd.ProcessState.ExitCode()
-	}
+	pr, err := RunProgram(ctx, a.cfg.Path, nil, input)
+	took := pr.Took
+	out, errOut := redact(pr.Stdout, secrets), redact(pr.Stderr, secrets)
+	code := pr.Code
 	r := agentRun{code: code, stdout: out, stderr: errOut}
 	attrs := []any{"agent", a.cfg.Path, "action", action, "plug", a.cfg.Plug, "exit", code, "duration", took,
 		"stdout", out, "stderr", errOut}
@@ -198,15 +178,14 @@ func (a *Agent) run(ctx context.Context, action Action) (agentRun, error) {
 		a.cfg.Log.Warn("fence agent killed", append(attrs, "reason", context.Cause(ctx))...)
 		return r, fmt.Errorf("fence: %s %s: killed its process group: %w%s", a, action, context.Cause(ctx), lastLine(errOut))
 	}
-	var exitErr *exec.ExitError
-	if err != nil && !errors.As(err, &exitErr) {
+	if err != nil {
 		a.cfg.Log.Warn("fence agent did not run", append(attrs, "error", err)...)
 		return r, fmt.Errorf("fence: %s %s: %w: %w", a, action, ErrAgent, err)
 	}
 	if code < 0 {
 		// Killed by a signal it did not get from us.
-		a.cfg.Log.Warn("fence agent died", append(attrs, "error", err)...)
-		return r, fmt.Errorf("fence: %s %s: %w: %v%s", a, action, ErrAgent, err, lastLine(errOut))
+		a.cfg.Log.Warn("fence agent died", append(attrs, "error", pr.Exit)...)
+		return r, fmt.Errorf("fence: %s %s: %w: %s%s", a, action, ErrAgent, pr.Exit, lastLine(errOut))
 	}
 	lvl := slog.LevelInfo
 	if code != agentExitOK && !(action == ActionStatus && code == agentExitStatusOff) {
@@ -271,33 +250,4 @@ func lastLine(s string) string {
 		s = s[i+1:]
 	}
 	return " (agent said: " + s + ")"
-}
-
-// limitedBuffer keeps the first agentOutputLimit bytes written to it and
-// accepts (drops) the rest, so the agent never blocks on a full pipe.
-type limitedBuffer struct {
-	b         bytes.Buffer
-	truncated bool
-}
-
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	room := agentOutputLimit - l.b.Len()
-	if room <= 0 {
-		l.truncated = len(p) > 0 || l.truncated
-		return len(p), nil
-	}
-	if len(p) > room {
-		l.b.Write(p[:room])
-		l.truncated = true
-		return len(p), nil
-	}
-	l.b.Write(p)
-	return len(p), nil
-}
-
-func (l *limitedBuffer) String() string {
-	if l.truncated {
-		return l.b.String() + "\n[output truncated]"
-	}
-	return l.b.String()
 }
