@@ -109,6 +109,8 @@ type Config struct {
 	// Timing is the cluster layer's lease, margin, fence retry, failback
 	// delay and failure-detector probes (zero: defaults). See timing.go.
 	Timing Timing
+	// Alerts are the programs each daemon runs for its events. See alerts.go.
+	Alerts []Alert
 
 	lines  lines // where each key was, for problems found after parsing
 	parsed bool  // came from Parse, which already checked each key's value
@@ -343,6 +345,8 @@ type canonConfig struct {
 	Accept     []string        `json:"accept-secret-files,omitempty"`
 	Nodes      []canonNode     `json:"nodes"`
 	Resources  []canonResource `json:"resources"`
+	// omitempty: files without alerts keep the hash they had before them.
+	Alerts []canonAlert `json:"alerts,omitempty"`
 }
 
 type canonNode struct {
@@ -392,7 +396,7 @@ type canonReplica struct {
 }
 
 func (c *Config) canonical() canonConfig {
-	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile, Accept: c.AcceptSecretFiles}
+	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile, Accept: c.AcceptSecretFiles, Alerts: canonAlerts(c.Alerts)}
 	for _, n := range c.Nodes {
 		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing)})
 	}

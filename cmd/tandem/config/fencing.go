@@ -400,7 +400,8 @@ func (c *Config) checkLocalFencing(ps *problems, local string) {
 				checkPasswordFile(ps, l.PasswordFile, l.lines.at("password-file"), path+".password-file", n.Name)
 			}
 			if l.Agent != "" {
-				checkAgent(ps, l.Agent, l.lines.at("agent"), path+".agent")
+				checkProgram(ps, l.Agent, l.lines.at("agent"), path+".agent",
+					"install it (fence_* agents are in the Debian package fence-agents), or correct the path", "point agent at the fence agent program")
 			}
 		}
 	}
@@ -428,16 +429,17 @@ func checkPasswordFile(ps *problems, file string, line int, path, node string) {
 	}
 }
 
-func checkAgent(ps *problems, file string, line int, path string) {
+// checkProgram checks that file is a program the daemon can run; missing
+// and notRegular are the fixes for those two cases.
+func checkProgram(ps *problems, file string, line int, path, missing, notRegular string) {
 	st, err := os.Stat(file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		fix := "install it (fence_* agents are in the Debian package fence-agents), or correct the path"
-		ps.add(line, path, fmt.Sprintf("%s does not exist on this host", file), fix)
+		ps.add(line, path, fmt.Sprintf("%s does not exist on this host", file), missing)
 	case err != nil:
 		ps.add(line, path, err.Error(), "make it accessible to the daemon (root)")
 	case !st.Mode().IsRegular():
-		ps.add(line, path, fmt.Sprintf("%s is not a regular file", file), "point agent at the fence agent program")
+		ps.add(line, path, fmt.Sprintf("%s is not a regular file", file), notRegular)
 	case st.Mode().Perm()&0o111 == 0:
 		ps.add(line, path, fmt.Sprintf("%s is not executable (mode %04o)", file, st.Mode().Perm()), fmt.Sprintf("chmod 755 %s", file))
 	}

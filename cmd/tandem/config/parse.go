@@ -22,7 +22,7 @@ import (
 // The keys each level of the file may hold. Anything else is an error: a
 // misspelt optional key would otherwise silently leave its default in force.
 var (
-	topKeys      = []string{"cluster", "secret-file", "accept-secret-files", "nodes", "resources", "timing"}
+	topKeys      = []string{"cluster", "secret-file", "accept-secret-files", "nodes", "resources", "timing", "alerts"}
 	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
 		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "failback", "replicas", "vip"}
@@ -44,6 +44,7 @@ var keyHome = func() map[string]string {
 		{"resources[N].vip", vipKeys},
 		{"resources[N].resync", resyncKeys},
 		{"timing", timingKeys},
+		{"alerts[N]", alertKeys},
 		{"resources[N]", resourceKeys},
 		{"nodes[N]", nodeKeys},
 		{"the top level", topKeys},
@@ -206,6 +207,9 @@ func (d *decoder) config(doc *yaml.Node) *Config {
 	}
 	if e, ok := f["timing"]; ok {
 		cfg.Timing = d.timing(e, "timing")
+	}
+	if e, ok := f["alerts"]; ok {
+		cfg.Alerts = d.alerts(e, "alerts")
 	}
 	if e, ok := f["resources"]; ok {
 		items, _ := d.sequence(e, "resources")

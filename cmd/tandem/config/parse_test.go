@@ -460,7 +460,7 @@ func TestDocExamples(t *testing.T) {
 		documented[m[1]] = true
 	}
 	known := map[string]bool{}
-	for _, keys := range [][]string{topKeys, nodeKeys, resourceKeys, resyncKeys, tlsKeys, replicaKeys, vipKeys, fenceKeys, timingKeys} {
+	for _, keys := range [][]string{topKeys, nodeKeys, resourceKeys, resyncKeys, tlsKeys, replicaKeys, vipKeys, fenceKeys, timingKeys, alertKeys} {
 		for _, k := range keys {
 			known[k] = true
 			if !documented[k] {

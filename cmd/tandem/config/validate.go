@@ -126,6 +126,7 @@ func (c *Config) check(ps *problems) {
 	c.checkFencing(ps)
 	c.checkClusterLayer(ps)
 	c.checkTiming(ps)
+	c.checkAlerts(ps)
 }
 
 // checkFields covers, for a Config built in code, the per-key rules that
@@ -417,6 +418,7 @@ func (c *Config) checkLocal(ps *problems, name string) {
 	}
 	c.checkLocalVIPs(ps, name)
 	c.checkLocalFencing(ps, name)
+	c.checkLocalAlerts(ps)
 }
 
 func checkSecret(ps *problems, key, file string, line int) {

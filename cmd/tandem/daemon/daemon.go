@@ -81,7 +81,12 @@ type Daemon struct {
 	cl atomic.Pointer[clusterLayer] // nil: manual roles (cluster.go)
 
 	events *events // the event stream (events.go)
-	audit  *audit  // DATA_DIR/audit.log (audit.go)
+	// alerts run the configured programs for the events (alerts.go);
+	// alertsCtx ends when the shutdown's time is up.
+	alerts       []*alertRunner
+	alertsCtx    context.Context
+	alertsCancel context.CancelFunc
+	audit        *audit // DATA_DIR/audit.log (audit.go)
 }
 
 // resource is one local replica and what serves it.
@@ -138,6 +143,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{opts: opts, cfg: opts.Config, node: node, log: opts.Logger.With("node", node.Name)}
 	d.events = newEvents(node.Name, eventRing, opts.Now)
+	d.alertsCtx, d.alertsCancel = context.WithCancel(context.Background())
 	for i := range d.cfg.Resources {
 		res := &d.cfg.Resources[i]
 		rp := res.Replica(node.Name)
@@ -213,6 +219,8 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 		}
 	}
 	d.secret = secret
+	// Before anything publishes: the alerts see every event from the start.
+	d.startAlerts()
 	for _, r := range d.resources {
 		_ = d.openResource(ctx, r)
 	}
@@ -498,6 +506,7 @@ func (d *Daemon) shutdown(ctx context.Context) {
 		d.mu.Lock()
 		d.stopping = true
 		d.mu.Unlock()
+		d.events.publish(Event{Kind: KindDaemon, Text: "daemon stopping"})
 		if d.opCancel != nil {
 			d.opCancel()
 		}
@@ -535,6 +544,9 @@ func (d *Daemon) shutdown(ctx context.Context) {
 			}
 			r.roleMu.Unlock()
 		}
+		// Last: what was published until now (daemon stopping, the
+		// admin requests) is passed on, within the shutdown's time.
+		d.stopAlerts(ctx)
 		if d.http != nil {
 			if err := d.http.Shutdown(ctx); err != nil {
 				d.http.Close()

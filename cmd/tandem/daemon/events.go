@@ -144,23 +144,36 @@ func (e *events) subscribe(since int64, buffer int) (backlog []Event, lost uint6
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if since >= 0 {
-		all := e.retained()
-		oldest := e.seq + 1
-		if len(all) > 0 {
-			oldest = all[0].Seq
-		}
-		if uint64(since)+1 < oldest {
-			lost = oldest - uint64(since) - 1
-		}
-		for _, ev := range all {
-			if ev.Seq > uint64(since) {
-				backlog = append(backlog, ev)
-			}
-		}
+		backlog, lost = e.afterLocked(uint64(since))
 	}
 	s = &subscriber{ch: make(chan Event, buffer)}
 	e.subs[s] = struct{}{}
 	return backlog, lost, s
+}
+
+// after returns the retained events after since, and how many events after
+// since are no longer held.
+func (e *events) after(since uint64) (backlog []Event, lost uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.afterLocked(since)
+}
+
+func (e *events) afterLocked(since uint64) (backlog []Event, lost uint64) {
+	all := e.retained()
+	oldest := e.seq + 1
+	if len(all) > 0 {
+		oldest = all[0].Seq
+	}
+	if since+1 < oldest {
+		lost = oldest - since - 1
+	}
+	for _, ev := range all {
+		if ev.Seq > since {
+			backlog = append(backlog, ev)
+		}
+	}
+	return backlog, lost
 }
 
 // unsubscribe ends a subscription (a dropped one is gone already).

@@ -1,0 +1,176 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/fence"
+)
+
+// Alerts (config alerts[]): each configured program is run once per event
+// of this node that it wants, in event order, one run at a time, by a
+// runner that follows the event stream like a `tandem events` client. A
+// slow program never holds the daemon up: the stream drops a runner that
+// falls behind, and the runner picks up again from the ring after the
+// last event it passed on; what the ring no longer holds reaches the
+// program as one event of kind "gap" (whatever its kinds), so a missed
+// split brain is at least a missed something.
+
+// AlertVersion is TANDEM_ALERT_VERSION: it changes when the variables
+// or the JSON line change meaning.
+const AlertVersion = "1"
+
+// alertPath is the PATH alert programs run with: the daemon's own
+// environment is not theirs.
+const alertPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+type alertRunner struct {
+	cfg     config.Alert
+	cluster string
+	ev      *events
+	log     *slog.Logger
+	stop    chan struct{} // closed when the daemon stops: pass on what is left
+	done    chan struct{}
+}
+
+func (d *Daemon) startAlerts() {
+	for _, a := range d.cfg.Alerts {
+		r := &alertRunner{cfg: a, cluster: d.cfg.Cluster, ev: d.events, stop: make(chan struct{}), done: make(chan struct{}),
+			log: d.log.With("alert", a.Path, "recipient", a.Recipient)}
+		d.alerts = append(d.alerts, r)
+		go r.run(d.alertsCtx)
+	}
+}
+
+// stopAlerts lets each runner pass on the events published so far, until
+// ctx ends; what is still waiting then is logged, not run.
+func (d *Daemon) stopAlerts(ctx context.Context) {
+	stop := context.AfterFunc(ctx, d.alertsCancel)
+	defer stop()
+	for _, r := range d.alerts {
+		close(r.stop)
+	}
+	for _, r := range d.alerts {
+		<-r.done
+	}
+	d.alertsCancel()
+}
+
+func (r *alertRunner) run(ctx context.Context) {
+	defer close(r.done)
+	var last uint64 // the last event passed on
+	for {
+		backlog, lost, s := r.ev.subscribe(int64(last), subscriberBuffer)
+		if !r.catchUp(ctx, &last, backlog, lost) {
+			r.ev.unsubscribe(s)
+			return
+		}
+	follow:
+		for {
+			select {
+			case e, ok := <-s.ch:
+				if !ok {
+					// Dropped for slowness: the ring has what follows last.
+					break follow
+				}
+				if !r.pass(ctx, e) {
+					r.ev.unsubscribe(s)
+					return
+				}
+				last = e.Seq
+			case <-r.stop:
+				r.ev.unsubscribe(s)
+				backlog, lost := r.ev.after(last)
+				r.catchUp(ctx, &last, backlog, lost)
+				return
+			}
+		}
+	}
+}
+
+// catchUp passes on a gap of lost events, then backlog; false once ctx
+// ended (the rest is logged as not run).
+func (r *alertRunner) catchUp(ctx context.Context, last *uint64, backlog []Event, lost uint64) bool {
+	if lost > 0 {
+		gap := Event{Seq: *last + lost, Time: r.ev.now(), Node: r.ev.node, Kind: KindGap,
+			Text: fmt.Sprintf("%d events were not passed to this alert: it fell behind the %d the daemon keeps", lost, eventRing),
+			Data: map[string]uint64{"lost": lost, "after": *last}}
+		if !r.pass(ctx, gap) {
+			return false
+		}
+	}
+	for i, e := range backlog {
+		if !r.pass(ctx, e) {
+			r.log.Warn("alert: the daemon stopped before these events were passed on", "events", len(backlog)-i, "first_seq", e.Seq)
+			return false
+		}
+		*last = e.Seq
+	}
+	return true
+}
+
+// pass runs the program for e if it wants e; false when ctx has ended.
+func (r *alertRunner) pass(ctx context.Context, e Event) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if e.Kind != KindGap && !r.cfg.Wants(e.Kind) {
+		return true
+	}
+	rctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	pr, err := fence.RunProgram(rctx, r.cfg.Path, r.env(e), r.input(e))
+	attrs := []any{"kind", e.Kind, "seq", e.Seq, "exit", pr.Code, "duration", pr.Took, "stdout", pr.Stdout, "stderr", pr.Stderr}
+	switch {
+	case ctx.Err() != nil:
+		r.log.Warn("alert: killed, the daemon is stopping", attrs...)
+		return false
+	case rctx.Err() != nil:
+		r.log.Warn("alert: killed its process group after the timeout", append(attrs, "timeout", r.cfg.Timeout)...)
+	case err != nil:
+		r.log.Warn("alert: the program did not run", append(attrs, "err", err)...)
+	case pr.Code != 0:
+		r.log.Warn("alert: the program failed", append(attrs, "status", pr.Exit)...)
+	default:
+		r.log.Debug("alert: passed on", attrs...)
+	}
+	return true
+}
+
+// env is the program's whole environment: the event, and a PATH.
+func (r *alertRunner) env(e Event) []string {
+	vars := []struct{ k, v string }{
+		{"VERSION", AlertVersion},
+		{"CLUSTER", r.cluster},
+		{"NODE", e.Node},
+		{"SEQ", strconv.FormatUint(e.Seq, 10)},
+		{"TIME", e.Time.UTC().Format(time.RFC3339Nano)},
+		{"KIND", e.Kind},
+		{"RESOURCE", e.Resource},
+		{"TARGET", e.Target},
+		{"TEXT", e.Text},
+		{"RECIPIENT", r.cfg.Recipient},
+	}
+	out := []string{"PATH=" + alertPath, "LC_ALL=C"}
+	for _, kv := range vars {
+		// exec refuses a variable with a NUL in it.
+		out = append(out, "TANDEM_ALERT_"+kv.k+"="+strings.ReplaceAll(kv.v, "\x00", ""))
+	}
+	return out
+}
+
+// input is the event as `tandem events --json` prints it, one line.
+func (r *alertRunner) input(e Event) string {
+	b, err := json.Marshal(e)
+	if err != nil {
+		// Data is built by the daemon from plain values.
+		return "{}\n"
+	}
+	return string(b) + "\n"
+}
