@@ -460,6 +460,12 @@ wait_for "bravo's failover record" 100 failover_recorded
 	jq -r '.cluster_layer.last_failover.r0 | "from \(.from) at epoch \(.epoch), \(.seconds * 1000 | floor) ms in all:", (.steps[] | "  \(.name): \(.seconds * 1000 | floor) ms (at \(.elapsed_seconds * 1000 | floor) ms) \(.detail // "")")' |
 	sed 's/^/           /'
 say "now: primary $(lab_field .resources[0].primary), VIP on $(lab_field .resources[0].vip_holder), alpha's BMC reports power $(lab_field '.nodes[] | select(.name=="alpha") | .power')"
+# The lab's alert program (alerts in its tandem.yaml) got every event of
+# bravo's daemon, as an on-call's mail or pager program would.
+alerted() { grep -q ' failover r0 failover step serve' "$WORK/lab/log/bravo.alerts" 2>/dev/null; }
+wait_for "bravo's alert program to get the failover" 50 alerted
+say "bravo's alert program was told (log/bravo.alerts, fence and failover events):"
+grep -E '^[^ ]+ (fence|failover) ' "$WORK/lab/log/bravo.alerts" | cut -c1-150 | sed 's/^/           /'
 
 step "the mounted filesystem carried on: its write waited in the client, which reconnected to the VIP"
 for ((i = 0; i < 900; i++)); do kill -0 "$FS_WRITER" 2>/dev/null || break; sleep 0.1; done

@@ -97,6 +97,13 @@ func TestClusterLayerFailover(t *testing.T) {
 		!order("commit", "promote") || !order("commit", "vip") || !order("promote", "serve") || !order("vip", "serve") {
 		t.Fatalf("failover steps %v: want detect, fence, commit, then promote and vip, then serve", names)
 	}
+	// The on-call hears of it: bravo's alert program got the failover's
+	// steps and the fencing, in order.
+	alerts := awaitAlerts(t, lab, Bravo, "failover step serve")
+	fenced, served := strings.Index(alerts, "node alpha confirmed off"), strings.Index(alerts, "failover step serve")
+	if fenced < 0 || fenced > served || !strings.Contains(alerts, " failover r0 failover step detect") {
+		t.Fatalf("bravo's alerts do not tell the failover (fencing, then serve):\n%s", alerts)
+	}
 	qemuIO(t, lab, "write -P 0x4d 2M 1M")
 
 	if err := lab.Restart(ctx, Alpha); err != nil {
@@ -109,6 +116,22 @@ func TestClusterLayerFailover(t *testing.T) {
 	})
 	qemuIO(t, lab, "read -P 0x3c 0 2M")
 	qemuIO(t, lab, "read -P 0x4d 2M 1M")
+}
+
+// awaitAlerts waits (bounded) until node's alert file holds what, and
+// returns the file.
+func awaitAlerts(t *testing.T, lab *Lab, node, what string) string {
+	t.Helper()
+	var b []byte
+	for range 100 {
+		b, _ = os.ReadFile(lab.l.alerts(node))
+		if strings.Contains(string(b), what) {
+			return string(b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s's alerts never showed %q:\n%s", node, what, b)
+	return ""
 }
 
 // firstLogTime is the time of the first line of a daemon's log that

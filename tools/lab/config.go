@@ -68,6 +68,9 @@ func configYAML(l layout, p Params) string {
 	if p.FailbackAfter != 0 {
 		fmt.Fprintf(&b, "timing:\n  failback-after: %s\n", p.FailbackAfter)
 	}
+	// Every event of every daemon, as an on-call's alert program would get
+	// them (docs/operations.md, Alerts): LOGS/NODE.alerts.
+	fmt.Fprintf(&b, "alerts:\n  - path: %s\n    recipient: lab\n", l.alertProgram())
 	b.WriteString("\nnodes:\n")
 	for _, n := range clusterNodes {
 		fmt.Fprintf(&b, "  - name: %s\n    address: %s\n    admin-socket: %s\n    data-dir: %s\n",
@@ -99,6 +102,15 @@ func configYAML(l layout, p Params) string {
 		}
 	}
 	return b.String()
+}
+
+// alertScript is the lab's alert program: one line per event, appended to
+// the node's LOGS/NODE.alerts.
+func alertScript(l layout) string {
+	return fmt.Sprintf(`#!/bin/sh
+# written by tandem lab up: one line per event of the node's daemon
+printf '%%s %%-8s %%s %%s\n' "$TANDEM_ALERT_TIME" "$TANDEM_ALERT_KIND" "${TANDEM_ALERT_RESOURCE:--}" "$TANDEM_ALERT_TEXT" >> "%s/$TANDEM_ALERT_NODE.alerts"
+`, l.logs())
 }
 
 // diskSize is the size of each replica's file: the data and, behind it,

@@ -96,8 +96,15 @@ func TestConfigYAML(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := os.WriteFile(l.alertProgram(), []byte(alertScript(l)), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := cfg.Validate(Witness); err != nil {
 		t.Errorf("does not validate for the witness: %v", err)
+	}
+	// Every daemon's events reach the lab's alert program.
+	if len(cfg.Alerts) != 1 || cfg.Alerts[0].Path != l.alertProgram() || cfg.Alerts[0].Kinds != nil {
+		t.Errorf("alerts %+v, want the lab's program for every kind", cfg.Alerts)
 	}
 	// The disks hold the data and the internal metadata.
 	size, err := diskSize(cfg, "r0")

@@ -34,10 +34,14 @@ func (l layout) power(n string) string         { return filepath.Join(l.run(), n
 func (l layout) faults() string                { return filepath.Join(l.run(), "faults.json") }
 func (l layout) log(name string) string        { return filepath.Join(l.logs(), name+".log") }
 func (l layout) bmcDir(n string) string        { return filepath.Join(l.bmcRoot(), n) }
+func (l layout) alertProgram() string          { return filepath.Join(l.dir, "alert") }
+
+// alerts is the file the lab's alert program appends node's events to.
+func (l layout) alerts(n string) string { return filepath.Join(l.logs(), n+".alerts") }
 
 // made lists every path Up creates at the top of the directory; Down
 // removes exactly these (recursively) and then the directory if empty.
 func (l layout) made() []string {
-	return []string{l.config(), l.secret(), l.bmcPassword(), l.disks(), l.dataRoot(),
+	return []string{l.config(), l.secret(), l.bmcPassword(), l.alertProgram(), l.disks(), l.dataRoot(),
 		l.run(), l.logs(), l.bmcRoot(), l.state(), l.lock()}
 }

@@ -305,6 +305,9 @@ func (lab *Lab) writeFiles(tandem string, p Params) (*config.Config, error) {
 	if err := os.WriteFile(lab.l.bmcPassword(), []byte(pw+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
+	if err := os.WriteFile(lab.l.alertProgram(), []byte(alertScript(lab.l)), 0o755); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
 	yaml := configYAML(lab.l, p)
 	if err := os.WriteFile(lab.l.config(), []byte(yaml), 0o644); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
