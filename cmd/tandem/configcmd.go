@@ -87,8 +87,12 @@ func runConfigValidate(a *app, path, node string) error {
 	if err := cfg.Validate(node); err != nil {
 		return reportProblems(a, path, err)
 	}
-	fmt.Fprintf(a.stdout, "ok: cluster %s, %s (%s), %s\n", cfg.Cluster,
-		plural(len(cfg.Nodes), "node"), roles(cfg), plural(len(cfg.Resources), "resource"))
+	alerts := ""
+	if len(cfg.Alerts) > 0 {
+		alerts = ", " + plural(len(cfg.Alerts), "alert")
+	}
+	fmt.Fprintf(a.stdout, "ok: cluster %s, %s (%s), %s%s\n", cfg.Cluster,
+		plural(len(cfg.Nodes), "node"), roles(cfg), plural(len(cfg.Resources), "resource"), alerts)
 	if note != "" {
 		fmt.Fprintln(a.stdout, note)
 	} else {

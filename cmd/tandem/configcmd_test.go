@@ -76,6 +76,19 @@ func TestConfigValidateOK(t *testing.T) {
 		t.Errorf("stdout %q, want %q", out, want)
 	}
 
+	// Alerts are counted, and their programs looked for on this host.
+	dir, withAlert := writeLab(t, strings.Replace(labConfig, "cluster: lab\n", "cluster: lab\nalerts:\n  - path: DIR/alert\n", 1))
+	if _, errOut, err := execute(t, "--config", withAlert, "config", "validate", "--node", "alpha"); err == nil || !strings.Contains(errOut, "alert does not exist on this host") {
+		t.Errorf("missing alert program: err %v, stderr %q", err, errOut)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "alert"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, err := execute(t, "--config", withAlert, "config", "validate", "--node", "alpha"); err != nil ||
+		!strings.HasPrefix(out, "ok: cluster lab, 3 nodes (alpha, beta data; wit witness), 2 resources, 1 alert\n") {
+		t.Errorf("with an alert: %q, %q, %v", out, errOut, err)
+	}
+
 	// Without --node on a host that is not a node, the node's files are not
 	// looked at (beta's devices do not exist here, and that is fine).
 	host, _ := os.Hostname()
