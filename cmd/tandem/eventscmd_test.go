@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
@@ -80,5 +81,28 @@ func TestStatusWarnsWhenNodesDisagree(t *testing.T) {
 	printStatus(&b, daemon.NodeStatus{Node: "alpha", Nodes: map[string]daemon.SoftState{"alpha": {Version: "v1"}, "beta": {Version: "v1"}}}, false)
 	if strings.Contains(b.String(), "WARNING") {
 		t.Errorf("status of agreeing nodes warns:\n%s", b.String())
+	}
+}
+
+func TestStatusWarnsOfAFailingAlert(t *testing.T) {
+	at := time.Date(2026, 12, 3, 13, 0, 0, 0, time.UTC)
+	ns := daemon.NodeStatus{Node: "alpha", Alerts: []daemon.AlertStatus{
+		{Path: "/usr/local/sbin/tandem-mail", Recipient: "oncall@example.com", Runs: 7, Failures: 2, LostEvents: 5,
+			LastFailure: &daemon.AlertFailure{Time: at, Seq: 41, Kind: "fence", Error: "exit status 1"}},
+		{Path: "/usr/local/sbin/tandem-log", Runs: 9},
+	}}
+	var b strings.Builder
+	printStatus(&b, ns, false)
+	want := "WARNING: alert /usr/local/sbin/tandem-mail for oncall@example.com: 2 of 7 runs failed, the last at 2026-12-03T13:00:00Z (fence event 41): exit status 1\n"
+	if !strings.Contains(b.String(), want) || strings.Count(b.String(), "WARNING") != 1 || strings.Contains(b.String(), "tandem-log") {
+		t.Errorf("status:\n%s\nwant the one warning %q", b.String(), want)
+	}
+	b.Reset()
+	printStatus(&b, ns, true)
+	for _, w := range []string{"alert /usr/local/sbin/tandem-mail for oncall@example.com: 7 runs, 2 failed, 5 events lost (it fell behind)\n",
+		"alert /usr/local/sbin/tandem-log: 9 runs, 0 failed\n"} {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("status -v:\n%s\nwant %q", b.String(), w)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,7 +17,8 @@ import (
 
 const statusLong = `Show the state of this node's resources, as its daemon sees them: role,
 disk state, replication link, the peer's role and disk, epoch, data out of
-sync, resync and verify progress, and whether the NBD export serves.
+sync, resync and verify progress, and whether the NBD export serves; a
+warning for each alert program that failed (its last failure).
 
 Without RESOURCE a table of all of them; with RESOURCE also the details
 (generations, the reason of a StandAlone link, the NBD listener). --json
@@ -66,6 +68,7 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 	for _, s := range daemon.Disagreements(ns.Node, ns.Nodes) {
 		fmt.Fprintf(w, "WARNING: %s\n", s)
 	}
+	printAlerts(w, ns.Alerts, details)
 	printClusterLayer(w, ns.ClusterLayer) // clustercmd.go
 	if ns.ClusterLayer != nil {
 		printSoftStates(w, ns)
@@ -119,6 +122,29 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 		fmt.Fprintf(w, "\n%s:\n", rs.Resource)
 		for _, l := range lines {
 			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
+}
+
+// printAlerts warns of alert programs that failed (a failing alert is
+// what would have told someone of the next split brain); with details it
+// lists every alert's record.
+func printAlerts(w io.Writer, as []daemon.AlertStatus, details bool) {
+	for _, a := range as {
+		name := a.Path
+		if a.Recipient != "" {
+			name += " for " + a.Recipient
+		}
+		if f := a.LastFailure; f != nil {
+			fmt.Fprintf(w, "WARNING: alert %s: %d of %d runs failed, the last at %s (%s event %d): %s\n",
+				name, a.Failures, a.Runs, f.Time.UTC().Format(time.RFC3339), f.Kind, f.Seq, f.Error)
+		}
+		if details {
+			line := fmt.Sprintf("alert %s: %d runs, %d failed", name, a.Runs, a.Failures)
+			if a.LostEvents > 0 {
+				line += fmt.Sprintf(", %d events lost (it fell behind)", a.LostEvents)
+			}
+			fmt.Fprintln(w, line)
 		}
 	}
 }

@@ -20,6 +20,10 @@ type Alert struct {
 	Path string
 	// Kinds are the event kinds it wants (nil: every kind).
 	Kinds []string
+	// Resources limits it to events about these resources (nil: all).
+	// Events about no resource (membership, quorum, the daemon) concern
+	// every resource of the node and still reach it.
+	Resources []string
 	// Recipient is handed to the program as TANDEM_ALERT_RECIPIENT (an
 	// address, a channel): one program serves several recipients.
 	Recipient string
@@ -27,6 +31,8 @@ type Alert struct {
 	Timeout time.Duration
 
 	lines lines
+	// resLines are the lines of Resources' items.
+	resLines []int
 }
 
 // DefaultAlertTimeout bounds one run of an alert program.
@@ -37,7 +43,7 @@ const DefaultAlertTimeout = 30 * time.Second
 var AlertKinds = []string{"member", "quorum", "commit", "failover", "fence", "volume", "resync", "vip", "action", "alert", "admin", "daemon"}
 
 var (
-	alertKeys     = []string{"path", "kinds", "recipient", "timeout"}
+	alertKeys     = []string{"path", "kinds", "resources", "recipient", "timeout"}
 	alertTimeouts = [2]time.Duration{time.Second, 10 * time.Minute}
 )
 
@@ -73,22 +79,17 @@ func (d *decoder) alert(n *yaml.Node, path string) Alert {
 		a.Path = d.absPath(e, path+".path")
 	}
 	if e, ok := f["kinds"]; ok {
-		items, _ := d.sequence(e, path+".kinds")
-		if len(items) == 0 && deref(e.val).Kind == yaml.SequenceNode {
-			d.add(e.key.Line, path+".kinds", "no kinds", "list the event kinds to pass on, or remove the key for every kind")
-		}
-		for j, k := range items {
-			p := fmt.Sprintf("%s.kinds[%d]", path, j)
-			s, ok := d.enum(entry{key: e.key, val: k}, p, AlertKinds, "see the kinds of `tandem events` in docs/operations.md")
-			if !ok {
-				continue
-			}
-			if slices.Contains(a.Kinds, s) {
-				d.add(k.Line, p, fmt.Sprintf("kind %q listed twice", s), "remove one of them")
-				continue
-			}
-			a.Kinds = append(a.Kinds, s)
-		}
+		a.Kinds, _ = d.distinctList(e, path+".kinds", "kind", "list the event kinds to pass on, or remove the key for every kind",
+			func(v entry, p string) (string, bool) {
+				return d.enum(v, p, AlertKinds, "see the kinds of `tandem events` in docs/operations.md")
+			})
+	}
+	if e, ok := f["resources"]; ok {
+		a.Resources, a.resLines = d.distinctList(e, path+".resources", "resource", "list the resources whose events to pass on, or remove the key for all of them",
+			func(v entry, p string) (string, bool) {
+				s := d.name(v, p)
+				return s, s != ""
+			})
 	}
 	if e, ok := f["recipient"]; ok {
 		if s, ok := d.scalar(e, path+".recipient"); ok {
@@ -106,6 +107,28 @@ func (d *decoder) alert(n *yaml.Node, path string) Alert {
 		a.Timeout = d.boundedDuration(e, path+".timeout", alertTimeouts)
 	}
 	return a
+}
+
+// distinctList parses a non-empty list of values, each once, with item
+// parsing one; it returns them and their lines.
+func (d *decoder) distinctList(e entry, path, what, emptyFix string, item func(entry, string) (string, bool)) (vals []string, at []int) {
+	items, _ := d.sequence(e, path)
+	if len(items) == 0 && deref(e.val).Kind == yaml.SequenceNode {
+		d.add(e.key.Line, path, "no "+what+"s", emptyFix)
+	}
+	for j, n := range items {
+		p := fmt.Sprintf("%s[%d]", path, j)
+		s, ok := item(entry{key: e.key, val: n}, p)
+		if !ok {
+			continue
+		}
+		if slices.Contains(vals, s) {
+			d.add(n.Line, p, fmt.Sprintf("%s %q listed twice", what, s), "remove one of them")
+			continue
+		}
+		vals, at = append(vals, s), append(at, n.Line)
+	}
+	return vals, at
 }
 
 // checkAlerts finds the same program given twice for one recipient (it
@@ -126,6 +149,20 @@ func (c *Config) checkAlerts(ps *problems) {
 				if !slices.Contains(AlertKinds, k) {
 					ps.add(0, p+".kinds", fmt.Sprintf("%q is not an event kind", k), "use "+quoteList(AlertKinds))
 				}
+			}
+		}
+		for j, r := range a.Resources {
+			if c.Resource(r) == nil {
+				line := a.lines.at("resources")
+				if j < len(a.resLines) {
+					line = a.resLines[j]
+				}
+				names := c.resourceNames()
+				fix := "use " + quoteList(names)
+				if g := suggest(r, names); g != "" {
+					fix = fmt.Sprintf("did you mean %q? (resources: %s)", g, quoteList(names))
+				}
+				ps.add(line, fmt.Sprintf("%s.resources[%d]", p, j), fmt.Sprintf("no resource %q in this file", r), fix)
 			}
 		}
 		if a.Path == "" {
@@ -151,15 +188,20 @@ func (c *Config) checkLocalAlerts(ps *problems) {
 	}
 }
 
-// Wants reports whether the alert takes events of kind.
-func (a *Alert) Wants(kind string) bool {
-	return a.Kinds == nil || slices.Contains(a.Kinds, kind)
+// Wants reports whether the alert takes events of kind about resource
+// ("" for an event about the node or the cluster).
+func (a *Alert) Wants(kind, resource string) bool {
+	if a.Kinds != nil && !slices.Contains(a.Kinds, kind) {
+		return false
+	}
+	return resource == "" || a.Resources == nil || slices.Contains(a.Resources, resource)
 }
 
 // canonAlert is an alert in the configuration hash.
 type canonAlert struct {
 	Path      string   `json:"path"`
 	Kinds     []string `json:"kinds,omitempty"`
+	Resources []string `json:"resources,omitempty"`
 	Recipient string   `json:"recipient,omitempty"`
 	TimeoutNS int64    `json:"timeout-ns"`
 }
@@ -169,7 +211,9 @@ func canonAlerts(as []Alert) []canonAlert {
 	for _, a := range as {
 		k := slices.Clone(a.Kinds)
 		slices.Sort(k)
-		out = append(out, canonAlert{a.Path, k, a.Recipient, int64(a.Timeout)})
+		r := slices.Clone(a.Resources)
+		slices.Sort(r)
+		out = append(out, canonAlert{a.Path, k, r, a.Recipient, int64(a.Timeout)})
 	}
 	return out
 }

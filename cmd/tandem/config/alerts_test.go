@@ -13,6 +13,7 @@ const alertsBase = base + `alerts:
   - path: /usr/local/sbin/tandem-mail
     recipient: storage-oncall@example.com
     kinds: [volume, fence, failover]
+    resources: [db]
     timeout: 45s
   - path: /usr/local/sbin/tandem-log
 `
@@ -27,13 +28,21 @@ func TestParseAlerts(t *testing.T) {
 	}
 	m, l := cfg.Alerts[0], cfg.Alerts[1]
 	if m.Path != "/usr/local/sbin/tandem-mail" || m.Recipient != "storage-oncall@example.com" || m.Timeout != 45*time.Second ||
-		!slices.Equal(m.Kinds, []string{"volume", "fence", "failover"}) {
+		!slices.Equal(m.Kinds, []string{"volume", "fence", "failover"}) || !slices.Equal(m.Resources, []string{"db"}) {
 		t.Errorf("first alert %+v", m)
 	}
-	if !m.Wants("fence") || m.Wants("admin") {
-		t.Errorf("kinds filter: fence %v, admin %v", m.Wants("fence"), m.Wants("admin"))
+	for _, c := range []struct {
+		kind, resource string
+		want           bool
+	}{
+		{"fence", "db", true}, {"admin", "db", false}, {"volume", "web", false},
+		{"fence", "", true}, // about the node: every resource's concern
+	} {
+		if got := m.Wants(c.kind, c.resource); got != c.want {
+			t.Errorf("first alert wants %s about %q: %v, want %v", c.kind, c.resource, got, c.want)
+		}
 	}
-	if l.Kinds != nil || l.Timeout != DefaultAlertTimeout || l.Recipient != "" || !l.Wants("admin") {
+	if l.Kinds != nil || l.Resources != nil || l.Timeout != DefaultAlertTimeout || l.Recipient != "" || !l.Wants("admin", "web") {
 		t.Errorf("second alert's defaults %+v", l)
 	}
 
@@ -52,6 +61,13 @@ func TestParseAlerts(t *testing.T) {
 	}
 	if reordered.Hash() != cfg.Hash() {
 		t.Error("reordering kinds changed the hash")
+	}
+	narrower, err := Parse("tandem.yaml", []byte(strings.Replace(alertsBase, "resources: [db]", "resources: [db, web]", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if narrower.Hash() == cfg.Hash() {
+		t.Error("changing an alert's resources kept the hash")
 	}
 	spelled, err := Parse("tandem.yaml", []byte(alertsBase+"    timeout: 30s\n"))
 	if err != nil {
@@ -74,6 +90,14 @@ func TestParseAlertProblems(t *testing.T) {
 			[]want{{"#A", "alerts[0].kinds[1]", `did you mean "fence"?`}}},
 		{"kind twice", []string{"[volume, fence, failover]", "[volume, fence, volume] #A"},
 			[]want{{"#A", "alerts[0].kinds[2]", `kind "volume" listed twice`}}},
+		{"unknown resource", []string{"resources: [db]", "resources: [db, wep] #A"},
+			[]want{{"#A", "alerts[0].resources[1]", `no resource "wep" in this file; did you mean "web"? (resources: "db" or "web")`}}},
+		{"resource twice", []string{"resources: [db]", "resources: [db, web, db] #A"},
+			[]want{{"#A", "alerts[0].resources[2]", `resource "db" listed twice`}}},
+		{"no resources", []string{"resources: [db]", "resources: [] #A"},
+			[]want{{"#A", "alerts[0].resources", "no resources"}}},
+		{"bad resource name", []string{"resources: [db]", "resources: [Db!] #A"},
+			[]want{{"#A", "alerts[0].resources[0]", "is not a valid name"}}},
 		{"no kinds", []string{"[volume, fence, failover]", "[] #A"},
 			[]want{{"#A", "alerts[0].kinds", "no kinds"}}},
 		{"timeout too long", []string{"timeout: 45s", "timeout: 1h #A"},

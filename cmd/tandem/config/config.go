@@ -307,10 +307,19 @@ func (c *Config) Resource(name string) *Resource {
 
 // nodeNames lists each valid node name once, for hints.
 func (c *Config) nodeNames() []string {
+	return uniqueNames(c.Nodes, func(n Node) string { return n.Name })
+}
+
+// resourceNames lists each valid resource name once, for hints.
+func (c *Config) resourceNames() []string {
+	return uniqueNames(c.Resources, func(r Resource) string { return r.Name })
+}
+
+func uniqueNames[T any](items []T, name func(T) string) []string {
 	var names []string
-	for _, n := range c.Nodes {
-		if n.Name != "" && !slices.Contains(names, n.Name) {
-			names = append(names, n.Name)
+	for _, it := range items {
+		if n := name(it); n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
 		}
 	}
 	return names

@@ -70,6 +70,10 @@ func (d *Daemon) Status() NodeStatus {
 	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resources) == 0,
 		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus()}
 	ns.Nodes = d.softStates()
+	ns.Alerts = []AlertStatus{}
+	for _, a := range d.alerts {
+		ns.Alerts = append(ns.Alerts, a.status())
+	}
 	for _, r := range d.resources {
 		ns.Resources = append(ns.Resources, r.status(d.node.Name))
 	}

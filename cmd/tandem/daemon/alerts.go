@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
@@ -37,12 +38,43 @@ type alertRunner struct {
 	log     *slog.Logger
 	stop    chan struct{} // closed when the daemon stops: pass on what is left
 	done    chan struct{}
+
+	mu    sync.Mutex
+	stats AlertStatus
+}
+
+// status is the runner's record for GET /v1/status.
+func (r *alertRunner) status() AlertStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.stats
+	if f := st.LastFailure; f != nil {
+		c := *f
+		st.LastFailure = &c
+	}
+	return st
+}
+
+// record counts one run of the program for e; why is "" when it exited 0.
+func (r *alertRunner) record(e Event, why string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stats.Runs++
+	if e.Kind == KindGap {
+		if d, ok := e.Data.(map[string]uint64); ok {
+			r.stats.LostEvents += d["lost"]
+		}
+	}
+	if why != "" {
+		r.stats.Failures++
+		r.stats.LastFailure = &AlertFailure{Time: at, Seq: e.Seq, Kind: e.Kind, Error: why}
+	}
 }
 
 func (d *Daemon) startAlerts() {
 	for _, a := range d.cfg.Alerts {
 		r := &alertRunner{cfg: a, cluster: d.cfg.Cluster, ev: d.events, stop: make(chan struct{}), done: make(chan struct{}),
-			log: d.log.With("alert", a.Path, "recipient", a.Recipient)}
+			log: d.log.With("alert", a.Path, "recipient", a.Recipient), stats: AlertStatus{Path: a.Path, Recipient: a.Recipient}}
 		d.alerts = append(d.alerts, r)
 		go r.run(d.alertsCtx)
 	}
@@ -120,26 +152,34 @@ func (r *alertRunner) pass(ctx context.Context, e Event) bool {
 	if ctx.Err() != nil {
 		return false
 	}
-	if e.Kind != KindGap && !r.cfg.Wants(e.Kind) {
+	if e.Kind != KindGap && !r.cfg.Wants(e.Kind, e.Resource) {
 		return true
 	}
 	rctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	pr, err := fence.RunProgram(rctx, r.cfg.Path, r.env(e), r.input(e))
 	attrs := []any{"kind", e.Kind, "seq", e.Seq, "exit", pr.Code, "duration", pr.Took, "stdout", pr.Stdout, "stderr", pr.Stderr}
+	why := ""
 	switch {
 	case ctx.Err() != nil:
 		r.log.Warn("alert: killed, the daemon is stopping", attrs...)
 		return false
 	case rctx.Err() != nil:
+		why = fmt.Sprintf("killed after the timeout (%v)", r.cfg.Timeout)
 		r.log.Warn("alert: killed its process group after the timeout", append(attrs, "timeout", r.cfg.Timeout)...)
 	case err != nil:
+		why = fmt.Sprintf("did not run: %v", err)
 		r.log.Warn("alert: the program did not run", append(attrs, "err", err)...)
 	case pr.Code != 0:
+		why = pr.Exit
+		if why == "" {
+			why = fmt.Sprintf("exit status %d", pr.Code)
+		}
 		r.log.Warn("alert: the program failed", append(attrs, "status", pr.Exit)...)
 	default:
 		r.log.Debug("alert: passed on", attrs...)
 	}
+	r.record(e, why, r.ev.now())
 	return true
 }
 

@@ -121,6 +121,49 @@ func TestAlertTimeoutKillsTheGroupAndGoesOn(t *testing.T) {
 	}
 	waitUntil(t, "the child of the hung run to be gone", func() bool { return syscall.Kill(pid, 0) != nil })
 	contains(t, "log", logs.String(), "alert: killed its process group after the timeout")
+	waitUntil(t, "both runs counted", func() bool { return d.Status().Alerts[0].Runs == 2 })
+	st := d.Status().Alerts[0]
+	if f := st.LastFailure; st.Failures != 1 || f == nil || f.Kind != KindDaemon || f.Seq != 1 || f.Error != "killed after the timeout (1s)" {
+		t.Errorf("status of the alert: %+v, last failure %+v", st, f)
+	}
+}
+
+// resources[] narrows an alert to its resources' events (and those about
+// no resource); a program that exits non-zero is counted, and its last
+// failure is in the status.
+func TestAlertResourcesAndFailuresInStatus(t *testing.T) {
+	l := newLab(t)
+	dir := t.TempDir()
+	body := `if [ "$TANDEM_ALERT_TEXT" = fail ]; then echo broken >&2; exit 3; fi`
+	l.cfg.Alerts = []config.Alert{{Path: alertScript(t, dir, body), Kinds: []string{"volume"}, Resources: []string{"r0"}, Recipient: "db-team", Timeout: 10 * time.Second}}
+	d, _, logs := l.start(t, "alpha")
+	if st := d.Status().Alerts; len(st) != 1 || st[0].Path != l.cfg.Alerts[0].Path || st[0].Recipient != "db-team" || st[0].Runs != 0 {
+		t.Fatalf("status before any run: %+v", st)
+	}
+	for _, e := range []Event{
+		{Kind: KindVolume, Resource: "r0", Text: "about r0"},
+		{Kind: KindVolume, Resource: "other", Text: "about another resource"},
+		{Kind: KindVolume, Text: "about the node"},
+		{Kind: KindAdmin, Resource: "r0", Text: "another kind"},
+		{Kind: KindVolume, Resource: "r0", Text: "fail"},
+		{Kind: KindVolume, Resource: "r0", Text: "the last"},
+	} {
+		d.events.publish(e)
+	}
+	waitUntil(t, "the last event's run counted", func() bool { return d.Status().Alerts[0].Runs == 4 })
+	var texts []string
+	for _, r := range readRuns(t, dir) {
+		texts = append(texts, r.text)
+	}
+	if got := strings.Join(texts, ", "); got != "about r0, about the node, the last" {
+		t.Errorf("runs for %s", got)
+	}
+	st := d.Status().Alerts[0]
+	if f := st.LastFailure; st.Failures != 1 || f == nil || f.Kind != KindVolume || f.Error != "exit status 3" {
+		t.Errorf("status of the alert: %+v, last failure %+v", st, f)
+	}
+	contains(t, "log", logs.String(), "alert: the program failed")
+	contains(t, "log", logs.String(), "broken")
 }
 
 // A program slower than the events does not hold the daemon up; once it
@@ -130,9 +173,13 @@ func TestAlertThatFallsBehindGetsAGap(t *testing.T) {
 	l := newLab(t)
 	dir := t.TempDir()
 	release := filepath.Join(dir, "release")
-	body := `if [ "$TANDEM_ALERT_KIND" = daemon ]; then n=0; while [ ! -e ` + release + ` ] && [ $n -lt 2000 ]; do sleep 0.01; n=$((n+1)); done; fi`
+	started := filepath.Join(dir, "started")
+	body := `if [ "$TANDEM_ALERT_KIND" = daemon ]; then : > ` + started + `; n=0; while [ ! -e ` + release + ` ] && [ $n -lt 2000 ]; do sleep 0.01; n=$((n+1)); done; fi`
 	l.cfg.Alerts = []config.Alert{{Path: alertScript(t, dir, body), Kinds: []string{"daemon", "alert"}, Timeout: time.Minute}}
 	d, _, _ := l.start(t, "alpha")
+	// The runner subscribes on its own goroutine: until its first run
+	// holds it, it could still take everything below from the ring.
+	waitUntil(t, "the first run to start", func() bool { _, err := os.Stat(started); return err == nil })
 	// While the first run waits: more events than the ring and the
 	// runner's buffer hold, all but the last of a kind it does not want.
 	const n = eventRing + subscriberBuffer + 100
@@ -160,5 +207,9 @@ func TestAlertThatFallsBehindGetsAGap(t *testing.T) {
 	lost := last.Seq - eventRing - uint64(after)
 	if after < float64(runs[0].seq) || !strings.HasPrefix(runs[1].text, fmt.Sprintf("%d events were not passed to this alert", lost)) {
 		t.Errorf("gap: %q after seq %v, want %d lost", runs[1].text, after, lost)
+	}
+	waitUntil(t, "the runs counted", func() bool { return d.Status().Alerts[0].Runs == 3 })
+	if st := d.Status().Alerts[0]; st.LostEvents != lost || st.Failures != 0 {
+		t.Errorf("status of the alert: %+v, want %d events lost and no failure", st, lost)
 	}
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/tandem-ha/tandem/cluster/manager"
 	"github.com/tandem-ha/tandem/replicate"
@@ -42,6 +43,31 @@ type NodeStatus struct {
 	// Nodes is the version and config hash of this node and of every live
 	// member that gossiped them (softstate.go).
 	Nodes map[string]SoftState `json:"nodes"`
+	// Alerts is each alerts[] entry's record since the daemon started, in
+	// the file's order (empty without alerts).
+	Alerts []AlertStatus `json:"alerts"`
+}
+
+// AlertStatus is what one alert program did since the daemon started.
+type AlertStatus struct {
+	Path      string `json:"path"`
+	Recipient string `json:"recipient,omitempty"`
+	// Runs counts the program's runs, gaps included; Failures those that
+	// did not exit 0 (did not start, failed, killed at the timeout).
+	Runs     uint64 `json:"runs"`
+	Failures uint64 `json:"failures"`
+	// LostEvents adds up the gaps: events it wanted or not that the ring
+	// no longer held when it caught up.
+	LostEvents  uint64        `json:"lost_events"`
+	LastFailure *AlertFailure `json:"last_failure,omitempty"`
+}
+
+// AlertFailure is the latest failed run of an alert program.
+type AlertFailure struct {
+	Time  time.Time `json:"time"`
+	Seq   uint64    `json:"seq"` // the event's
+	Kind  string    `json:"kind"`
+	Error string    `json:"error"`
 }
 
 // ResourceStatus is one resource on this node: the volume's status, plus
