@@ -146,8 +146,11 @@ type Config struct {
 	// Meta is the metadata area (md.Open is called on it).
 	Meta disk.Disk
 
-	Resync     ResyncConfig
-	SplitBrain string // "disconnect", "discard-zero-changes", "discard-younger-primary"
+	Resync ResyncConfig
+	// SplitBrain: "disconnect", "discard-zero-changes",
+	// "discard-younger-primary", "discard-older-primary",
+	// "discard-least-changes", "discard-node-" + Node or + Peer.
+	SplitBrain string
 
 	// OnDegraded runs before the first write acknowledged without the
 	// peer (each time the peer goes away): the cluster layer marks the

@@ -313,29 +313,11 @@ func TestSplitBrainDetectedAndResolved(t *testing.T) {
 }
 
 func TestSplitBrainPolicyDiscardZeroChanges(t *testing.T) {
-	p := newPair(t, pairOpts{blank: true, splitBrain: "discard-zero-changes"})
-	p.waitConnected(10 * time.Second)
-	ctx := context.Background()
-	for _, n := range []*testNode{p.a, p.b} {
-		if err := n.v.Disconnect(ctx); err != nil {
-			t.Fatal(err)
-		}
+	// beta is promoted but writes nothing: it is the target.
+	p := splitBrain(t, splitBrainCase{policy: "discard-zero-changes", alpha: []int64{2}})
+	if !bytes.Equal(p.b.data.Bytes()[8192:12288], block('a', 8192, 1)) {
+		t.Fatal("alpha's write did not reach beta")
 	}
-	mustPromote(t, p.a, false)
-	mustPromote(t, p.b, false) // promoted, but writes nothing
-	if err := p.a.v.WriteAt(ctx, block('a', 8192, 1), 8192, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.b.v.Demote(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []*testNode{p.a, p.b} {
-		if err := n.v.Connect(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.waitConnected(10 * time.Second)
-	p.identical()
 }
 
 func TestVerifyFindsFlippedByte(t *testing.T) {
@@ -675,37 +657,9 @@ func TestPowerCutOfBothNodes(t *testing.T) {
 func verOf(b []byte) uint32 { return uint32(b[3]) | uint32(b[4])<<8 }
 
 func TestSplitBrainPolicyDiscardYoungerPrimary(t *testing.T) {
-	p := newPair(t, pairOpts{blank: true, splitBrain: "discard-younger-primary"})
-	p.waitConnected(10 * time.Second)
-	ctx := context.Background()
-	for _, n := range []*testNode{p.a, p.b} {
-		if err := n.v.Disconnect(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mustPromote(t, p.a, false)
-	if err := p.a.v.WriteAt(ctx, block('a', 0, 1), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, time.Second, "a later promotion time", func() bool { return time.Now().UnixNano() > p.a.v.meta.Superblock().PromotedAt })
-	mustPromote(t, p.b, false) // the younger primary: its writes go
-	if err := p.b.v.Demote(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mustPromote(t, p.b, false) // at a higher epoch than the survivor's
-	if err := p.b.v.WriteAt(ctx, block('b', 8192, 1), 8192, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.b.v.Demote(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []*testNode{p.a, p.b} {
-		if err := n.v.Connect(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.waitConnected(10 * time.Second)
-	p.identical()
+	// beta, the younger primary, is discarded though it is at a higher
+	// epoch than alpha, still primary (the survivor).
+	p := splitBrain(t, splitBrainCase{policy: "discard-younger-primary", alpha: []int64{0}, beta: []int64{2}, betaRounds: 2, alphaStaysPrimary: true})
 	if !bytes.Equal(p.b.data.Bytes()[8192:12288], make([]byte, 4096)) || !bytes.Equal(p.b.data.Bytes()[:4096], block('a', 0, 1)) {
 		t.Fatal("the younger primary's writes were not the ones discarded")
 	}
@@ -863,5 +817,98 @@ func TestForcedPromotionWaitsForResyncAppliers(t *testing.T) {
 	}
 	if !bytes.Equal(got, fresh) {
 		t.Fatalf("block %d on the new primary: the acknowledged write is gone (first byte %#x, stale chunk %v)", x/4096, got[0], bytes.Equal(got, stale))
+	}
+}
+
+// splitBrainCase is a split brain to make: both sides disconnect, alpha
+// and then (later) beta are promoted and write their blocks (4 KiB, at 4
+// KiB times the numbers given, alpha's tagged 'a', beta's 'b'), beta in
+// the last of betaRounds promotions (at least one; each a higher epoch),
+// both demote (alpha stays primary if told), and they reconnect.
+type splitBrainCase struct {
+	policy            string
+	alpha, beta       []int64
+	betaRounds        int
+	alphaStaysPrimary bool
+}
+
+// splitBrain makes c's split brain; the pair is connected and identical
+// again when it returns (the policy resolved it).
+func splitBrain(t *testing.T, c splitBrainCase) *pair {
+	t.Helper()
+	p := newPair(t, pairOpts{blank: true, splitBrain: c.policy})
+	p.waitConnected(10 * time.Second)
+	ctx := context.Background()
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Disconnect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(n *testNode, tag byte, blocks []int64) {
+		for _, b := range blocks {
+			if err := n.v.WriteAt(ctx, block(tag, b*4096, 1), b*4096, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	demote := func(n *testNode) {
+		if err := n.v.Demote(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPromote(t, p.a, false)
+	write(p.a, 'a', c.alpha)
+	if !c.alphaStaysPrimary {
+		demote(p.a)
+	}
+	waitFor(t, time.Second, "a later promotion time", func() bool { return time.Now().UnixNano() > p.a.v.meta.Superblock().PromotedAt })
+	for i := range max(c.betaRounds, 1) {
+		mustPromote(t, p.b, false)
+		if i == max(c.betaRounds, 1)-1 {
+			write(p.b, 'b', c.beta)
+		}
+		demote(p.b)
+	}
+	for _, n := range []*testNode{p.a, p.b} {
+		if err := n.v.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+	return p
+}
+
+// discard-node-NAME discards that node whatever the sides did (here the
+// one that wrote more, and was promoted first); discard-least-changes the
+// side that wrote fewer blocks; discard-older-primary the side promoted
+// first.
+func TestSplitBrainPoliciesDiscardNodeLeastChangesOlderPrimary(t *testing.T) {
+	for _, c := range []struct {
+		policy      string
+		alpha, beta []int64
+		survivor    byte
+	}{
+		{"discard-node-alpha", []int64{2, 3, 4}, []int64{6}, 'b'},
+		{"discard-node-beta", []int64{2}, []int64{6, 7, 8}, 'a'},
+		{"discard-least-changes", []int64{2, 3, 4}, []int64{6}, 'a'},
+		{"discard-least-changes", []int64{2}, []int64{6, 7, 8}, 'b'},
+		{"discard-older-primary", []int64{2, 3}, []int64{6}, 'b'}, // alpha was promoted first
+	} {
+		t.Run(c.policy, func(t *testing.T) {
+			p := splitBrain(t, splitBrainCase{policy: c.policy, alpha: c.alpha, beta: c.beta})
+			data := p.a.data.Bytes()
+			for tag, blocks := range map[byte][]int64{'a': c.alpha, 'b': c.beta} {
+				for _, b := range blocks {
+					want := make([]byte, 4096)
+					if tag == c.survivor {
+						want = block(tag, b*4096, 1)
+					}
+					if !bytes.Equal(data[b*4096:(b+1)*4096], want) {
+						t.Errorf("block %d (written by %c): the survivor should be %c's data", b, tag, c.survivor)
+					}
+				}
+			}
+		})
 	}
 }

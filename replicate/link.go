@@ -987,7 +987,7 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	}
 	l.peer = peer
 
-	d, why := decideSession(local, peer, v.cfg.SplitBrain)
+	d, why := decideSession(local, peer, v.sessionPolicy())
 	// Two incomplete images: nothing to sync, but the session stays up
 	// (both Inconsistent) until an admin forces one side to be primary,
 	// which restarts it as a full sync from that side.

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -209,20 +210,61 @@ func decideWishes(local, peer peerState, policy string) (Sync, string) {
 				return SourceBitmap, ""
 			}
 			return d, "split brain: both sides changed data (discard-zero-changes does not apply); resolve by hand"
-		case "discard-younger-primary":
-			switch {
-			case local.PromotedAt > peer.PromotedAt:
-				return TargetBitmap, ""
-			case peer.PromotedAt > local.PromotedAt:
-				return SourceBitmap, ""
+		case "discard-younger-primary", "discard-older-primary":
+			// The younger primary is the one promoted last.
+			younger := cmp.Compare(local.PromotedAt, peer.PromotedAt)
+			if policy == "discard-older-primary" {
+				younger = -younger
 			}
-			return d, "split brain: both primaries were promoted at the same instant; resolve by hand"
+			if d, ok := discardIf(younger); ok {
+				return d, ""
+			}
+			return d, "split brain: both primaries were promoted at the same instant (" + policy + " does not apply); resolve by hand"
+		case "discard-least-changes":
+			if d, ok := discardIf(-cmp.Compare(local.DirtyBits, peer.DirtyBits)); ok {
+				return d, ""
+			}
+			return d, "split brain: both sides changed as many blocks (discard-least-changes does not apply); resolve by hand"
+		case policyDiscardLocal:
+			return TargetBitmap, ""
+		case policyDiscardPeer:
+			return SourceBitmap, ""
 		}
 		return d, "split brain: both sides wrote since their last common generation; resolve with discard-my-data on the victim"
 	case NeedAdmin:
 		return d, "neither side can be sync source (both Inconsistent, or both crashed as primary); promote --force one side or resync the other"
 	}
 	return d, ""
+}
+
+// The discard-node-NAME policy as decideSession sees it: whether NAME is
+// this side (sessionPolicy), so that both sides' decisions mirror.
+const (
+	policyDiscardLocal = "discard-local"
+	policyDiscardPeer  = "discard-peer"
+)
+
+// sessionPolicy is the configured split-brain policy for decideSession.
+func (v *Volume) sessionPolicy() string {
+	switch v.cfg.SplitBrain {
+	case "discard-node-" + v.cfg.Node:
+		return policyDiscardLocal
+	case "discard-node-" + v.cfg.Peer:
+		return policyDiscardPeer
+	}
+	return v.cfg.SplitBrain
+}
+
+// discardIf: c > 0 discards the local side (it becomes the target), c <
+// 0 the peer's, 0 neither (ok false).
+func discardIf(c int) (Sync, bool) {
+	switch {
+	case c > 0:
+		return TargetBitmap, true
+	case c < 0:
+		return SourceBitmap, true
+	}
+	return SplitBrain, false
 }
 
 func pick(s Sync, full bool) Sync {

@@ -1,8 +1,10 @@
 package replicate
 
 import (
+	"cmp"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,13 +44,16 @@ func TestDecideSessionSymmetric(t *testing.T) {
 		if r.IntN(4) == 0 {
 			f |= md.CrashedPrimary
 		}
-		return peerState{Gen: g, Flags: f, Want: uint8(r.IntN(4)), DirtyBits: uint64(r.IntN(2)), PromotedAt: int64(r.IntN(3))}
+		return peerState{Gen: g, Flags: f, Want: uint8(r.IntN(4)), DirtyBits: uint64(r.IntN(3)), PromotedAt: int64(r.IntN(3))}
 	}
-	for _, policy := range []string{"disconnect", "discard-zero-changes", "discard-younger-primary"} {
+	mirrored := map[string]string{policyDiscardLocal: policyDiscardPeer, policyDiscardPeer: policyDiscardLocal}
+	for _, policy := range []string{"disconnect", "discard-zero-changes", "discard-younger-primary", "discard-older-primary",
+		"discard-least-changes", policyDiscardLocal, policyDiscardPeer} {
+		other := cmp.Or(mirrored[policy], policy)
 		for range 20000 {
 			a, b := pick(), pick()
 			da, wa := decideSession(a, b, policy)
-			db, wb := decideSession(b, a, policy)
+			db, wb := decideSession(b, a, other)
 			if da != db.mirror() || (wa == "") != (wb == "") {
 				t.Fatalf("%s: asymmetric: %+v vs %+v: %s/%q and %s/%q", policy, a, b, da, wa, db, wb)
 			}
@@ -71,8 +76,36 @@ func TestDecideSessionPolicies(t *testing.T) {
 	if d, _ := decideSession(a, b, "discard-zero-changes"); d != SourceBitmap {
 		t.Fatalf("discard-zero-changes: %s, want the side without changes as target", d)
 	}
-	if d, _ := decideSession(a, b, "discard-younger-primary"); d != SourceBitmap {
-		t.Fatalf("discard-younger-primary: %s, want the younger primary as target", d)
+	for _, c := range []struct {
+		policy string
+		want   Sync
+	}{
+		{"discard-younger-primary", SourceBitmap}, // b was promoted later
+		{"discard-older-primary", TargetBitmap},
+		{"discard-least-changes", SourceBitmap}, // b changed nothing
+		{policyDiscardLocal, TargetBitmap},
+		{policyDiscardPeer, SourceBitmap},
+	} {
+		if d, why := decideSession(a, b, c.policy); d != c.want || why != "" {
+			t.Errorf("%s: %s %q, want %s", c.policy, d, why, c.want)
+		}
+	}
+	// Ties are left to the admin.
+	for _, c := range []struct {
+		policy string
+		a, b   peerState
+	}{
+		{"discard-younger-primary", sb(2, 5, 100), sb(3, 1, 100)},
+		{"discard-older-primary", sb(2, 5, 100), sb(3, 1, 100)},
+		{"discard-least-changes", sb(2, 4, 100), sb(3, 4, 200)},
+	} {
+		if d, why := decideSession(c.a, c.b, c.policy); d != SplitBrain || !strings.Contains(why, c.policy+" does not apply") {
+			t.Errorf("%s on a tie: %s %q", c.policy, d, why)
+		}
+	}
+	// A policy applies only to a split brain.
+	if d, _ := decideSession(sb(2, 0, 0), peerState{Gen: Generations{Current: 2}, Flags: md.Consistent}, policyDiscardLocal); d != InSync {
+		t.Errorf("discard-node on replicas in sync: %s", d)
 	}
 	b.DirtyBits = 1
 	if d, why := decideSession(a, b, "discard-zero-changes"); d != SplitBrain || why == "" {
@@ -174,5 +207,18 @@ func TestOrderWaitsOnlyForEarlierOverlaps(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiter not woken")
+	}
+}
+
+func TestCheckConfigSplitBrainPolicies(t *testing.T) {
+	for policy, ok := range map[string]bool{
+		"": true, "disconnect": true, "discard-least-changes": true, "discard-older-primary": true,
+		"discard-node-alpha": true, "discard-node-beta": true, "discard-node-gamma": false, "discard-node-": false, "discard-newer-primary": false,
+	} {
+		cfg := Config{Resource: "r0", Node: "alpha", Peer: "beta", Secret: []byte(testSecret), SplitBrain: policy}
+		err := checkConfig(&cfg)
+		if got := err == nil || !strings.Contains(err.Error(), "split-brain policy"); got != ok {
+			t.Errorf("policy %q: %v", policy, err)
+		}
 	}
 }

@@ -193,9 +193,11 @@ func checkConfig(cfg *Config) error {
 	switch cfg.SplitBrain {
 	case "":
 		cfg.SplitBrain = "disconnect"
-	case "disconnect", "discard-zero-changes", "discard-younger-primary":
+	case "disconnect", "discard-zero-changes", "discard-younger-primary", "discard-older-primary", "discard-least-changes",
+		"discard-node-" + cfg.Node, "discard-node-" + cfg.Peer:
 	default:
-		errs = append(errs, fmt.Sprintf("split-brain policy %q is not disconnect, discard-zero-changes or discard-younger-primary", cfg.SplitBrain))
+		errs = append(errs, fmt.Sprintf("split-brain policy %q is not disconnect, discard-zero-changes, discard-younger-primary, discard-older-primary, discard-least-changes, discard-node-%s or discard-node-%s",
+			cfg.SplitBrain, cfg.Node, cfg.Peer))
 	}
 	if _, err := wire.ParseCodec(cfg.Compression); err != nil {
 		errs = append(errs, err.Error())

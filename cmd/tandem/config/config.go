@@ -70,7 +70,17 @@ const (
 	SplitBrainDisconnect            SplitBrain = "disconnect"
 	SplitBrainDiscardZeroChanges    SplitBrain = "discard-zero-changes"
 	SplitBrainDiscardYoungerPrimary SplitBrain = "discard-younger-primary"
+	SplitBrainDiscardOlderPrimary   SplitBrain = "discard-older-primary"
+	SplitBrainDiscardLeastChanges   SplitBrain = "discard-least-changes"
+	// SplitBrainDiscardNodePrefix + a node name: that node's data goes
+	// (DRBD's discard-node-NODENAME), whatever either side did.
+	SplitBrainDiscardNodePrefix = "discard-node-"
 )
+
+// DiscardNode is the node a discard-node-NAME policy names.
+func (s SplitBrain) DiscardNode() (string, bool) {
+	return strings.CutPrefix(string(s), SplitBrainDiscardNodePrefix)
+}
 
 // OnNoQuorum is what a primary does with I/O once it has lost quorum.
 type OnNoQuorum string

@@ -60,9 +60,10 @@ var keyHome = func() map[string]string {
 var (
 	protocols    = []string{string(ProtocolA), string(ProtocolB), string(ProtocolC)}
 	compressions = []string{string(CompressionOff), string(CompressionS2), string(CompressionZstd)}
-	splitBrains  = []string{string(SplitBrainDisconnect), string(SplitBrainDiscardZeroChanges), string(SplitBrainDiscardYoungerPrimary)}
-	noQuorums    = []string{string(OnNoQuorumSuspendIO), string(OnNoQuorumIOError)}
-	failbacks    = []string{string(FailbackManual), string(FailbackAuto)}
+	splitBrains  = []string{string(SplitBrainDisconnect), string(SplitBrainDiscardZeroChanges), string(SplitBrainDiscardYoungerPrimary),
+		string(SplitBrainDiscardOlderPrimary), string(SplitBrainDiscardLeastChanges), SplitBrainDiscardNodePrefix + "NODE"}
+	noQuorums = []string{string(OnNoQuorumSuspendIO), string(OnNoQuorumIOError)}
+	failbacks = []string{string(FailbackManual), string(FailbackAuto)}
 )
 
 // Bounds that replicate/md enforces on its layout: one activity-log
@@ -351,7 +352,10 @@ func (d *decoder) resource(n *yaml.Node, path string) Resource {
 		d.resync(e, path+".resync", &r.Resync)
 	}
 	if e, ok := f["split-brain"]; ok {
-		if v, ok := d.enum(e, path+".split-brain", splitBrains, ""); ok {
+		// discard-node-NAME is checked against the replicas by Validate.
+		if v, ok := d.scalar(e, path+".split-brain"); ok && validSplitBrain(SplitBrain(v)) {
+			r.SplitBrain = SplitBrain(v)
+		} else if v, ok := d.enum(e, path+".split-brain", splitBrains, "NODE is one of the resource's replicas"); ok {
 			r.SplitBrain = SplitBrain(v)
 		}
 	}

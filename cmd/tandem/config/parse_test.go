@@ -235,8 +235,12 @@ func TestParseProblems(t *testing.T) {
 			[]want{{"#A", "resources[1].protocol", `did you mean "B"?`}}},
 		{"compression", []string{"    compression: zstd\n", "    compression: lz4 #A\n"},
 			[]want{{"#A", "resources[1].compression", `"lz4" is not allowed; use "off", "s2" or "zstd"`}}},
-		{"split-brain", []string{"    split-brain: discard-zero-changes\n", "    split-brain: discard-older-primary #A\n"},
+		{"split-brain", []string{"    split-brain: discard-zero-changes\n", "    split-brain: discard-youngest-primary #A\n"},
 			[]want{{"#A", "resources[1].split-brain", `did you mean "discard-younger-primary"?`}}},
+		{"split-brain node without a replica", []string{"    split-brain: discard-zero-changes\n", "    split-brain: discard-node-gamma #A\n"},
+			[]want{{"#A", "resources[1].split-brain", `node "gamma" holds no replica of web; use "discard-node-alpha" or "discard-node-beta"`}}},
+		{"split-brain node name", []string{"    split-brain: discard-zero-changes\n", "    split-brain: discard-node-Beta! #A\n"},
+			[]want{{"#A", "resources[1].split-brain", `"discard-node-Beta!" is not allowed`}}},
 		{"on-no-quorum", []string{"    on-no-quorum: io-error\n", "    on-no-quorum: freeze #A\n"},
 			[]want{{"#A", "resources[1].on-no-quorum", `use "suspend-io" or "io-error"`}}},
 		{"size unit", []string{"    size: 10G\n", "    size: 10GB #A\n"},
@@ -512,5 +516,20 @@ func TestParseAcceptSecretFiles(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "is the secret-file itself") {
 		t.Fatalf("accepting the secret-file itself: %v", err)
+	}
+}
+
+func TestParseSplitBrainPolicies(t *testing.T) {
+	for _, p := range []string{"discard-older-primary", "discard-least-changes", "discard-node-beta"} {
+		cfg, err := Parse("tandem.yaml", []byte(strings.Replace(base, "split-brain: discard-zero-changes", "split-brain: "+p, 1)))
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if got := cfg.Resource("web").SplitBrain; string(got) != p {
+			t.Errorf("%s parsed as %q", p, got)
+		}
+	}
+	if n, ok := SplitBrain("discard-node-beta").DiscardNode(); !ok || n != "beta" {
+		t.Errorf("DiscardNode: %q %v", n, ok)
 	}
 }

@@ -116,7 +116,7 @@ func suggest(word string, known []string) string {
 		}
 	}
 	// Short words need a tight bound, or "D" would "mean" "A"; long ones
-	// can take more: "discard-older-primary" means "discard-younger-primary".
+	// can take more: "discard-youngest-primary" means "discard-younger-primary".
 	limit := max(2, len(w)/5)
 	switch {
 	case len(w) <= 2:

@@ -96,6 +96,15 @@ func (c *Config) check(ps *problems) {
 				fmt.Sprintf("node %q holds no replica of %s", r.PreferredPrimary, r.Name),
 				"name one of its replicas' nodes ("+strings.Join(names, ", ")+") or remove the key")
 		}
+		if n, ok := r.SplitBrain.DiscardNode(); ok && r.Replicas != nil && r.Replica(n) == nil {
+			var names []string
+			for _, rp := range r.Replicas {
+				names = append(names, SplitBrainDiscardNodePrefix+rp.Node)
+			}
+			ps.add(r.lines.at("split-brain"), path+".split-brain",
+				fmt.Sprintf("node %q holds no replica of %s", n, r.Name),
+				"use "+quoteList(names)+" (the node whose data a split brain discards)")
+		}
 		if r.Failback == FailbackAuto && r.PreferredPrimary == "" {
 			ps.add(r.lines.at("failback"), path+".failback",
 				fmt.Sprintf("failback: auto moves %s back to its preferred primary, and it has none", r.Name),
@@ -172,12 +181,14 @@ func (c *Config) checkFields(ps *problems) {
 		}{
 			{"protocol", string(r.Protocol), protocols},
 			{"compression", string(r.Compression), compressions},
-			{"split-brain", string(r.SplitBrain), splitBrains},
 			{"on-no-quorum", string(r.OnNoQuorum), noQuorums},
 		} {
 			if !slices.Contains(e.allowed, e.val) {
 				ps.add(0, p+"."+e.key, fmt.Sprintf("%q is not allowed", e.val), "use "+quoteList(e.allowed))
 			}
+		}
+		if !validSplitBrain(r.SplitBrain) {
+			ps.add(0, p+".split-brain", fmt.Sprintf("%q is not allowed", r.SplitBrain), "use "+quoteList(splitBrains))
 		}
 		for _, rp := range r.Replicas {
 			rpp := p + ".replicas." + rp.Node
@@ -595,4 +606,13 @@ func formatBytes(n int64) string {
 		return fmt.Sprintf("%d %s", int64(v), units[u])
 	}
 	return fmt.Sprintf("%d bytes (%.1f %s)", n, v, units[u])
+}
+
+// validSplitBrain: one of the fixed policies, or discard-node- and a
+// well-formed name (whether it names a replica is checked with the rest).
+func validSplitBrain(s SplitBrain) bool {
+	if n, ok := s.DiscardNode(); ok {
+		return label.MatchString(n)
+	}
+	return slices.Contains(splitBrains, string(s)) && !strings.HasPrefix(string(s), SplitBrainDiscardNodePrefix)
 }
