@@ -121,18 +121,24 @@ func TestAdminCommandsWithoutDaemon(t *testing.T) {
 	mustFail(t, `unknown node "nope"`, "--config", lab.Path, "status", "--node", "nope")
 }
 
-func TestAdminCommands(t *testing.T) {
+// fakeAlpha is a lab whose alpha runs its daemon on fake volumes (both
+// resources' metadata created); args makes a command line for alpha.
+func fakeAlpha(t *testing.T) (fs *daemontest.Fakes, args func(...string) []string) {
+	t.Helper()
 	lab := daemontest.NewLab(t)
 	c := []string{"--config", lab.Path}
 	for _, r := range []string{"r0", "r1"} {
 		mustRun(t, append(c, "create-md", r, "--node", "alpha")...)
 	}
-	fs := startFakeDaemon(t, lab)
-	n := []string{"--node", "alpha"}
-	run := func(args ...string) string { return mustRun(t, append(append(c, args...), n...)...) }
-	fail := func(want string, args ...string) string {
-		return mustFail(t, want, append(append(c, args...), n...)...)
+	return startFakeDaemon(t, lab), func(a ...string) []string {
+		return append(append(append([]string{}, c...), a...), "--node", "alpha")
 	}
+}
+
+func TestAdminCommands(t *testing.T) {
+	fs, cmdline := fakeAlpha(t)
+	run := func(args ...string) string { return mustRun(t, cmdline(args...)...) }
+	fail := func(want string, args ...string) string { return mustFail(t, want, cmdline(args...)...) }
 
 	out := run("status")
 	for _, w := range []string{"node alpha of cluster lab", "RESOURCE", "r0", "r1", "Secondary", "UpToDate", "refusing"} {

@@ -30,6 +30,7 @@ them roles are set by hand, as with DRBD alone:
   tandem daemon      run this node's replicas, their NBD exports, the admin API
   tandem create-md   create a replica's metadata (dump-md shows it)
   tandem status      roles, disk and link states, resync progress
+  tandem wait        until a resource is connected, in sync, primary... (for scripts)
   tandem events      follow the node's changes as they happen (audit log: DATA_DIR/audit.log)
   tandem promote / demote / connect / disconnect / resync / verify / resolve
   tandem down / up   take one resource down (devices released) and bring it back
@@ -82,6 +83,7 @@ func newRootCmd(a *app) *cobra.Command {
 	root.AddCommand(newVersionCmd(a), newServeCmd(a), newAttachCmd(a), newDetachCmd(a))
 	root.AddCommand(newDaemonCmd(a), newCreateMDCmd(a), newDumpMDCmd(a))
 	root.AddCommand(adminCommands(a)...)
+	root.AddCommand(newWaitCmd(a))
 	root.AddCommand(clusterCommands(a)...)
 	root.AddCommand(newVIPCmd(a))
 	root.AddCommand(newFenceCmd(a))

@@ -232,8 +232,16 @@ func (p *pair) initialSync() {
 	// source) until the admin has picked one and reconnects them.
 	p.tandem("alpha", "connect", "r0")
 	p.tandem("beta", "connect", "r0")
-	p.waitStatus("alpha", "the initial sync", inSync)
-	p.waitStatus("beta", "the initial sync", inSync)
+	// tandem wait, as a script would (it asks the daemon until the state
+	// comes); then the same check from the status.
+	for _, n := range []string{"alpha", "beta"} {
+		if out := p.tandem(n, "wait", "r0", "--for", "in-sync", "--timeout", "60s"); !strings.Contains(out, "r0: in-sync after") {
+			p.t.Fatalf("%s: tandem wait: %s", n, out)
+		}
+		if st := p.status(n); !inSync(st) {
+			p.t.Fatalf("%s: tandem wait returned, but the status is %+v", n, st)
+		}
+	}
 }
 
 func (p *pair) uri(n string) string { return "nbd://" + p.nodes[n].nbdAddr + "/r0" }
