@@ -67,6 +67,27 @@ func TestEventsCommand(t *testing.T) {
 	if len(now) < 2 || !admin {
 		t.Errorf("--now printed %d events, admin %v:\n%s", len(now), admin, strings.Join(now, "\n"))
 	}
+	// Filters: the admin actions about r1 only (none, but the daemon's
+	// start is about no resource and shows), then every admin action.
+	mustRun(t, append(c, "promote", "r1", "--node", "alpha")...)
+	kinds := func(args ...string) []string {
+		var out []string
+		for _, l := range strings.Split(strings.TrimSpace(mustRun(t, append(append(c, "events", "--node", "alpha", "--now", "--json"), args...)...)), "\n") {
+			var ev daemon.Event
+			if err := json.Unmarshal([]byte(l), &ev); err != nil {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			out = append(out, ev.Kind+":"+ev.Resource)
+		}
+		return out
+	}
+	if got := strings.Join(kinds("--kind", "admin,daemon", "--resource", "r1"), " "); got != "daemon: admin:r1" {
+		t.Errorf("--kind admin,daemon --resource r1: %s", got)
+	}
+	if got := strings.Join(kinds("--kind", "admin"), " "); got != "admin:r0 admin:r1" {
+		t.Errorf("--kind admin: %s", got)
+	}
+	mustFail(t, `--kind "admn": want one of member, quorum`, append(c, "events", "--node", "alpha", "--kind", "admn")...)
 	mustFail(t, "unknown command \"extra\"", append(c, "events", "extra", "--node", "alpha")...)
 }
 
