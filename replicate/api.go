@@ -104,6 +104,9 @@ var (
 	// ErrPeerLost: the peer went away before it confirmed an operation
 	// that needs it (verify, resync).
 	ErrPeerLost = errors.New("replicate: connection to the peer lost")
+	// ErrIsSyncTarget: the operation belongs on the sync source (pausing
+	// a resync: the source drives it).
+	ErrIsSyncTarget = errors.New("replicate: this node is the sync target")
 )
 
 // Config is what a volume needs; the daemon builds it from the cluster
@@ -184,6 +187,9 @@ type Status struct {
 	Generations Generations `json:"generations"`
 	OutOfSync   int64       `json:"out_of_sync_bytes"`
 	SuspendedIO bool        `json:"suspended_io"`
+	// SyncPaused: resyncs from this node are paused (PauseSync) until
+	// ResumeSync, whether one runs or not.
+	SyncPaused bool `json:"sync_paused"`
 	// PeerHeard: a session is up and a frame came from the peer within
 	// three ping intervals. The cluster layer does not fence a primary
 	// the failure detector calls dead while its link is still heard (a
@@ -210,6 +216,9 @@ type Progress struct {
 	Percent    float64 `json:"percent"`
 	Rate       float64 `json:"rate_bytes_per_second"`
 	ETASeconds float64 `json:"eta_seconds"`
+	// Paused: an administrator paused the resync (PauseSync); shown by
+	// the source, which drives it.
+	Paused bool `json:"paused,omitempty"`
 }
 
 // Range is a byte range of the data area.

@@ -912,3 +912,50 @@ func TestSplitBrainPoliciesDiscardNodeLeastChangesOlderPrimary(t *testing.T) {
 		})
 	}
 }
+
+// A paused resync sends nothing until resumed, while application writes
+// go on; the target cannot pause it (the source drives it).
+func TestResyncPauseAndResume(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 4 << 20})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	if err := p.a.v.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.PauseSync(ctx); err != nil {
+		t.Fatalf("pausing twice: %v", err)
+	}
+	if s := p.a.v.Status(); !s.SyncPaused || s.Conn != Connected {
+		t.Fatalf("paused with no resync: %+v", s)
+	}
+	if err := p.b.v.Resync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the paused resync in the source's status", func() bool {
+		s := p.a.v.Status()
+		return s.Conn == SyncSource && s.Resync != nil && s.Resync.Paused
+	})
+	if err := p.b.v.PauseSync(ctx); !errors.Is(err, ErrIsSyncTarget) || !strings.Contains(err.Error(), "pause it on alpha") {
+		t.Fatalf("pause on the target: %v", err)
+	}
+	before := p.a.v.Status().Resync.LeftBytes
+	if err := p.a.v.WriteAt(ctx, block('p', 8192, 1), 8192, false); err != nil {
+		t.Fatalf("a write during the pause: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if s := p.a.v.Status(); s.Resync == nil || s.Resync.LeftBytes < before || s.Resync.SentBytes != 0 {
+		t.Fatalf("the paused resync moved: %+v (left %d before)", s.Resync, before)
+	}
+	if err := p.a.v.ResumeSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(20 * time.Second)
+	p.identical()
+	if s := p.a.v.Status(); s.SyncPaused || s.LastResync == nil || s.LastResync.Paused {
+		t.Fatalf("after the resume: %+v", s)
+	}
+	if err := p.a.v.ResumeSync(ctx); err != nil {
+		t.Fatalf("resuming with nothing paused: %v", err)
+	}
+}

@@ -33,6 +33,7 @@ type progress struct {
 	start          time.Time
 	done           atomic.Int64 // verify: bytes compared
 	sent           atomic.Int64
+	paused         atomic.Bool
 }
 
 func newProgress(full, checksum bool, total int64, now time.Time) *progress {
@@ -49,7 +50,7 @@ func (p *progress) snapshot(now time.Time, left int64) Progress {
 	} else {
 		left = p.total - done
 	}
-	out := Progress{Full: p.full, Checksum: p.checksum, TotalBytes: p.total, DoneBytes: done, LeftBytes: left, SentBytes: p.sent.Load()}
+	out := Progress{Full: p.full, Checksum: p.checksum, TotalBytes: p.total, DoneBytes: done, LeftBytes: left, SentBytes: p.sent.Load(), Paused: p.paused.Load()}
 	if p.total > 0 {
 		out.Percent = float64(done) * 100 / float64(p.total)
 	} else {
@@ -194,6 +195,21 @@ func (l *link) runResync(p *progress) error {
 			wg.Wait()
 			return ErrPeerLost
 		default:
+		}
+		if resumed := v.syncPaused(); resumed != nil {
+			p.paused.Store(true)
+			v.log.Info("replicate: resync paused by the administrator", "left", v.bm.OutOfSyncBytes())
+			select {
+			case <-l.stop:
+				p.paused.Store(false)
+				wg.Wait()
+				return ErrPeerLost
+			case <-resumed:
+			}
+			p.paused.Store(false)
+			v.log.Info("replicate: resync resumed", "left", v.bm.OutOfSyncBytes())
+			// The pause is not owed back as a burst.
+			ctl = newRateController(v.cfg.Resync, v.now())
 		}
 		off, n, ok := v.bm.NextSet(cursor)
 		if !ok {
@@ -412,4 +428,47 @@ func (l *link) startResyncSource(ctx context.Context) error {
 		return fmt.Errorf("replicate: repair resync did not finish: %w", ErrPeerLost)
 	}
 	return nil
+}
+
+// PauseSync holds every resync this node is the source of (the running
+// one and those of later sessions) before its next chunk, until
+// ResumeSync (DRBD's pause-sync). Application writes go on, replicated
+// and marked as usual. A pause is not persistent: a restarted daemon
+// resyncs. Refused on the sync target, which does not drive the resync.
+func (v *Volume) PauseSync(ctx context.Context) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.conn == SyncTarget {
+		return fmt.Errorf("replicate: %s: pause-sync: the resync is driven by its source: pause it on %s: %w", v.cfg.Resource, v.cfg.Peer, ErrIsSyncTarget)
+	}
+	if v.syncResumed == nil {
+		v.syncResumed = make(chan struct{})
+		v.log.Info("replicate: resyncs paused by the administrator")
+	}
+	return nil
+}
+
+// ResumeSync lets paused resyncs go on (a no-op when none is paused).
+func (v *Volume) ResumeSync(ctx context.Context) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.syncResumed != nil {
+		close(v.syncResumed)
+		v.syncResumed = nil
+		v.log.Info("replicate: resyncs resumed by the administrator")
+	}
+	return nil
+}
+
+// syncPaused is the channel closed on resume, or nil when not paused.
+func (v *Volume) syncPaused() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.syncResumed
 }

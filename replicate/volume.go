@@ -119,6 +119,9 @@ type Volume struct {
 	resync        *progress
 	verify        *progress
 	lastResync    *Progress
+	// syncResumed is non-nil while resyncs are paused (PauseSync), and
+	// closed when they resume; guarded by mu.
+	syncResumed chan struct{}
 }
 
 // Open opens the metadata on cfg.Meta (it must have been created with
@@ -811,6 +814,7 @@ func (v *Volume) Status() Status {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	st.Conn, st.Reason, st.Session = v.conn, v.reason, v.sessions
+	st.SyncPaused = v.syncResumed != nil
 	if v.peer != nil {
 		st.PeerRole, st.PeerDisk = v.peer.Role, v.peer.Disk
 	}

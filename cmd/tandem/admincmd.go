@@ -302,6 +302,20 @@ generations and resync what differs.`,
 A Primary keeps serving and records its writes in the out-of-sync bitmap.`,
 			call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Disconnect(ctx, res) }, done: "%s: StandAlone"}),
 		newResyncCmd(a),
+		newDoneCmd(a, doneCmd{use: "pause-sync RESOURCE", short: "Pause the resyncs this node is the source of",
+			long: `Hold RESOURCE's resync from this node (drbdadm pause-sync): the running one
+stops before its next chunk, and a later one (another session) waits too,
+until tandem resume-sync. Applications keep writing; their writes are
+replicated and, where not yet synced, marked as usual. Run it on the sync
+source (the target is refused: the source drives the resync). The pause
+lasts until resume-sync or the daemon's restart; tandem status shows it.`,
+			example: "  tandem pause-sync r0   # business hours\n  tandem resume-sync r0",
+			call:    func(ctx context.Context, c *daemon.Client, res string) error { return c.PauseSync(ctx, res) },
+			done:    "%[1]s: resync paused (tandem resume-sync %[1]s)"}),
+		newDoneCmd(a, doneCmd{use: "resume-sync RESOURCE", short: "Let a paused resync go on",
+			long: `Let RESOURCE's resyncs from this node go on after tandem pause-sync (nothing happens if none is paused).`,
+			call: func(ctx context.Context, c *daemon.Client, res string) error { return c.ResumeSync(ctx, res) },
+			done: "%s: resync resumed"}),
 		newVerifyCmd(a),
 		newResolveCmd(a),
 		newDoneCmd(a, doneCmd{use: "down RESOURCE", short: "Take one resource down on this node, releasing its devices",

@@ -189,15 +189,22 @@ func TestAdminCommands(t *testing.T) {
 		t.Errorf("verify --json: %+v %v", rep, err)
 	}
 
+	v.Refuse("pause-sync", replicate.ErrIsSyncTarget)
+	out = fail("pause-sync r0: replicate: this node is the sync target", "pause-sync", "r0", "--json")
+	if err := json.Unmarshal([]byte(out), &eb); err != nil || eb.Code != daemon.CodeIsSyncTarget {
+		t.Errorf("pause-sync --json refusal: %q %v", out, err)
+	}
+	v.Refuse("pause-sync", nil)
 	v.Refuse("connect", replicate.ErrSplitBrain)
 	fail("resolve r0 --discard-my-data", "connect", "r0")
-	for _, args := range [][]string{{"demote", "r0"}, {"disconnect", "r0"}, {"resync", "r0", "--full"}, {"resolve", "r0", "--discard-my-data"}} {
+	for _, args := range [][]string{{"demote", "r0"}, {"disconnect", "r0"}, {"resync", "r0", "--full"}, {"resolve", "r0", "--discard-my-data"},
+		{"pause-sync", "r0"}, {"resume-sync", "r0"}} {
 		run(args...)
 	}
 	if out := run("demote", "r0", "--json"); strings.TrimSpace(out) != "{\n  \"ok\": true\n}" {
 		t.Errorf("demote --json: %q", out)
 	}
-	if calls := strings.Join(v.Calls(), " "); calls != "promote promote promote-force verify verify-repair verify-repair connect demote disconnect resync-full resolve demote" {
+	if calls := strings.Join(v.Calls(), " "); calls != "promote promote promote-force verify verify-repair verify-repair pause-sync connect demote disconnect resync-full resolve pause-sync resume-sync demote" {
 		t.Errorf("volume calls: %s", calls)
 	}
 }
@@ -260,5 +267,13 @@ func TestStatusTable(t *testing.T) {
 	}
 	if strings.Contains(out, "generations") {
 		t.Errorf("details without -v:\n%s", out)
+	}
+	ns.Resources[0].SyncPaused, ns.Resources[0].Resync.Paused = true, true
+	b.Reset()
+	printStatus(&b, ns, false)
+	for _, w := range []string{"ETA 30s; bitmap, PAUSED)", "resyncs from here PAUSED by the administrator (tandem resume-sync db)"} {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("paused status lacks %q:\n%s", w, b.String())
+		}
 	}
 }

@@ -33,6 +33,7 @@ them roles are set by hand, as with DRBD alone:
   tandem wait        until a resource is connected, in sync, primary... (for scripts)
   tandem events      follow the node's changes as they happen (audit log: DATA_DIR/audit.log)
   tandem promote / demote / connect / disconnect / resync / verify / resolve
+  tandem pause-sync / resume-sync   hold a resync from this node, let it go on
   tandem down / up   take one resource down (devices released) and bring it back
   tandem switchover / standby / unstandby   move resources, under the cluster layer
 

@@ -101,6 +101,9 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 		if p := rs.Resync; p != nil {
 			lines = append(lines, "resync: "+progress(p))
 		}
+		if rs.SyncPaused {
+			lines = append(lines, fmt.Sprintf("resyncs from here PAUSED by the administrator (tandem resume-sync %s)", rs.Resource))
+		}
 		if p := rs.Verify; p != nil {
 			lines = append(lines, "verify: "+progress(p))
 		}
@@ -156,6 +159,9 @@ func progress(p *replicate.Progress) string {
 	}
 	if p.Checksum {
 		kind += ", checksum"
+	}
+	if p.Paused {
+		kind += ", PAUSED"
 	}
 	return fmt.Sprintf("%.1f%% (%s of %s, %s left, %s sent, %s/s, ETA %.0fs; %s)", p.Percent,
 		humanBytes(p.DoneBytes), humanBytes(p.TotalBytes), humanBytes(p.LeftBytes), humanBytes(p.SentBytes),

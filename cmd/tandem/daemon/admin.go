@@ -38,6 +38,12 @@ func (d *Daemon) handler() http.Handler {
 			return Done{true}, v.Resync(ctx, body.Full)
 		})
 	})
+	mux.HandleFunc("POST /v1/resources/{name}/pause-sync", func(w http.ResponseWriter, req *http.Request) {
+		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.PauseSync(ctx) })
+	})
+	mux.HandleFunc("POST /v1/resources/{name}/resume-sync", func(w http.ResponseWriter, req *http.Request) {
+		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.ResumeSync(ctx) })
+	})
 	mux.HandleFunc("POST /v1/resources/{name}/verify", func(w http.ResponseWriter, req *http.Request) {
 		var body VerifyRequest
 		d.op(w, req, &body, func(ctx context.Context, r *resource, v Volume) (any, error) { return v.Verify(ctx, body.Repair) })

@@ -21,6 +21,8 @@ import (
 //	POST /v1/resources/NAME/disconnect      {} -> Done
 //	POST /v1/resources/NAME/peer-fenced     {} -> Done (the peer is confirmed off)
 //	POST /v1/resources/NAME/resync          ResyncRequest -> Done
+//	POST /v1/resources/NAME/pause-sync      {} -> Done
+//	POST /v1/resources/NAME/resume-sync     {} -> Done
 //	POST /v1/resources/NAME/verify          VerifyRequest -> replicate.VerifyReport
 //	POST /v1/resources/NAME/resolve         ResolveRequest -> Done
 //	POST /v1/fence-log                      FenceLogRequest -> Done (audit of a hand-run fence)
@@ -132,6 +134,7 @@ const (
 	CodeDiskFailed      = "disk_failed"
 	CodePeerLost        = "peer_lost"
 	CodeStaleEpoch      = "stale_epoch"
+	CodeIsSyncTarget    = "is_sync_target"
 	CodeInternal        = "internal"
 )
 
@@ -165,6 +168,7 @@ func codeOf(err error) (string, int) {
 		{replicate.ErrDiskFailed, CodeDiskFailed, http.StatusServiceUnavailable},
 		{replicate.ErrPeerLost, CodePeerLost, http.StatusConflict},
 		{replicate.ErrStaleEpoch, CodeStaleEpoch, http.StatusConflict},
+		{replicate.ErrIsSyncTarget, CodeIsSyncTarget, http.StatusConflict},
 	} {
 		if errors.Is(err, c.err) {
 			return c.code, c.status

@@ -48,6 +48,7 @@ func (e *APIError) Is(target error) bool {
 		{CodeBusy, replicate.ErrBusy}, {CodeClosed, replicate.ErrClosed},
 		{CodeIsPrimary, replicate.ErrIsPrimary}, {CodeDiskFailed, replicate.ErrDiskFailed},
 		{CodePeerLost, replicate.ErrPeerLost}, {CodeStaleEpoch, replicate.ErrStaleEpoch},
+		{CodeIsSyncTarget, replicate.ErrIsSyncTarget},
 	} {
 		if e.Code == c.code && target == c.err {
 			return true
@@ -93,6 +94,16 @@ func (c *Client) Demote(ctx context.Context, resource string) error {
 }
 
 // Connect starts connecting to the peer.
+// PauseSync holds the resyncs this node is the source of.
+func (c *Client) PauseSync(ctx context.Context, resource string) error {
+	return c.do(ctx, http.MethodPost, opPath(resource, "pause-sync"), struct{}{}, &Done{})
+}
+
+// ResumeSync lets paused resyncs go on.
+func (c *Client) ResumeSync(ctx context.Context, resource string) error {
+	return c.do(ctx, http.MethodPost, opPath(resource, "resume-sync"), struct{}{}, &Done{})
+}
+
 func (c *Client) Connect(ctx context.Context, resource string) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "connect"), struct{}{}, &Done{})
 }

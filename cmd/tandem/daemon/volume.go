@@ -17,6 +17,8 @@ type Volume interface {
 	Connect(ctx context.Context) error
 	Disconnect(ctx context.Context) error
 	Resync(ctx context.Context, full bool) error
+	PauseSync(ctx context.Context) error
+	ResumeSync(ctx context.Context) error
 	Verify(ctx context.Context, repair bool) (replicate.VerifyReport, error)
 	Resolve(ctx context.Context, discardMyData bool) error
 	PeerFenced(ctx context.Context) error

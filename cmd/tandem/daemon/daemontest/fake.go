@@ -77,6 +77,8 @@ func (f *Volume) Demote(ctx context.Context) error {
 func (f *Volume) Connect(ctx context.Context) error    { return f.call("connect") }
 func (f *Volume) Disconnect(ctx context.Context) error { return f.call("disconnect") }
 func (f *Volume) PeerFenced(ctx context.Context) error { return f.call("peer-fenced") }
+func (f *Volume) PauseSync(ctx context.Context) error  { return f.call("pause-sync") }
+func (f *Volume) ResumeSync(ctx context.Context) error { return f.call("resume-sync") }
 func (f *Volume) Resync(ctx context.Context, full bool) error {
 	if full {
 		return f.call("resync-full")
