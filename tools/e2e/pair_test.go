@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +29,8 @@ type pair struct {
 	cfg   *config.Config
 	size  int64
 	nodes map[string]*node
+	// metricsAddr is alpha's metrics-listen.
+	metricsAddr string
 }
 
 type node struct {
@@ -61,7 +65,7 @@ func newPair(t *testing.T, o pairOptions) *pair {
 	dir := t.TempDir()
 	p := &pair{t: t, bin: testenv.BuildTandem(t), dir: dir, path: filepath.Join(dir, "tandem.yaml"), size: o.size, nodes: map[string]*node{}}
 	ports := map[string]int{}
-	for _, k := range []string{"alpha-repl", "beta-repl", "alpha-nbd", "beta-nbd"} {
+	for _, k := range []string{"alpha-repl", "beta-repl", "alpha-nbd", "beta-nbd", "alpha-metrics"} {
 		ports[k] = testenv.FreePort(t)
 	}
 	secret := filepath.Join(dir, "secret")
@@ -73,6 +77,7 @@ nodes:
     address: 127.0.0.1
     admin-socket: %[2]s/alpha.sock
     data-dir: %[2]s/alpha
+    metrics-listen: 127.0.0.1:%[11]d
   - name: beta
     address: 127.0.0.1
     admin-socket: %[2]s/beta.sock
@@ -97,7 +102,7 @@ resources:
         device: %[2]s/beta.img
         address: 127.0.0.1:%[8]d
         nbd-listen: 127.0.0.1:%[9]d
-`, secret, dir, o.size, o.protocol, o.maxRate, ports["alpha-repl"], ports["alpha-nbd"], ports["beta-repl"], ports["beta-nbd"], o.compression)
+`, secret, dir, o.size, o.protocol, o.maxRate, ports["alpha-repl"], ports["alpha-nbd"], ports["beta-repl"], ports["beta-nbd"], o.compression, ports["alpha-metrics"])
 	writeFile(t, p.path, yaml, 0o644)
 	cfg, err := config.Load(p.path)
 	if err != nil {
@@ -121,6 +126,7 @@ resources:
 		p.nodes[n] = &node{name: n, device: dev, nbdAddr: fmt.Sprintf("127.0.0.1:%d", ports[n+"-nbd"]), cfgPath: p.path}
 	}
 	p.nodes["witness"] = &node{name: "witness", cfgPath: p.path}
+	p.metricsAddr = fmt.Sprintf("127.0.0.1:%d", ports["alpha-metrics"])
 	return p
 }
 
@@ -242,6 +248,34 @@ func (p *pair) initialSync() {
 			p.t.Fatalf("%s: tandem wait returned, but the status is %+v", n, st)
 		}
 	}
+	// alpha's metrics say the same, from the real daemon.
+	m := p.scrapeAlpha()
+	for _, want := range []string{`tandem_resource_role{resource="r0",role="Primary"} 1`, `tandem_resource_connection_state{resource="r0",state="Connected"} 1`,
+		`tandem_resource_disk_state{resource="r0",state="UpToDate"} 1`, `tandem_resource_peer_disk_state{peer="beta",resource="r0",state="UpToDate"} 1`,
+		`tandem_resource_out_of_sync_bytes{resource="r0"} 0`} {
+		if !strings.Contains(m, want+"\n") {
+			p.t.Fatalf("alpha's metrics lack %s:\n%s", want, m)
+		}
+	}
+}
+
+// scrapeAlpha is alpha's GET /metrics.
+func (p *pair) scrapeAlpha() string {
+	p.t.Helper()
+	req, err := http.NewRequestWithContext(p.t.Context(), http.MethodGet, "http://"+p.metricsAddr+"/metrics", nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.t.Fatalf("alpha's metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		p.t.Fatalf("alpha's metrics: %s %v", resp.Status, err)
+	}
+	return string(b)
 }
 
 func (p *pair) uri(n string) string { return "nbd://" + p.nodes[n].nbdAddr + "/r0" }

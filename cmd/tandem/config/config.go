@@ -141,6 +141,10 @@ type Node struct {
 	// enable the cluster layer. See clusterlayer.go.
 	Gossip    string
 	Authority string
+	// MetricsListen is where the daemon serves Prometheus metrics
+	// (GET /metrics, no authentication: a management address); "" for
+	// none. See docs/operations.md, "Metrics".
+	MetricsListen string
 
 	lines lines
 }
@@ -375,6 +379,7 @@ type canonNode struct {
 	DataDir     string `json:"data-dir"`
 	// omitempty: files without fencing keep the hash they had before it.
 	Fencing []canonFence `json:"fencing,omitempty"`
+	Metrics string       `json:"metrics-listen,omitempty"`
 }
 
 type canonResource struct {
@@ -417,7 +422,7 @@ type canonReplica struct {
 func (c *Config) canonical() canonConfig {
 	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile, Accept: c.AcceptSecretFiles, Alerts: canonAlerts(c.Alerts)}
 	for _, n := range c.Nodes {
-		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing)})
+		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing), n.MetricsListen})
 	}
 	slices.SortFunc(cc.Nodes, func(a, b canonNode) int { return strings.Compare(a.Name, b.Name) })
 	for _, r := range c.Resources {

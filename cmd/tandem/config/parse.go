@@ -23,7 +23,7 @@ import (
 // misspelt optional key would otherwise silently leave its default in force.
 var (
 	topKeys      = []string{"cluster", "secret-file", "accept-secret-files", "nodes", "resources", "timing", "alerts"}
-	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority"}
+	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority", "metrics-listen"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
 		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "failback", "replicas", "vip"}
 	resyncKeys  = []string{"max-rate", "app-share", "checksum"}
@@ -269,6 +269,9 @@ func (d *decoder) node(n *yaml.Node, path string) Node {
 	}
 	if e, ok := f["authority"]; ok {
 		nd.Authority = d.hostPort(e, path+".authority")
+	}
+	if e, ok := f["metrics-listen"]; ok {
+		nd.MetricsListen = d.tcpListen(e, path+".metrics-listen")
 	}
 	return nd
 }
@@ -715,20 +718,30 @@ func checkHost(s string) error {
 // hostPort accepts HOST:PORT that a peer can dial: a concrete host (no
 // wildcard, since the other node connects to it) and a fixed port.
 func (d *decoder) hostPort(e entry, path string) string {
+	return d.hostPortOf(e, path, false, "write HOST:PORT that the peer can reach, e.g. 192.0.2.10:7789 or [2001:db8::10]:7789")
+}
+
+// tcpListen accepts [HOST]:PORT to listen on; an empty or wildcard host
+// listens on every interface.
+func (d *decoder) tcpListen(e entry, path string) string {
+	return d.hostPortOf(e, path, true, "write HOST:PORT, e.g. 192.0.2.10:9110 (a management address), or :9110 for every interface")
+}
+
+func (d *decoder) hostPortOf(e entry, path string, wildcard bool, fix string) string {
 	s, ok := d.scalar(e, path)
 	if !ok {
 		return ""
 	}
 	host, port, err := net.SplitHostPort(s)
-	const fix = "write HOST:PORT that the peer can reach, e.g. 192.0.2.10:7789 or [2001:db8::10]:7789"
+	anywhere := host == "" || isWildcard(host)
 	switch {
 	case err != nil:
 		d.add(e.val.Line, path, fmt.Sprintf("%q is not HOST:PORT", s), fix)
 		return ""
-	case host == "" || isWildcard(host):
+	case anywhere && !wildcard:
 		d.add(e.val.Line, path, fmt.Sprintf("%q listens everywhere, but the peer needs an address to dial", s), fix)
 		return ""
-	case checkHost(host) != nil:
+	case !anywhere && checkHost(host) != nil:
 		d.add(e.val.Line, path, fmt.Sprintf("%q: %q is not a host name or IP address", s, host), fix)
 		return ""
 	case !validPort(port):

@@ -148,7 +148,15 @@ func TestParseProblems(t *testing.T) {
 		{"key at the wrong level", []string{"    size: 10G\n", "    size: 10G\n    device: /dev/sdb #A\n"},
 			[]want{{"#A", "resources[0].device", `"device" belongs in resources[N].replicas.NODE`}}},
 		{"unknown key without suggestion", []string{"    address: 192.0.2.13\n", "    address: 192.0.2.13\n    colour: blue #A\n"},
-			[]want{{"#A", "nodes[2].colour", "remove it (keys here: name, address, admin-socket, data-dir, fencing, gossip, authority)"}}},
+			[]want{{"#A", "nodes[2].colour", "remove it (keys here: name, address, admin-socket, data-dir, fencing, gossip, authority, metrics-listen)"}}},
+		{"metrics on the replication port", []string{"    address: 192.0.2.11\n", "    address: 192.0.2.11\n    metrics-listen: 192.0.2.11:7789\n",
+			"        address: 192.0.2.11:7789\n", "        address: 192.0.2.11:7789 #A\n"},
+			[]want{{"#A", "resources[0].replicas.alpha.address", "is the replication address of resource db on alpha and also the metrics listener of alpha (line 6); give metrics-listen a port of its own"}}},
+		{"metrics everywhere on the replication port", []string{"    address: 192.0.2.11\n", "    address: 192.0.2.11\n    metrics-listen: :7789\n",
+			"        address: 192.0.2.11:7789\n", "        address: 192.0.2.11:7789 #A\n"},
+			[]want{{"#A", "resources[0].replicas.alpha.address", "also the metrics listener of alpha"}}},
+		{"metrics port", []string{"    address: 192.0.2.11\n", "    address: 192.0.2.11\n    metrics-listen: 192.0.2.11:http #A\n"},
+			[]want{{"#A", "nodes[0].metrics-listen", `port "http" is not a number from 1 to 65535`}}},
 		{"key twice", []string{"    size: 10G\n", "    size: 10G\n    size: 20G #A\n"},
 			[]want{{"#A", "resources[0].size", `key "size" given twice (first on line 12)`}}},
 		{"merge key", []string{"    size: 10G\n", "    size: 10G\n    <<: {protocol: A} #A\n"},
@@ -531,5 +539,17 @@ func TestParseSplitBrainPolicies(t *testing.T) {
 	}
 	if n, ok := SplitBrain("discard-node-beta").DiscardNode(); !ok || n != "beta" {
 		t.Errorf("DiscardNode: %q %v", n, ok)
+	}
+}
+
+func TestParseMetricsListen(t *testing.T) {
+	for _, addr := range []string{"192.0.2.11:9110", ":9110", "0.0.0.0:9110", "[::]:9110"} {
+		cfg, err := Parse("tandem.yaml", []byte(strings.Replace(base, "    address: 192.0.2.11\n", "    address: 192.0.2.11\n    metrics-listen: \""+addr+"\"\n", 1)))
+		if err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		if n, _ := cfg.Node("alpha"); n.MetricsListen != addr {
+			t.Errorf("%s parsed as %q", addr, n.MetricsListen)
+		}
 	}
 }

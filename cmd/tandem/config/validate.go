@@ -292,6 +292,7 @@ type endpoint struct {
 	what       string
 	line       int
 	path       string
+	metrics    bool
 }
 
 // checkListeners: no two listeners may take one address. Replication
@@ -300,6 +301,13 @@ type endpoint struct {
 // those may repeat, but not across nodes that share a host.
 func (c *Config) checkListeners(ps *problems, nodes map[string]*Node) {
 	var eps []endpoint
+	for i := range c.Nodes {
+		n := &c.Nodes[i]
+		if n.MetricsListen != "" {
+			eps = append(eps, endpoint{n.Name, hostOf(n), n.MetricsListen, false, "the metrics listener of " + n.Name,
+				n.lines.at("metrics-listen"), fmt.Sprintf("nodes[%d].metrics-listen", i), true})
+		}
+	}
 	for i := range c.Resources {
 		r := &c.Resources[i]
 		for _, rp := range r.Replicas {
@@ -310,14 +318,14 @@ func (c *Config) checkListeners(ps *problems, nodes map[string]*Node) {
 			path := fmt.Sprintf("resources[%d].replicas.%s", i, rp.Node)
 			if rp.Address != "" {
 				eps = append(eps, endpoint{rp.Node, hostOf(n), rp.Address, false,
-					fmt.Sprintf("the replication address of resource %s on %s", r.Name, rp.Node), rp.lines.at("address"), path + ".address"})
+					fmt.Sprintf("the replication address of resource %s on %s", r.Name, rp.Node), rp.lines.at("address"), path + ".address", false})
 			}
 			if rp.NBDListen != "" {
 				what := "the NBD listener of " + rp.Node
 				if _, given := rp.lines["nbd-listen"]; !given {
 					what += " (by default)"
 				}
-				eps = append(eps, endpoint{rp.Node, hostOf(n), rp.NBDListen, true, what, rp.lines.at("nbd-listen"), path + ".nbd-listen"})
+				eps = append(eps, endpoint{rp.Node, hostOf(n), rp.NBDListen, true, what, rp.lines.at("nbd-listen"), path + ".nbd-listen", false})
 			}
 		}
 	}
@@ -338,6 +346,8 @@ next:
 			}
 			fix := "use another port for one of them"
 			switch {
+			case a.metrics || b.metrics:
+				fix = "give metrics-listen a port of its own"
 			case !a.nbd && !b.nbd:
 				fix = "give each resource its own replication port"
 			case a.node != b.node:

@@ -66,6 +66,7 @@ type Daemon struct {
 	admin         *adminListener
 	http          *http.Server
 	httpDone      chan struct{}
+	metrics       *metricsServer // nil without metrics-listen (metrics.go)
 
 	// opCtx is cancelled at shutdown: admin operations in flight (a
 	// verify) stop instead of holding the exit up.
@@ -194,6 +195,11 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 			d.shutdown(context.Background())
 		}
 	}()
+	if addr := d.node.MetricsListen; addr != "" {
+		if err := d.startMetrics(addr); err != nil {
+			return fmt.Errorf("daemon: %w", err)
+		}
+	}
 	if d.audit, err = openAudit(d.AuditLog(), d.log); err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
@@ -552,6 +558,9 @@ func (d *Daemon) shutdown(ctx context.Context) {
 				d.http.Close()
 			}
 			<-d.httpDone
+		}
+		if d.metrics != nil {
+			d.metrics.stop(ctx)
 		}
 		if d.admin != nil {
 			d.admin.Close()

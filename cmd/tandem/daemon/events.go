@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -86,6 +87,8 @@ type events struct {
 	ring []Event // the last len(ring) events, oldest at start (a circular buffer)
 	head int     // index of the oldest once full
 	subs map[*subscriber]struct{}
+	// kinds counts the events published, by kind (for the metrics).
+	kinds map[string]uint64
 }
 
 type subscriber struct {
@@ -94,7 +97,7 @@ type subscriber struct {
 }
 
 func newEvents(node string, size int, now func() time.Time) *events {
-	return &events{node: node, now: now, ring: make([]Event, 0, size), subs: map[*subscriber]struct{}{}}
+	return &events{node: node, now: now, ring: make([]Event, 0, size), subs: map[*subscriber]struct{}{}, kinds: map[string]uint64{}}
 }
 
 // publish stamps ev with the next sequence number, the time and the node,
@@ -104,6 +107,7 @@ func (e *events) publish(ev Event) Event {
 	defer e.mu.Unlock()
 	e.seq++
 	ev.Seq = e.seq
+	e.kinds[ev.Kind]++
 	if ev.Time.IsZero() {
 		ev.Time = e.now()
 	}
@@ -191,6 +195,13 @@ func (e *events) wasDropped(s *subscriber) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return s.dropped
+}
+
+// kindCounts is how many events of each kind were published.
+func (e *events) kindCounts() map[string]uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.kinds)
 }
 
 // lastSeq is the sequence number of the latest event.
