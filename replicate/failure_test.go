@@ -959,3 +959,37 @@ func TestResyncPauseAndResume(t *testing.T) {
 		t.Fatalf("resuming with nothing paused: %v", err)
 	}
 }
+
+// Tune changes a running resync's rate (here from a crawl to unlimited)
+// and the policy of the next session; bad settings change nothing.
+func TestTuneRunningResync(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, size: 8 << 20, resync: ResyncConfig{MaxRate: 64 << 10}})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	if err := p.b.v.Resync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the slow resync", func() bool { s := p.a.v.Status(); return s.Conn == SyncSource && s.Resync != nil })
+	time.Sleep(200 * time.Millisecond)
+	if s := p.a.v.Status(); s.Resync == nil || s.Resync.LeftBytes < 6<<20 {
+		t.Fatalf("at 64 KiB/s 8 MiB take two minutes, yet: %+v", s.Resync)
+	}
+	if err := p.a.v.Tune(Tunables{Resync: ResyncConfig{AppShare: 2}}); err == nil || !strings.Contains(err.Error(), "app share") {
+		t.Fatalf("an app share of 2: %v", err)
+	}
+	if err := p.a.v.Tune(Tunables{SplitBrain: "discard-node-gamma"}); err == nil || !strings.Contains(err.Error(), "discard-node-gamma") {
+		t.Fatalf("a policy naming another node: %v", err)
+	}
+	if got := p.a.v.tunables(); got.Resync.MaxRate != 64<<10 || got.SplitBrain != "disconnect" {
+		t.Fatalf("refused settings changed the volume: %+v", got)
+	}
+	if err := p.a.v.Tune(Tunables{Resync: ResyncConfig{MaxRate: 0}, SplitBrain: "discard-least-changes"}); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(20 * time.Second) // well before the two minutes
+	p.identical()
+	if got := p.a.v.sessionPolicy(); got != "discard-least-changes" {
+		t.Fatalf("policy after Tune: %q", got)
+	}
+}

@@ -708,7 +708,7 @@ func (l *link) beginTarget(full bool) error {
 	if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.Consistent }); err != nil {
 		return fmt.Errorf("replicate: becoming sync target: %w", err)
 	}
-	p := newProgress(full, v.cfg.Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+	p := newProgress(full, v.tunables().Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
 	v.mu.Lock()
 	if v.sess == l {
 		v.conn, v.resync = SyncTarget, p
@@ -1111,7 +1111,7 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		v.conn = SyncSource
 	case d.IsTarget():
 		v.conn = SyncTarget
-		v.resync = newProgress(d == TargetFull, v.cfg.Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+		v.resync = newProgress(d == TargetFull, v.tunables().Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
 	default:
 		v.conn = Connected
 	}

@@ -146,7 +146,7 @@ func (l *link) queueInSync(off, n int64) {
 func (l *link) resyncSource(full bool) {
 	defer l.background.Done()
 	v := l.v
-	p := newProgress(full, v.cfg.Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+	p := newProgress(full, v.tunables().Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
 	v.mu.Lock()
 	if v.sess != l {
 		v.mu.Unlock()
@@ -178,7 +178,8 @@ func (l *link) resyncSource(full bool) {
 
 func (l *link) runResync(p *progress) error {
 	v := l.v
-	ctl := newRateController(v.cfg.Resync, v.now())
+	tn := v.tunables()
+	ctl := newRateController(tn.Resync, v.now())
 	sem := make(chan struct{}, resyncWindow)
 	var wg sync.WaitGroup
 	var failed atomic.Value
@@ -209,7 +210,12 @@ func (l *link) runResync(p *progress) error {
 			p.paused.Store(false)
 			v.log.Info("replicate: resync resumed", "left", v.bm.OutOfSyncBytes())
 			// The pause is not owed back as a burst.
-			ctl = newRateController(v.cfg.Resync, v.now())
+			ctl = newRateController(tn.Resync, v.now())
+		}
+		if cur := v.tunables(); cur != tn {
+			// tandem adjust: the new rate from the next chunk on.
+			tn = cur
+			ctl = newRateController(tn.Resync, v.now())
 		}
 		off, n, ok := v.bm.NextSet(cursor)
 		if !ok {

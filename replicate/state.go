@@ -246,13 +246,14 @@ const (
 
 // sessionPolicy is the configured split-brain policy for decideSession.
 func (v *Volume) sessionPolicy() string {
-	switch v.cfg.SplitBrain {
+	sb := v.tunables().SplitBrain
+	switch sb {
 	case "discard-node-" + v.cfg.Node:
 		return policyDiscardLocal
 	case "discard-node-" + v.cfg.Peer:
 		return policyDiscardPeer
 	}
-	return v.cfg.SplitBrain
+	return sb
 }
 
 // discardIf: c > 0 discards the local side (it becomes the target), c <

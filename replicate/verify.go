@@ -116,11 +116,16 @@ func (l *link) verify(ctx context.Context, p *progress) (VerifyReport, error) {
 	// The resync's rate controller paces verify too (as DRBD's c-max-rate
 	// does): it reads the whole device on both nodes, and applications
 	// keep their share.
-	ctl := newRateController(v.cfg.Resync, v.now())
+	tn := v.tunables()
+	ctl := newRateController(tn.Resync, v.now())
 	for off := int64(0); off < v.size; off += verifyChunk {
 		n := min(int64(verifyChunk), v.size-off)
 		if err := ctx.Err(); err != nil {
 			return rep, err
+		}
+		if cur := v.tunables(); cur != tn {
+			tn = cur
+			ctl = newRateController(tn.Resync, v.now())
 		}
 		if v.failed.Load() {
 			return rep, fmt.Errorf("stopped after %d bytes: the local disk failed: %w", rep.ComparedBytes, ErrDiskFailed)

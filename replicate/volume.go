@@ -37,7 +37,10 @@ const (
 // protocol, plus the control operations of the daemon and the cluster
 // layer. It opens Secondary and Connecting.
 type Volume struct {
-	cfg   Config
+	cfg Config
+	// tune is what an admin may change while the volume runs (Tune):
+	// read through it, never through cfg.Resync or cfg.SplitBrain.
+	tune  atomic.Pointer[Tunables]
 	log   *slog.Logger
 	now   func() time.Time
 	data  nbd.Device
@@ -159,6 +162,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 		size: sb.DataSize, gran: sb.Granularity, proto: cfg.Protocol[0],
 		kick: make(chan struct{}, 1), detached: make(chan struct{}), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
+	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain})
 	v.epoch.Store(sb.Epoch)
 	meta.SetDataSync(v.syncData)
 	// A primary that went down without Close may have written what it
@@ -193,15 +197,9 @@ func checkConfig(cfg *Config) error {
 	default:
 		errs = append(errs, fmt.Sprintf("protocol %q is not A, B or C", cfg.Protocol))
 	}
-	switch cfg.SplitBrain {
-	case "":
-		cfg.SplitBrain = "disconnect"
-	case "disconnect", "discard-zero-changes", "discard-younger-primary", "discard-older-primary", "discard-least-changes",
-		"discard-node-" + cfg.Node, "discard-node-" + cfg.Peer:
-	default:
-		errs = append(errs, fmt.Sprintf("split-brain policy %q is not disconnect, discard-zero-changes, discard-younger-primary, discard-older-primary, discard-least-changes, discard-node-%s or discard-node-%s",
-			cfg.SplitBrain, cfg.Node, cfg.Peer))
-	}
+	t := Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain}
+	errs = append(errs, t.check(cfg.Node, cfg.Peer)...)
+	cfg.SplitBrain = t.SplitBrain
 	if _, err := wire.ParseCodec(cfg.Compression); err != nil {
 		errs = append(errs, err.Error())
 	}
@@ -219,9 +217,6 @@ func checkConfig(cfg *Config) error {
 	}
 	if len(cfg.Secret) < wire.MinSecretLen {
 		errs = append(errs, fmt.Sprintf("the shared secret has %d bytes, at least %d are needed", len(cfg.Secret), wire.MinSecretLen))
-	}
-	if cfg.Resync.AppShare < 0 || cfg.Resync.AppShare > 1 || cfg.Resync.MaxRate < 0 {
-		errs = append(errs, "resync app share must be within 0..1 and the rate not negative")
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("replicate: %s: invalid configuration: %s", cfg.Resource, strings.Join(errs, "; "))

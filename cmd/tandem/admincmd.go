@@ -86,10 +86,13 @@ func adminError(a *app, f *adminFlags, what, resource string, err error) error {
 	if f.asJSON {
 		_ = printJSON(a.stdout, daemon.ErrorBody{Error: ae.Message, Code: ae.Code})
 	}
-	if h := hint(ae.Code, resource); h != "" {
-		return fmt.Errorf("%s %s refused: %s\n  %s", what, resource, ae.Message, h)
+	if resource != "" {
+		what += " " + resource
 	}
-	return fmt.Errorf("%s %s: %s", what, resource, ae.Message)
+	if h := hint(ae.Code, resource); h != "" {
+		return fmt.Errorf("%s refused: %s\n  %s", what, ae.Message, h)
+	}
+	return fmt.Errorf("%s: %s", what, ae.Message)
 }
 
 // doneCmd describes a command RESOURCE whose reply is only "done".

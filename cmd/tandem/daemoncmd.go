@@ -30,6 +30,10 @@ any problem stops the daemon before anything is opened. A resource whose
 metadata is missing or corrupt stays down (its status says why) and is
 never reinitialised: run "tandem create-md" and restart the daemon.
 
+On SIGHUP the daemon re-reads its configuration file and applies the
+alerts, resync and split-brain changes, or nothing if anything else
+changed (as tandem adjust; the log says which).
+
 On SIGINT or SIGTERM the NBD servers finish the requests in flight, each
 volume flushes and marks its metadata clean, and the admin socket is
 removed. Scripts can wait for --ready-file: it appears once everything is

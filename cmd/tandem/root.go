@@ -31,6 +31,7 @@ them roles are set by hand, as with DRBD alone:
   tandem create-md   create a replica's metadata (dump-md shows it)
   tandem status      roles, disk and link states, resync progress
   tandem wait        until a resource is connected, in sync, primary... (for scripts)
+  tandem adjust      apply the configuration file's alerts, resync and split-brain changes (SIGHUP too)
   tandem events      follow the node's changes as they happen (audit log: DATA_DIR/audit.log)
   tandem promote / demote / connect / disconnect / resync / verify / resolve
   tandem pause-sync / resume-sync   hold a resync from this node, let it go on
@@ -84,7 +85,7 @@ func newRootCmd(a *app) *cobra.Command {
 	root.AddCommand(newVersionCmd(a), newServeCmd(a), newAttachCmd(a), newDetachCmd(a))
 	root.AddCommand(newDaemonCmd(a), newCreateMDCmd(a), newDumpMDCmd(a))
 	root.AddCommand(adminCommands(a)...)
-	root.AddCommand(newWaitCmd(a))
+	root.AddCommand(newWaitCmd(a), newAdjustCmd(a))
 	root.AddCommand(clusterCommands(a)...)
 	root.AddCommand(newVIPCmd(a))
 	root.AddCommand(newFenceCmd(a))

@@ -64,8 +64,9 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/resources/{name}/down", func(w http.ResponseWriter, req *http.Request) {
 		d.opAny(w, req, func(ctx context.Context, r *resource) (any, error) { return Done{true}, d.down(ctx, r) })
 	})
-	d.clusterRoutes(mux) // clusterapi.go
-	d.fenceLogRoute(mux) // fencelog.go
+	mux.HandleFunc("POST /v1/adjust", d.handleAdjust) // adjust.go
+	d.clusterRoutes(mux)                              // clusterapi.go
+	d.fenceLogRoute(mux)                              // fencelog.go
 	return mux
 }
 
@@ -77,7 +78,7 @@ func (d *Daemon) Status() NodeStatus {
 		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus()}
 	ns.Nodes = d.softStates()
 	ns.Alerts = []AlertStatus{}
-	for _, a := range d.alerts {
+	for _, a := range d.alertRunners() {
 		ns.Alerts = append(ns.Alerts, a.status())
 	}
 	for _, r := range d.resources {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
@@ -38,6 +39,9 @@ type alertRunner struct {
 	log     *slog.Logger
 	stop    chan struct{} // closed when the daemon stops: pass on what is left
 	done    chan struct{}
+	// until, once set (tandem adjust replaced the runner), is the last
+	// event it passes on; its successor starts after it.
+	until atomic.Uint64
 
 	mu    sync.Mutex
 	stats AlertStatus
@@ -72,12 +76,35 @@ func (r *alertRunner) record(e Event, why string, at time.Time) {
 }
 
 func (d *Daemon) startAlerts() {
-	for _, a := range d.cfg.Alerts {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	d.alerts = d.newAlertRunners(d.cfg.Alerts, 0)
+}
+
+// newAlertRunners starts a runner per alert, each passing on the events
+// after since (0: every event the ring holds).
+func (d *Daemon) newAlertRunners(as []config.Alert, since uint64) []*alertRunner {
+	var out []*alertRunner
+	for _, a := range as {
 		r := &alertRunner{cfg: a, cluster: d.cfg.Cluster, ev: d.events, stop: make(chan struct{}), done: make(chan struct{}),
 			log: d.log.With("alert", a.Path, "recipient", a.Recipient), stats: AlertStatus{Path: a.Path, Recipient: a.Recipient}}
-		d.alerts = append(d.alerts, r)
-		go r.run(d.alertsCtx)
+		out = append(out, r)
+		go r.run(d.alertsCtx, since)
 	}
+	return out
+}
+
+// replaceAlerts retires the running alerts after the events published so
+// far (they still pass those on) and starts as from the next one. The
+// caller holds cfgMu.
+func (d *Daemon) replaceAlerts(as []config.Alert) {
+	last := d.events.lastSeq()
+	for _, r := range d.alerts {
+		r.until.Store(last)
+		close(r.stop)
+	}
+	d.retiredAlerts = append(d.retiredAlerts, d.alerts...)
+	d.alerts = d.newAlertRunners(as, last)
 }
 
 // stopAlerts lets each runner pass on the events published so far, until
@@ -85,22 +112,38 @@ func (d *Daemon) startAlerts() {
 func (d *Daemon) stopAlerts(ctx context.Context) {
 	stop := context.AfterFunc(ctx, d.alertsCancel)
 	defer stop()
-	for _, r := range d.alerts {
+	d.cfgMu.Lock()
+	runners := d.alerts
+	d.alerts = nil
+	retired := d.retiredAlerts
+	d.cfgMu.Unlock()
+	for _, r := range runners {
 		close(r.stop)
 	}
-	for _, r := range d.alerts {
+	for _, r := range append(retired, runners...) {
 		<-r.done
 	}
 	d.alertsCancel()
 }
 
-func (r *alertRunner) run(ctx context.Context) {
+// alertRunners is the current runners.
+func (d *Daemon) alertRunners() []*alertRunner {
+	d.cfgMu.RLock()
+	defer d.cfgMu.RUnlock()
+	return d.alerts
+}
+
+func (r *alertRunner) run(ctx context.Context, since uint64) {
 	defer close(r.done)
-	var last uint64 // the last event passed on
+	last := since // the last event passed on
 	for {
 		backlog, lost, s := r.ev.subscribe(int64(last), subscriberBuffer)
-		if !r.catchUp(ctx, &last, backlog, lost) {
+		if !r.catchUp(ctx, &last, r.before(backlog), lost) {
 			r.ev.unsubscribe(s)
+			return
+		}
+		if u := r.until.Load(); u > 0 && last >= u {
+			r.ev.unsubscribe(s) // retired, and all it owed is passed on
 			return
 		}
 	follow:
@@ -111,6 +154,13 @@ func (r *alertRunner) run(ctx context.Context) {
 					// Dropped for slowness: the ring has what follows last.
 					break follow
 				}
+				if u := r.until.Load(); u > 0 && e.Seq > u {
+					// Retired: the successor has this one.
+					r.ev.unsubscribe(s)
+					backlog, lost := r.ev.after(last)
+					r.catchUp(ctx, &last, r.before(backlog), lost)
+					return
+				}
 				if !r.pass(ctx, e) {
 					r.ev.unsubscribe(s)
 					return
@@ -119,11 +169,25 @@ func (r *alertRunner) run(ctx context.Context) {
 			case <-r.stop:
 				r.ev.unsubscribe(s)
 				backlog, lost := r.ev.after(last)
-				r.catchUp(ctx, &last, backlog, lost)
+				r.catchUp(ctx, &last, r.before(backlog), lost)
 				return
 			}
 		}
 	}
+}
+
+// before is what of backlog a retired runner still passes on.
+func (r *alertRunner) before(backlog []Event) []Event {
+	u := r.until.Load()
+	if u == 0 {
+		return backlog
+	}
+	for i, e := range backlog {
+		if e.Seq > u {
+			return backlog[:i]
+		}
+	}
+	return backlog
 }
 
 // catchUp passes on a gap of lost events, then backlog; false once ctx

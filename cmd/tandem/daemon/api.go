@@ -25,6 +25,7 @@ import (
 //	POST /v1/resources/NAME/resume-sync     {} -> Done
 //	POST /v1/resources/NAME/verify          VerifyRequest -> replicate.VerifyReport
 //	POST /v1/resources/NAME/resolve         ResolveRequest -> Done
+//	POST /v1/adjust                         AdjustRequest -> AdjustResult (re-read the configuration file)
 //	POST /v1/fence-log                      FenceLogRequest -> Done (audit of a hand-run fence)
 //
 // A refusal is an ErrorBody with a Code from the list below and an HTTP
@@ -135,6 +136,8 @@ const (
 	CodePeerLost        = "peer_lost"
 	CodeStaleEpoch      = "stale_epoch"
 	CodeIsSyncTarget    = "is_sync_target"
+	CodeConfigInvalid   = "config_invalid"
+	CodeNeedsRestart    = "needs_restart"
 	CodeInternal        = "internal"
 )
 
@@ -169,6 +172,8 @@ func codeOf(err error) (string, int) {
 		{replicate.ErrPeerLost, CodePeerLost, http.StatusConflict},
 		{replicate.ErrStaleEpoch, CodeStaleEpoch, http.StatusConflict},
 		{replicate.ErrIsSyncTarget, CodeIsSyncTarget, http.StatusConflict},
+		{ErrConfigInvalid, CodeConfigInvalid, http.StatusBadRequest},
+		{ErrNeedsRestart, CodeNeedsRestart, http.StatusConflict},
 	} {
 		if errors.Is(err, c.err) {
 			return c.code, c.status

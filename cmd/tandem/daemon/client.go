@@ -49,6 +49,7 @@ func (e *APIError) Is(target error) bool {
 		{CodeIsPrimary, replicate.ErrIsPrimary}, {CodeDiskFailed, replicate.ErrDiskFailed},
 		{CodePeerLost, replicate.ErrPeerLost}, {CodeStaleEpoch, replicate.ErrStaleEpoch},
 		{CodeIsSyncTarget, replicate.ErrIsSyncTarget},
+		{CodeConfigInvalid, ErrConfigInvalid}, {CodeNeedsRestart, ErrNeedsRestart},
 	} {
 		if e.Code == c.code && target == c.err {
 			return true
@@ -94,6 +95,13 @@ func (c *Client) Demote(ctx context.Context, resource string) error {
 }
 
 // Connect starts connecting to the peer.
+// Adjust makes the daemon re-read its configuration file and apply it.
+func (c *Client) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) {
+	var out AdjustResult
+	err := c.do(ctx, http.MethodPost, "/v1/adjust", AdjustRequest{DryRun: dryRun}, &out)
+	return out, err
+}
+
 // PauseSync holds the resyncs this node is the source of.
 func (c *Client) PauseSync(ctx context.Context, resource string) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "pause-sync"), struct{}{}, &Done{})

@@ -11,10 +11,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tandem-ha/tandem/cluster/manager"
@@ -84,7 +86,13 @@ type Daemon struct {
 	events *events // the event stream (events.go)
 	// alerts run the configured programs for the events (alerts.go);
 	// alertsCtx ends when the shutdown's time is up.
-	alerts       []*alertRunner
+	alerts []*alertRunner // guarded by cfgMu
+	// retiredAlerts were replaced by tandem adjust and may still pass on
+	// what came before it; the shutdown waits for them too.
+	retiredAlerts []*alertRunner
+	// cfgMu guards what tandem adjust changes in cfg while the daemon
+	// runs (adjust.go): alerts, each resource's resync and split-brain.
+	cfgMu        sync.RWMutex
 	alertsCtx    context.Context
 	alertsCancel context.CancelFunc
 	audit        *audit // DATA_DIR/audit.log (audit.go)
@@ -353,15 +361,15 @@ func (d *Daemon) volumeConfig(r *resource, s *Storage, log *slog.Logger) (replic
 		PeerAddress:   r.peer.Address,
 		Data:          s.Data,
 		Meta:          s.Meta,
-		Resync: replicate.ResyncConfig{
-			MaxRate: r.cfg.Resync.MaxRate, AppShare: r.cfg.Resync.AppShare, Checksum: r.cfg.Resync.Checksum,
-		},
-		SplitBrain:   string(r.cfg.SplitBrain),
-		PingInterval: d.cfg.Timing.PingInterval,
-		PingTimeout:  d.cfg.Timing.PingTimeout,
-		AckTimeout:   d.cfg.Timing.AckTimeout,
-		Logger:       log,
+		PingInterval:  d.cfg.Timing.PingInterval,
+		PingTimeout:   d.cfg.Timing.PingTimeout,
+		AckTimeout:    d.cfg.Timing.AckTimeout,
+		Logger:        log,
 	}
+	d.cfgMu.RLock()
+	t := tunables(r.cfg) // adjust.go
+	d.cfgMu.RUnlock()
+	c.Resync, c.SplitBrain = t.Resync, t.SplitBrain
 	if d.cfg.ClusterLayer() {
 		c.OnDegraded = d.degradedHook(r.cfg.Name)
 	}
@@ -480,6 +488,12 @@ func (d *Daemon) reconcileLoop() {
 // Run starts the daemon, waits for ctx (SIGTERM, SIGINT) and shuts down.
 // ready, if not nil, runs once everything is up.
 func (d *Daemon) Run(ctx context.Context, ready func() error) error {
+	// SIGHUP: re-read the configuration file (adjust.go), as systemd's
+	// ExecReload=kill -HUP $MAINPID does. Caught from before the start,
+	// so that one sent once the daemon is ready never kills it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := d.Start(ctx); err != nil {
 		return err
 	}
@@ -489,7 +503,15 @@ func (d *Daemon) Run(ctx context.Context, ready func() error) error {
 			return err
 		}
 	}
-	<-ctx.Done()
+	for {
+		select {
+		case <-hup:
+			d.AdjustOnSignal()
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
 	d.log.Info("signal received, shutting down", "timeout", d.opts.ShutdownTimeout)
 	return d.Shutdown(context.Background())
 }

@@ -42,6 +42,9 @@ func requester(ctx context.Context) string {
 	if uid, ok := ctx.Value(peerKey{}).(int); ok {
 		return fmt.Sprintf("uid %d via admin socket", uid)
 	}
+	if ctx.Value(signalKey{}) != nil {
+		return "SIGHUP"
+	}
 	return "admin socket"
 }
 

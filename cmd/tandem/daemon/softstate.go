@@ -54,7 +54,10 @@ func (d *Daemon) softState() SoftState {
 // softStateOf is this node's soft state given its volumes' statuses (a
 // resource that is down is left out), trimmed to what gossip carries.
 func (d *Daemon) softStateOf(st map[string]replicate.Status) SoftState {
-	s := SoftState{Version: d.opts.Version, ConfigHash: d.cfg.Hash()}
+	d.cfgMu.RLock()
+	hash := d.cfg.Hash()
+	d.cfgMu.RUnlock()
+	s := SoftState{Version: d.opts.Version, ConfigHash: hash}
 	for _, r := range d.resources {
 		vs, ok := st[r.cfg.Name]
 		if !ok {

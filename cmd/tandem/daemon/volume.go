@@ -19,6 +19,7 @@ type Volume interface {
 	Resync(ctx context.Context, full bool) error
 	PauseSync(ctx context.Context) error
 	ResumeSync(ctx context.Context) error
+	Tune(t replicate.Tunables) error
 	Verify(ctx context.Context, repair bool) (replicate.VerifyReport, error)
 	Resolve(ctx context.Context, discardMyData bool) error
 	PeerFenced(ctx context.Context) error

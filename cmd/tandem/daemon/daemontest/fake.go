@@ -5,6 +5,7 @@ package daemontest
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/tandem-ha/tandem/nbd/backend"
@@ -25,6 +26,14 @@ type Volume struct {
 	refuse        map[string]error // op -> error to return
 	Report        replicate.VerifyReport
 	PromoteResult replicate.PromoteResult
+	tuned         []replicate.Tunables // what Tune was given, in order
+}
+
+// Tunings is what Tune was given, in order.
+func (f *Volume) Tunings() []replicate.Tunables {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.tuned)
 }
 
 func newVolume(cfg replicate.Config) *Volume {
@@ -78,6 +87,17 @@ func (f *Volume) Connect(ctx context.Context) error    { return f.call("connect"
 func (f *Volume) Disconnect(ctx context.Context) error { return f.call("disconnect") }
 func (f *Volume) PeerFenced(ctx context.Context) error { return f.call("peer-fenced") }
 func (f *Volume) PauseSync(ctx context.Context) error  { return f.call("pause-sync") }
+
+// Tune records the settings it was given (Tuned).
+func (f *Volume) Tune(t replicate.Tunables) error {
+	if err := f.call("tune"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tuned = append(f.tuned, t)
+	return nil
+}
 func (f *Volume) ResumeSync(ctx context.Context) error { return f.call("resume-sync") }
 func (f *Volume) Resync(ctx context.Context, full bool) error {
 	if full {

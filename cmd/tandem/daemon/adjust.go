@@ -1,0 +1,160 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/replicate"
+)
+
+// Adjust (tandem adjust, SIGHUP; DRBD's drbdadm adjust): the daemon reads
+// its configuration file again and applies what may change while it
+// runs: the alerts, and each resource's resync settings and split-brain
+// policy. Anything else that differs needs a restart; then nothing is
+// applied at all, so that the daemon always runs one file's settings,
+// and its configuration hash (gossiped, compared between nodes) is that
+// file's.
+
+var (
+	// ErrConfigInvalid: the file does not parse or validate.
+	ErrConfigInvalid = errors.New("the configuration file is invalid")
+	// ErrNeedsRestart: the file changes what only a restart applies.
+	ErrNeedsRestart = errors.New("the changes need a daemon restart")
+)
+
+// AdjustRequest is the body of POST /v1/adjust.
+type AdjustRequest struct {
+	DryRun bool `json:"dry_run"`
+}
+
+// AdjustResult says what changed (paths as config.Diff names them).
+type AdjustResult struct {
+	Path    string   `json:"path"`
+	Changes []string `json:"changes"`
+	Applied bool     `json:"applied"`
+}
+
+// liveChange reports whether a difference at path can be applied while
+// the daemon runs.
+func liveChange(path string) bool {
+	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") {
+		return true
+	}
+	rest, ok := strings.CutPrefix(path, "Resources[")
+	if !ok {
+		return false
+	}
+	_, field, ok := strings.Cut(rest, "].")
+	return ok && (field == "SplitBrain" || strings.HasPrefix(field, "Resync."))
+}
+
+// Adjust reads the configuration file again and applies it (not with
+// dryRun), or says why not.
+func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) {
+	res := AdjustResult{Path: d.cfg.Path, Changes: []string{}}
+	if d.cfg.Path == "" {
+		return res, fmt.Errorf("%w: the daemon was not started from a file", ErrConfigInvalid)
+	}
+	nc, err := config.Load(d.cfg.Path)
+	if err == nil {
+		err = nc.Validate(d.node.Name)
+	}
+	if err != nil {
+		return res, fmt.Errorf("%w: %w", ErrConfigInvalid, err)
+	}
+	// One adjust at a time; cfgMu is held while the running settings
+	// are compared and changed.
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	res.Changes = append(res.Changes, config.Diff(d.cfg, nc)...)
+	var restart []string
+	for _, c := range res.Changes {
+		if !liveChange(c) {
+			restart = append(restart, c)
+		}
+	}
+	if len(restart) > 0 {
+		return res, fmt.Errorf("%w: %s (only alerts, resources' resync and split-brain change while it runs); nothing was changed",
+			ErrNeedsRestart, strings.Join(restart, ", "))
+	}
+	if dryRun || len(res.Changes) == 0 {
+		return res, nil
+	}
+	// The volumes first: a setting a volume refuses changes nothing.
+	tuned := map[*resource]config.Resource{}
+	var undo []func()
+	for _, r := range d.resources {
+		n := nc.Resource(r.cfg.Name)
+		if n.Resync == r.cfg.Resync && n.SplitBrain == r.cfg.SplitBrain {
+			continue
+		}
+		tuned[r] = *n
+		if v := r.volume(); v != nil {
+			if err := v.Tune(tunables(n)); err != nil {
+				for _, u := range undo {
+					u()
+				}
+				return res, fmt.Errorf("%w: %w; nothing was changed", ErrConfigInvalid, err)
+			}
+			old := tunables(r.cfg)
+			undo = append(undo, func() { _ = v.Tune(old) })
+		}
+	}
+	for r, n := range tuned {
+		r.cfg.Resync, r.cfg.SplitBrain = n.Resync, n.SplitBrain
+	}
+	if slices.ContainsFunc(res.Changes, func(c string) bool { return strings.HasPrefix(c, "Alerts") }) {
+		d.cfg.Alerts = nc.Alerts
+		d.replaceAlerts(nc.Alerts)
+	}
+	res.Applied = true
+	d.log.Info("configuration adjusted", "path", d.cfg.Path, "changes", res.Changes)
+	return res, nil
+}
+
+func (d *Daemon) handleAdjust(w http.ResponseWriter, req *http.Request) {
+	var body AdjustRequest
+	dec := json.NewDecoder(io.LimitReader(req.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, fmt.Errorf("%w: adjust: %v", errBadRequest, err))
+		return
+	}
+	res, err := d.Adjust(req.Context(), body.DryRun)
+	if !body.DryRun {
+		// An event and an audit line, as for every admin action.
+		d.noteAdmin(req.Context(), "adjust", "", "", body, res, err)
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// AdjustOnSignal is Adjust for SIGHUP: the outcome goes to the log, the
+// events and the audit log.
+func (d *Daemon) AdjustOnSignal() {
+	res, err := d.Adjust(context.Background(), false)
+	d.noteAdmin(context.WithValue(context.Background(), signalKey{}, true), "adjust", "", "", "SIGHUP", res, err)
+	if err != nil {
+		d.log.Warn("SIGHUP: configuration not adjusted", "err", err)
+	}
+}
+
+type signalKey struct{}
+
+// tunables is what a resource's configuration sets of a running volume.
+func tunables(r *config.Resource) replicate.Tunables {
+	return replicate.Tunables{
+		Resync:     replicate.ResyncConfig{MaxRate: r.Resync.MaxRate, AppShare: r.Resync.AppShare, Checksum: r.Resync.Checksum},
+		SplitBrain: string(r.SplitBrain),
+	}
+}

@@ -1,0 +1,104 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
+)
+
+// editLab rewrites the lab's file with old replaced by new.
+func editLab(t *testing.T, l *lab, old, new string) {
+	t.Helper()
+	b, err := os.ReadFile(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("%q is not in the file", old)
+	}
+	write(t, l.cfg.Path, strings.Replace(string(b), old, new, 1), 0o644)
+}
+
+// A file that fails validation on this node changes nothing.
+func TestAdjustRefusesAnInvalidFile(t *testing.T) {
+	l := newLab(t)
+	d, _, _ := l.start(t, "alpha")
+	before := d.Status().Nodes["alpha"].ConfigHash
+	editLab(t, l, "resources:\n", "alerts:\n  - path: "+filepath.Join(l.dir, "missing-alert")+"\nresources:\n")
+	_, err := d.Adjust(t.Context(), false)
+	if !errors.Is(err, ErrConfigInvalid) || !strings.Contains(err.Error(), "missing-alert does not exist on this host") {
+		t.Fatalf("adjust with a missing alert program: %v", err)
+	}
+	if st := d.Status(); len(st.Alerts) != 0 || st.Nodes["alpha"].ConfigHash != before {
+		t.Errorf("the refused file changed the daemon: %+v", st.Alerts)
+	}
+}
+
+// Replaced alerts hand over at the adjust: the old runner passes on what
+// came before it, the new one what comes after, none twice, none lost;
+// and SIGHUP does what tandem adjust does.
+func TestAdjustHandsAlertsOverOnSIGHUP(t *testing.T) {
+	l := newLab(t)
+	l.createMD(t, "alpha")
+	dir := t.TempDir()
+	prog := alertScript(t, dir, "")
+	editLab(t, l, "resources:\n", "alerts:\n  - path: "+prog+"\n    kinds: [alert]\n    recipient: old\nresources:\n")
+	cfg, err := config.Load(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.cfg = cfg
+	d, err := New(Options{Config: cfg, Node: "alpha", Open: fakeOpen(&daemontest.Fakes{}), Version: "test", ShutdownTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, func() error { close(ready); return nil }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	<-ready
+	d.events.publish(Event{Kind: KindAlert, Text: "before"})
+	editLab(t, l, "recipient: old", "recipient: new")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the new alert in the status", func() bool {
+		st := d.Status().Alerts
+		return len(st) == 1 && st[0].Recipient == "new"
+	})
+	d.events.publish(Event{Kind: KindAlert, Text: "after"})
+	waitUntil(t, "both runs", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "runs"))
+		return strings.Count(string(b), "\n") >= 2
+	})
+	time.Sleep(100 * time.Millisecond) // a duplicate would show now
+	var got []string
+	for _, r := range readRuns(t, dir) {
+		got = append(got, r.recipient+":"+r.text)
+	}
+	if strings.Join(got, " ") != "old:before new:after" {
+		t.Errorf("runs: %v", got)
+	}
+	ev, _ := d.events.after(0)
+	found := false
+	for _, e := range ev {
+		found = found || e.Kind == KindAdmin && strings.Contains(e.Text, "adjust")
+	}
+	if !found {
+		t.Error("no admin event for the SIGHUP's adjust")
+	}
+}
