@@ -190,6 +190,10 @@ type Status struct {
 	// SyncPaused: resyncs from this node are paused (PauseSync) until
 	// ResumeSync, whether one runs or not.
 	SyncPaused bool `json:"sync_paused"`
+	// ReadBytes and WrittenBytes count the application's completed reads
+	// and writes (trims and zeroes included) since the volume opened.
+	ReadBytes    int64 `json:"read_bytes"`
+	WrittenBytes int64 `json:"written_bytes"`
 	// PeerHeard: a session is up and a frame came from the peer within
 	// three ping intervals. The cluster layer does not fence a primary
 	// the failure detector calls dead while its link is still heard (a

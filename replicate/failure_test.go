@@ -993,3 +993,28 @@ func TestTuneRunningResync(t *testing.T) {
 		t.Fatalf("policy after Tune: %q", got)
 	}
 }
+
+// The status counts what the application read and wrote, trims and
+// zeroes with the writes; a refused write counts nothing.
+func TestStatusCountsApplicationBytes(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	ctx := context.Background()
+	if err := p.a.v.WriteAt(ctx, block('x', 0, 1), 0, false); err == nil {
+		t.Fatal("a write on the secondary succeeded")
+	}
+	mustPromote(t, p.a, false)
+	if err := p.a.v.WriteAt(ctx, append(block('x', 0, 2), block('x', 4096, 2)...), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.Trim(ctx, 16384, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	if err := p.a.v.ReadAt(ctx, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.a.v.Status(); s.WrittenBytes != 3*4096 || s.ReadBytes != 4096 {
+		t.Fatalf("written %d, read %d; want %d and 4096", s.WrittenBytes, s.ReadBytes, 3*4096)
+	}
+}

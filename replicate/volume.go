@@ -93,6 +93,9 @@ type Volume struct {
 	rotated  bool // the generations moved
 
 	appBytes atomic.Int64 // application bytes, for the rate controller
+	// readBytes and writtenBytes split appBytes for the status (writes
+	// with trims and zeroes).
+	readBytes, writtenBytes atomic.Int64
 
 	// beforeResyncClear, set only by tests, runs on a sync source after
 	// the target confirmed a range and before its bits are cleared: a
@@ -281,7 +284,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		}
 		return v.detachOr("read", err, func() error { return v.readPeer(ctx, p, off) })
 	}
-	v.appBytes.Add(int64(len(p)))
+	v.countRead(int64(len(p)))
 	return nil
 }
 
@@ -294,7 +297,7 @@ func (v *Volume) FileRange(off, length int64) (*os.File, int64, bool) {
 	if !ok || v.readable() != nil || v.failed.Load() || v.unsettled.overlaps(off, off+length) {
 		return nil, 0, false
 	}
-	v.appBytes.Add(length)
+	v.countRead(length)
 	return fs.FileRange(off, length)
 }
 
@@ -479,7 +482,7 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 		// after the first, and is acknowledged on the peer's disk.
 		return v.detachOr(f.Type.String(), lerr, func() error { return v.writePeer(ctx, f) })
 	}
-	v.appBytes.Add(n)
+	v.countWrite(n)
 
 	perr := errPeerAbsent
 	if sent {
@@ -629,7 +632,7 @@ func (v *Volume) readPeer(ctx context.Context, p []byte, off int64) error {
 		copy(p, b)
 		l.c.Reader().Release(b)
 		p, off = p[n:], off+int64(n)
-		v.appBytes.Add(int64(n))
+		v.countRead(int64(n))
 	}
 	return nil
 }
@@ -654,7 +657,7 @@ func (v *Volume) writePeer(ctx context.Context, f wire.Frame) error {
 		}
 		return eio(f.Type.String()+" on the peer", err)
 	}
-	v.appBytes.Add(int64(f.Length))
+	v.countWrite(int64(f.Length))
 	return nil
 }
 
@@ -797,6 +800,16 @@ func (v *Volume) localState() peerState {
 	}
 }
 
+func (v *Volume) countRead(n int64) {
+	v.appBytes.Add(n)
+	v.readBytes.Add(n)
+}
+
+func (v *Volume) countWrite(n int64) {
+	v.appBytes.Add(n)
+	v.writtenBytes.Add(n)
+}
+
 // Status is a snapshot of the volume.
 func (v *Volume) Status() Status {
 	sb := v.meta.Superblock()
@@ -810,6 +823,7 @@ func (v *Volume) Status() Status {
 	defer v.mu.Unlock()
 	st.Conn, st.Reason, st.Session = v.conn, v.reason, v.sessions
 	st.SyncPaused = v.syncResumed != nil
+	st.ReadBytes, st.WrittenBytes = v.readBytes.Load(), v.writtenBytes.Load()
 	if v.peer != nil {
 		st.PeerRole, st.PeerDisk = v.peer.Role, v.peer.Disk
 	}

@@ -102,6 +102,10 @@ var (
 		[]string{"resource"}, nil)
 	mSessions = prometheus.NewDesc("tandem_resource_sessions_total", "Replication sessions established since the resource opened.",
 		[]string{"resource"}, nil)
+	mRead = prometheus.NewDesc("tandem_resource_read_bytes_total", "Bytes the application read from the resource here since it opened.",
+		[]string{"resource"}, nil)
+	mWritten = prometheus.NewDesc("tandem_resource_written_bytes_total", "Bytes the application wrote (trims and zeroes included) since it opened.",
+		[]string{"resource"}, nil)
 	mSuspended = prometheus.NewDesc("tandem_resource_io_suspended", "1 while application I/O is held.",
 		[]string{"resource"}, nil)
 	mServing = prometheus.NewDesc("tandem_resource_nbd_serving", "1 while the NBD export passes I/O (this node is Primary).",
@@ -132,7 +136,7 @@ var (
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mInfo, mUp, mRole, mDisk, mPeerDisk, mConn, mOOS, mEpoch, mSessions, mSuspended,
+	for _, d := range []*prometheus.Desc{mInfo, mUp, mRole, mDisk, mPeerDisk, mConn, mOOS, mEpoch, mSessions, mRead, mWritten, mSuspended,
 		mServing, mSyncPaused, mResyncLeft, mResyncTotal, mResyncRate, mAlertRuns, mAlertFailures, mAlertLost, mEvents,
 		mQuorum, mMember} {
 		ch <- d
@@ -160,6 +164,8 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mOOS, float64(rs.OutOfSync), r)
 		gauge(mEpoch, float64(rs.Epoch), r)
 		counter(mSessions, float64(rs.Session), r)
+		counter(mRead, float64(rs.ReadBytes), r)
+		counter(mWritten, float64(rs.WrittenBytes), r)
 		gauge(mSuspended, b2f(rs.SuspendedIO), r)
 		gauge(mServing, b2f(rs.NBDServing), r)
 		gauge(mSyncPaused, b2f(rs.SyncPaused), r)
