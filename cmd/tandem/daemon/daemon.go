@@ -316,6 +316,16 @@ func (d *Daemon) openResource(ctx context.Context, r *resource) error {
 	r.mu.Lock()
 	r.vol, r.storage, r.downErr = v, s, nil
 	r.mu.Unlock()
+	// An adjust between volumeConfig and now changed r.cfg but found no
+	// volume to tune (adjust.go).
+	d.cfgMu.RLock()
+	t := tunables(r.cfg)
+	d.cfgMu.RUnlock()
+	if t != (replicate.Tunables{Resync: vcfg.Resync, SplitBrain: vcfg.SplitBrain}) {
+		if err := v.Tune(t); err != nil {
+			log.Warn("resource: the adjusted settings were refused", "err", err)
+		}
+	}
 	r.gate.setVolume(v)
 	st := v.Status()
 	r.gate.primary.Store(st.Role == replicate.Primary)
