@@ -146,7 +146,8 @@ func TestAdminCommands(t *testing.T) {
 			t.Errorf("status lacks %q:\n%s", w, out)
 		}
 	}
-	if out := run("status", "r0"); !strings.Contains(out, "generations: current 0x0000000000000abc") || strings.Contains(out, "r1") {
+	if out := run("status", "r0"); !strings.Contains(out, "generations: current 0x0000000000000abc") || strings.Contains(out, "r1") ||
+		!strings.Contains(out, "application I/O here since it opened: 0 B read, 0 B written") {
 		t.Errorf("status r0:\n%s", out)
 	}
 	var ns daemon.NodeStatus

@@ -117,7 +117,8 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 			g := rs.Generations
 			lines = append(lines,
 				fmt.Sprintf("generations: current %#016x, bitmap %#016x, history %s", g.Current, g.Bitmap, hexList(g.History[:])),
-				fmt.Sprintf("protocol %s, size %s, nbd %s", rs.Protocol, humanBytes(rs.Size), rs.NBDListen))
+				fmt.Sprintf("protocol %s, size %s, nbd %s", rs.Protocol, humanBytes(rs.Size), rs.NBDListen),
+				fmt.Sprintf("application I/O here since it opened: %s read, %s written", humanBytes(rs.ReadBytes), humanBytes(rs.WrittenBytes)))
 		}
 		if len(lines) == 0 {
 			continue
