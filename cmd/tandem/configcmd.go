@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
 )
 
 // addConfigCommand registers the global --config flag (every cluster command
@@ -33,8 +34,50 @@ func newConfigCmd(a *app) *cobra.Command {
 		Short: "Check the cluster configuration file",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newConfigValidateCmd(a))
+	cmd.AddCommand(newConfigValidateCmd(a), newConfigDiffCmd(a))
 	return cmd
+}
+
+const configDiffLong = `Compare the configuration file (--config) with OTHER, key by key, every key
+counted (not only those in the configuration hash): print one line per
+setting that differs, and say which of them tandem adjust applies to a
+running daemon and which need its restart. Exit status 1 when they
+differ, 0 when they do not (as diff(1)); both files must parse.
+
+Use it before rolling a new file out: tandem config diff --config
+/etc/tandem/tandem.yaml ./tandem.yaml.new`
+
+func newConfigDiffCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:     "diff OTHER",
+		Short:   "List the settings two configuration files differ in",
+		Long:    configDiffLong,
+		Example: "  tandem config diff ./tandem.yaml.new",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cur, err := config.Load(configPath(cmd))
+			if err != nil {
+				return err
+			}
+			other, err := config.Load(args[0])
+			if err != nil {
+				return err
+			}
+			changes := config.Diff(cur, other)
+			if len(changes) == 0 {
+				fmt.Fprintf(a.stdout, "%s and %s: no difference\n", cur.Path, other.Path)
+				return nil
+			}
+			for _, c := range changes {
+				how := "needs a daemon restart"
+				if daemon.LiveChange(c) {
+					how = "tandem adjust applies it"
+				}
+				fmt.Fprintf(a.stdout, "%s\t%s\n", c, how)
+			}
+			return &exitStatus{Code: 1}
+		},
+	}
 }
 
 const configValidateLong = `Check the configuration file without starting anything, and print every

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
 )
 
 // labConfig: two data nodes and a witness on one host, as in the lab.
@@ -156,4 +159,31 @@ func TestConfigFlagIsGlobal(t *testing.T) {
 	if err != nil || configPath(cmd) != "/etc/tandem/tandem.yaml" {
 		t.Errorf("config validate sees %q (%v)", configPath(cmd), err)
 	}
+}
+
+func TestConfigDiff(t *testing.T) {
+	lab := daemontest.NewLab(t)
+	b, err := os.ReadFile(lab.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(lab.Dir, "new.yaml")
+	daemontest.Write(t, other, string(b), 0o644)
+	if out := mustRun(t, "--config", lab.Path, "config", "diff", other); !strings.Contains(out, "no difference") {
+		t.Errorf("same files: %q", out)
+	}
+	changed := strings.Replace(string(b), "    size: 1M\n", "    size: 1M\n    protocol: B\n    resync:\n      max-rate: 5M\n", 1)
+	daemontest.Write(t, other, changed, 0o644)
+	out, _, err := execute(t, "--config", lab.Path, "config", "diff", other)
+	var es *exitStatus
+	if !errors.As(err, &es) || es.Code != 1 {
+		t.Fatalf("differing files: %v", err)
+	}
+	for _, w := range []string{"Resources[r0].Protocol\tneeds a daemon restart\n", "Resources[r0].Resync.MaxRate\ttandem adjust applies it\n"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("diff lacks %q:\n%s", w, out)
+		}
+	}
+	daemontest.Write(t, other, "cluster: [\n", 0o644)
+	mustFail(t, "new.yaml", "--config", lab.Path, "config", "diff", other)
 }

@@ -21,8 +21,8 @@ func diffValue(path string, a, b reflect.Value, out *[]string) {
 	case reflect.Struct:
 		for i := range a.NumField() {
 			f := a.Type().Field(i)
-			if !f.IsExported() {
-				continue // where keys were in the file, and the like
+			if !f.IsExported() || path == "" && f.Name == "Path" {
+				continue // where the file and its keys were, not settings
 			}
 			diffValue(join(path, f.Name), a.Field(i), b.Field(i), out)
 		}

@@ -41,9 +41,9 @@ type AdjustResult struct {
 	Applied bool     `json:"applied"`
 }
 
-// liveChange reports whether a difference at path can be applied while
-// the daemon runs.
-func liveChange(path string) bool {
+// LiveChange reports whether a difference at path (as config.Diff names
+// it) can be applied while the daemon runs.
+func LiveChange(path string) bool {
 	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") {
 		return true
 	}
@@ -76,7 +76,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 	res.Changes = append(res.Changes, config.Diff(d.cfg, nc)...)
 	var restart []string
 	for _, c := range res.Changes {
-		if !liveChange(c) {
+		if !LiveChange(c) {
 			restart = append(restart, c)
 		}
 	}
