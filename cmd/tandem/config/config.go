@@ -370,6 +370,21 @@ type canonConfig struct {
 	Resources  []canonResource `json:"resources"`
 	// omitempty: files without alerts keep the hash they had before them.
 	Alerts []canonAlert `json:"alerts,omitempty"`
+	// nil without a timing key (and so the hash of files without one).
+	Timing *canonTiming `json:"timing,omitempty"`
+}
+
+type canonTiming struct {
+	Lease         int64 `json:"lease-ns"`
+	Margin        int64 `json:"margin-ns"`
+	FenceRetry    int64 `json:"fence-retry-ns"`
+	FailbackAfter int64 `json:"failback-after-ns"`
+	ProbeInterval int64 `json:"probe-interval-ns"`
+	ProbeTimeout  int64 `json:"probe-timeout-ns"`
+	SuspicionMult int   `json:"suspicion-mult"`
+	PingInterval  int64 `json:"ping-interval-ns"`
+	PingTimeout   int64 `json:"ping-timeout-ns"`
+	AckTimeout    int64 `json:"ack-timeout-ns"`
 }
 
 type canonNode struct {
@@ -380,6 +395,9 @@ type canonNode struct {
 	// omitempty: files without fencing keep the hash they had before it.
 	Fencing []canonFence `json:"fencing,omitempty"`
 	Metrics string       `json:"metrics-listen,omitempty"`
+	// omitempty: manual roles keep their hash.
+	Gossip    string `json:"gossip,omitempty"`
+	Authority string `json:"authority,omitempty"`
 }
 
 type canonResource struct {
@@ -422,7 +440,7 @@ type canonReplica struct {
 func (c *Config) canonical() canonConfig {
 	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile, Accept: c.AcceptSecretFiles, Alerts: canonAlerts(c.Alerts)}
 	for _, n := range c.Nodes {
-		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing), n.MetricsListen})
+		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing), n.MetricsListen, n.Gossip, n.Authority})
 	}
 	slices.SortFunc(cc.Nodes, func(a, b canonNode) int { return strings.Compare(a.Name, b.Name) })
 	for _, r := range c.Resources {
@@ -447,6 +465,11 @@ func (c *Config) canonical() canonConfig {
 		cc.Resources = append(cc.Resources, cr)
 	}
 	slices.SortFunc(cc.Resources, func(a, b canonResource) int { return strings.Compare(a.Name, b.Name) })
+	t := c.Timing
+	if ct := (canonTiming{int64(t.Lease), int64(t.Margin), int64(t.FenceRetry), int64(t.FailbackAfter), int64(t.ProbeInterval),
+		int64(t.ProbeTimeout), t.SuspicionMult, int64(t.PingInterval), int64(t.PingTimeout), int64(t.AckTimeout)}); ct != (canonTiming{}) {
+		cc.Timing = &ct
+	}
 	return cc
 }
 

@@ -41,3 +41,31 @@ func TestDiff(t *testing.T) {
 		t.Errorf("alerts removed: %v", d)
 	}
 }
+
+// Nodes that differ in their cluster-layer addresses or timing warn of
+// it: the hash covers them (and files without them keep their hash).
+func TestHashCoversClusterLayerKeys(t *testing.T) {
+	a, err := Parse("tandem.yaml", []byte(layered))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, edit := range [][2]string{
+		{"gossip: 192.0.2.1:7946", "gossip: 192.0.2.1:7956"},
+		{"resources:\n", "timing:\n  lease: 3s\nresources:\n"},
+	} {
+		b, err := Parse("tandem.yaml", []byte(strings.Replace(layered, edit[0], edit[1], 1)))
+		if err != nil {
+			t.Fatalf("%q: %v", edit[1], err)
+		}
+		if a.Hash() == b.Hash() {
+			t.Errorf("%q kept the hash", edit[1])
+		}
+	}
+	plain, err := Parse("tandem.yaml", []byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := plain.canonical(); c.Timing != nil || c.Nodes[0].Gossip != "" {
+		t.Errorf("a file without the cluster layer hashes timing or gossip: %+v", c)
+	}
+}
