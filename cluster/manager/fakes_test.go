@@ -385,6 +385,14 @@ func newTestCluster(t *testing.T, onNoQuorum cluster.NoQuorumPolicy, prepare ...
 		n.cancel = cancel
 		go func() { defer close(n.done); _ = n.m.Run(ctx) }()
 	}
+	// Admin refuses a manager whose Run has not begun (ErrStopped): a
+	// test that asks at once must not find one still unscheduled.
+	for _, n := range c.nodes {
+		deadline := time.Now().Add(10 * time.Second)
+		for !n.m.running.Load() && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	for _, n := range c.nodes {
 		for _, o := range voters {
 			if o != n.name {
