@@ -173,20 +173,27 @@ type ResyncConfig struct {
 
 // Status is a snapshot of a volume, for `tandem status`.
 type Status struct {
-	Resource    string      `json:"resource"`
-	Node        string      `json:"node"`
-	Peer        string      `json:"peer"`
-	Role        Role        `json:"role"`
-	Disk        DiskState   `json:"disk"`
-	Conn        ConnState   `json:"connection"`
-	Reason      string      `json:"reason,omitempty"` // why StandAlone, or the last link error
-	PeerRole    Role        `json:"peer_role"`
-	PeerDisk    DiskState   `json:"peer_disk"`
-	Protocol    string      `json:"protocol"`
-	Epoch       uint64      `json:"epoch"`
-	Generations Generations `json:"generations"`
-	OutOfSync   int64       `json:"out_of_sync_bytes"`
-	SuspendedIO bool        `json:"suspended_io"`
+	Resource    string    `json:"resource"`
+	Node        string    `json:"node"`
+	Peer        string    `json:"peer"`
+	Role        Role      `json:"role"`
+	Disk        DiskState `json:"disk"`
+	Conn        ConnState `json:"connection"`
+	Reason      string    `json:"reason,omitempty"` // why StandAlone, or the last link error
+	PeerRole    Role      `json:"peer_role"`
+	PeerDisk    DiskState `json:"peer_disk"`
+	Protocol    string    `json:"protocol"`
+	Compression string    `json:"compression"`
+	// SessionProtocol and SessionCompression are what the running session
+	// uses: the primary's protocol and the negotiated codec. They differ
+	// from Protocol and Compression between a change on one node
+	// (SetLink) and the same change on the other.
+	SessionProtocol    string      `json:"session_protocol,omitempty"`
+	SessionCompression string      `json:"session_compression,omitempty"`
+	Epoch              uint64      `json:"epoch"`
+	Generations        Generations `json:"generations"`
+	OutOfSync          int64       `json:"out_of_sync_bytes"`
+	SuspendedIO        bool        `json:"suspended_io"`
 	// SyncPaused: resyncs from this node are paused (PauseSync) until
 	// ResumeSync, whether one runs or not.
 	SyncPaused bool `json:"sync_paused"`

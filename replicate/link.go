@@ -67,7 +67,11 @@ type link struct {
 	leader bool
 	start  time.Time
 	peer   peerState // as announced at setup
-	rord   *order    // the writes received, applied in the peer's order
+	// proto is this side's protocol as announced at setup: the peer
+	// acknowledges this session's writes by it, whatever SetLink does
+	// meanwhile.
+	proto  byte
+	rord   *order // the writes received, applied in the peer's order
 	active atomic.Bool
 
 	lastRecv atomic.Int64 // since start, ns
@@ -759,12 +763,16 @@ func (l *link) finishTarget(src peerState) error {
 
 // ---- connection management ----
 
-func (v *Volume) wireConfig(dialer bool) wire.Config {
+// wireConfig is the handshake's configuration, and the settings it was
+// made from: adopt refuses a connection whose settings SetLink replaced
+// while it was being made.
+func (v *Volume) wireConfig(dialer bool) (wire.Config, *LinkSettings) {
+	ls := v.linkset.Load()
 	return wire.Config{
 		Cluster: v.cfg.Cluster, Resource: v.cfg.Resource, LocalNode: v.cfg.Node, PeerNode: v.cfg.Peer,
-		Secret: v.cfg.Secret, AcceptSecrets: v.cfg.AcceptSecrets, TLS: v.cfg.TLS, Dialer: dialer, Compression: v.cfg.Compression,
+		Secret: v.cfg.Secret, AcceptSecrets: v.cfg.AcceptSecrets, TLS: ls.TLS, Dialer: dialer, Compression: ls.Compression,
 		Timeout: v.cfg.ConnectTimeout, Logger: v.log,
-	}
+	}, ls
 }
 
 func (v *Volume) acceptLoop() {
@@ -786,12 +794,13 @@ func (v *Volume) acceptLoop() {
 		v.wg.Add(1)
 		go func() {
 			defer v.wg.Done()
-			c, err := wire.Handshake(v.ctx, nc, v.wireConfig(false))
+			wc, ls := v.wireConfig(false)
+			c, err := wire.Handshake(v.ctx, nc, wc)
 			if err != nil {
 				v.linkError(err)
 				return
 			}
-			v.adopt(c)
+			v.adopt(c, ls)
 		}()
 	}
 }
@@ -818,8 +827,9 @@ func (v *Volume) dialLoop() {
 			}
 			continue
 		}
-		c, err := wire.Dial(v.ctx, v.cfg.PeerAddress, v.wireConfig(true))
-		if err == nil && v.adopt(c) {
+		wc, ls := v.wireConfig(true)
+		c, err := wire.Dial(v.ctx, v.cfg.PeerAddress, wc)
+		if err == nil && v.adopt(c, ls) {
 			backoff = first
 			continue
 		}
@@ -862,12 +872,13 @@ func (v *Volume) linkError(err error) {
 // that completes while it has no session and sends its hello on it; it
 // sends Disconnect on any other. The other node waits for that first
 // frame, so both always use the same connection. It returns whether a
-// session ran on c.
-func (v *Volume) adopt(c *wire.Conn) bool {
+// session ran on c. A connection made with settings that SetLink has
+// replaced since is closed (checked under mu, where SetLink swaps them).
+func (v *Volume) adopt(c *wire.Conn, ls *LinkSettings) bool {
 	leader := v.cfg.Node < v.cfg.Peer
 	if leader {
 		v.mu.Lock()
-		if v.sess != nil || v.standalone || v.closed.Load() {
+		if v.sess != nil || v.standalone || v.closed.Load() || ls != v.linkset.Load() {
 			v.mu.Unlock()
 			_ = c.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
 			_ = c.Write(wire.Frame{Type: wire.Disconnect})
@@ -886,7 +897,7 @@ func (v *Volume) adopt(c *wire.Conn) bool {
 		return false
 	}
 	v.mu.Lock()
-	if v.standalone || v.closed.Load() {
+	if v.standalone || v.closed.Load() || ls != v.linkset.Load() {
 		v.mu.Unlock()
 		_ = c.Close()
 		return false
@@ -964,6 +975,7 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		return 0, ErrClosed
 	}
 	local := v.localState()
+	l.proto = local.Proto
 	hello := wire.Frame{Type: wire.State, Offset: stateHello, Epoch: local.Epoch, Payload: local.marshal()}
 	var pf wire.Frame
 	if l.leader {

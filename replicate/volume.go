@@ -40,15 +40,17 @@ type Volume struct {
 	cfg Config
 	// tune is what an admin may change while the volume runs (Tune):
 	// read through it, never through cfg.Resync or cfg.SplitBrain.
-	tune  atomic.Pointer[Tunables]
-	log   *slog.Logger
-	now   func() time.Time
-	data  nbd.Device
-	meta  *md.Meta
-	bm    *md.Bitmap
-	size  int64
-	gran  int64
-	proto byte
+	tune atomic.Pointer[Tunables]
+	log  *slog.Logger
+	now  func() time.Time
+	data nbd.Device
+	meta *md.Meta
+	bm   *md.Bitmap
+	size int64
+	gran int64
+	// linkset is the link's settings for the next session (SetLink);
+	// a running session keeps those of its setup.
+	linkset atomic.Pointer[LinkSettings]
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -162,10 +164,11 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	}
 	v := &Volume{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, data: cfg.Data, meta: meta, bm: meta.Bitmap(),
-		size: sb.DataSize, gran: sb.Granularity, proto: cfg.Protocol[0],
+		size: sb.DataSize, gran: sb.Granularity,
 		kick: make(chan struct{}, 1), detached: make(chan struct{}), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
 	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain})
+	v.linkset.Store(&LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS})
 	v.epoch.Store(sb.Epoch)
 	meta.SetDataSync(v.syncData)
 	// A primary that went down without Close may have written what it
@@ -193,19 +196,12 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 
 func checkConfig(cfg *Config) error {
 	var errs []string
-	switch cfg.Protocol {
-	case "":
-		cfg.Protocol = "C"
-	case "A", "B", "C":
-	default:
-		errs = append(errs, fmt.Sprintf("protocol %q is not A, B or C", cfg.Protocol))
-	}
+	ls := LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS}
+	errs = append(errs, ls.check()...)
+	cfg.Protocol, cfg.Compression = ls.Protocol, ls.Compression
 	t := Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain}
 	errs = append(errs, t.check(cfg.Node, cfg.Peer)...)
 	cfg.SplitBrain = t.SplitBrain
-	if _, err := wire.ParseCodec(cfg.Compression); err != nil {
-		errs = append(errs, err.Error())
-	}
 	if cfg.Data == nil || cfg.Meta == nil {
 		errs = append(errs, "data and metadata areas are required")
 	}
@@ -416,14 +412,6 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	}
 	defer release()
 
-	fua := f.Flags&wire.FlagFUA != 0
-	var need wire.MsgType
-	switch {
-	case fua || v.proto == 'C':
-		need = wire.Written
-	case v.proto == 'B':
-		need = wire.Received
-	}
 	pw := v.unsettled.add(off, off+n)
 	defer v.unsettled.settle(pw)
 	sp := spanPool.Get().(*span)
@@ -438,7 +426,7 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	sent := false
 	if l != nil {
 		f.Seq = sp.seq
-		w, sent = l.queueLocked(f, need, off, n)
+		w, sent = l.queueLocked(f, l.need(f.Flags&wire.FlagFUA != 0), off, n)
 	}
 	v.seqMu.Unlock()
 	if v.sending.Add(-1) == 0 && l != nil {
@@ -455,6 +443,7 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	}
 
 	v.ord.waitBefore(sp.seq, sp.off, sp.end)
+	fua := f.Flags&wire.FlagFUA != 0
 	var lerr error
 	switch f.Type {
 	case wire.Write:
@@ -796,7 +785,7 @@ func (v *Volume) localState() peerState {
 	return peerState{
 		Role: v.role(), Disk: v.diskState(sb), Want: want, Flags: sb.Flags, Epoch: v.epoch.Load(),
 		Size: v.size, Gran: v.gran, Gen: genFromMD(sb.Gen), DirtyBits: v.bm.Count(), PromotedAt: sb.PromotedAt,
-		Proto: v.proto,
+		Proto: v.linkset.Load().Protocol[0],
 	}
 }
 
@@ -815,7 +804,7 @@ func (v *Volume) Status() Status {
 	sb := v.meta.Superblock()
 	st := Status{
 		Resource: v.cfg.Resource, Node: v.cfg.Node, Peer: v.cfg.Peer,
-		Role: v.role(), Disk: v.diskState(sb), Protocol: v.cfg.Protocol,
+		Role: v.role(), Disk: v.diskState(sb), Protocol: v.linkset.Load().Protocol, Compression: v.linkset.Load().Compression,
 		Epoch: v.epoch.Load(), Generations: genFromMD(sb.Gen), OutOfSync: v.bm.OutOfSyncBytes(), Size: v.size,
 		PeerRole: RoleUnknown, PeerDisk: DiskUnknown,
 	}
@@ -840,6 +829,10 @@ func (v *Volume) Status() Status {
 		l.pendMu.Unlock()
 	}
 	if l := v.sess; l != nil && l.active.Load() {
+		st.SessionProtocol, st.SessionCompression = string(l.proto), l.c.Codec().String()
+		if !v.primary.Load() && v.peer != nil && v.peer.Role == Primary {
+			st.SessionProtocol = string(l.peer.Proto)
+		}
 		st.PeerHeard = time.Duration(l.since()-l.lastRecv.Load()) <= 3*v.cfg.PingInterval
 	}
 	if v.resync != nil {

@@ -14,11 +14,15 @@ may change while it runs (drbdadm adjust; SIGHUP does the same):
   resources[].resync          max-rate, app-share, checksum: a running
                               resync or verify takes the new rate at once
   resources[].split-brain     the policy of the next connection's decision
+  resources[].protocol,       the replication link's settings: the
+  resources[].compression,    resource's session restarts with them (the
+  resources[].tls             writes of the gap are resynced); a TLS file
+                              renewed under the same path counts as a change
 
 The daemon re-reads the file it was started with (its path is printed),
-validates it as tandem config validate does, and lists what differs. If
-anything else differs (a node, a device, an address, the protocol, the
-cluster layer...), nothing is applied and the keys are named: restart the
+validates it as tandem config validate does (and loads the TLS files),
+and lists what differs. If anything else differs (a node, a device, an
+address, the cluster layer...), nothing is applied and the keys are named: restart the
 daemon for those. So the daemon always runs one file's settings, and the
 configuration hash that tandem status compares between nodes is that
 file's. --dry-run only lists the differences.`

@@ -79,21 +79,38 @@ func TestAdjust(t *testing.T) {
 		t.Fatalf("alerts after adjust: %+v %v", ns.Alerts, err)
 	}
 
+	// The link's protocol and compression: the volume gets them (it
+	// restarts its session); r1 is not touched.
+	edit("    size: 1M\n", "    size: 1M\n    protocol: B\n    compression: zstd\n")
+	if out := mustRun(t, args("adjust")...); !strings.Contains(out, "changed Resources[r0].Protocol, Resources[r0].Compression") {
+		t.Errorf("adjust of the protocol: %q", out)
+	}
+	if l := v.Links(); len(l) != 1 || l[0].Protocol != "B" || l[0].Compression != "zstd" || l[0].TLS != nil {
+		t.Fatalf("the volume's link settings: %+v", l)
+	}
+	if len(fs.Get("r1").Links()) != 0 {
+		t.Errorf("r1, unchanged, got link settings: %+v", fs.Get("r1").Links())
+	}
+	if out := mustRun(t, args("adjust")...); !strings.Contains(out, "nothing to change") || len(v.Links()) != 1 {
+		t.Errorf("a second adjust of the same file: %q, links %+v", out, v.Links())
+	}
+
 	// What needs a restart: nothing is applied, the keys are named.
-	edit("    size: 1M\n", "    size: 1M\n    protocol: B\n")
+	edit("    size: 1M\n", "    size: 1M\n    al-extents: 7\n")
 	edit("max-rate: 5M", "max-rate: 7M")
-	out := mustFail(t, "the changes need a daemon restart: Resources[r0].Protocol (only alerts", args("adjust", "--json")...)
+	edit("protocol: B", "protocol: A")
+	out := mustFail(t, "the changes need a daemon restart: Resources[r0].ALExtents (only alerts", args("adjust", "--json")...)
 	if !strings.Contains(out, `"code": "needs_restart"`) {
 		t.Errorf("adjust --json refusal: %s", out)
 	}
-	if len(v.Tunings()) != 1 {
-		t.Errorf("a refused adjust tuned the volume: %+v", v.Tunings())
+	if len(v.Tunings()) != 1 || len(v.Links()) != 1 {
+		t.Errorf("a refused adjust tuned the volume: %+v, %+v", v.Tunings(), v.Links())
 	}
 	// A file that does not parse changes nothing either (the CLI reads
 	// it first; the daemon's own check is TestAdjustRefusesAnInvalidFile).
 	daemontest.Write(t, lab.Path, strings.Replace(string(orig), "cluster: lab", "cluster: lab\ncolour: blue", 1), 0o644)
 	mustFail(t, `colour: unknown key "colour"`, args("adjust")...)
-	if len(v.Tunings()) != 1 || v.Calls()[len(v.Calls())-1] != "tune" {
+	if len(v.Tunings()) != 1 || len(v.Links()) != 1 || v.Calls()[len(v.Calls())-1] != "set-link" {
 		t.Errorf("an invalid file tuned the volume: %+v", v.Tunings())
 	}
 }

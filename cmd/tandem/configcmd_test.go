@@ -172,14 +172,14 @@ func TestConfigDiff(t *testing.T) {
 	if out := mustRun(t, "--config", lab.Path, "config", "diff", other); !strings.Contains(out, "no difference") {
 		t.Errorf("same files: %q", out)
 	}
-	changed := strings.Replace(string(b), "    size: 1M\n", "    size: 1M\n    protocol: B\n    resync:\n      max-rate: 5M\n", 1)
+	changed := strings.Replace(string(b), "    size: 1M\n", "    size: 1M\n    al-extents: 7\n    resync:\n      max-rate: 5M\n", 1)
 	daemontest.Write(t, other, changed, 0o644)
 	out, _, err := execute(t, "--config", lab.Path, "config", "diff", other)
 	var es *exitStatus
 	if !errors.As(err, &es) || es.Code != 1 {
 		t.Fatalf("differing files: %v", err)
 	}
-	for _, w := range []string{"Resources[r0].Protocol\tneeds a daemon restart\n", "Resources[r0].Resync.MaxRate\ttandem adjust applies it\n"} {
+	for _, w := range []string{"Resources[r0].ALExtents\tneeds a daemon restart\n", "Resources[r0].Resync.MaxRate\ttandem adjust applies it\n"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("diff lacks %q:\n%s", w, out)
 		}

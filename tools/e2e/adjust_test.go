@@ -2,12 +2,15 @@ package e2e_test
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
+	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/tools/testenv"
 )
 
 // A full sync crawling at 1 MiB/s speeds up once the file says 1G and
@@ -48,4 +51,74 @@ func TestAdjustSpeedsUpARunningSync(t *testing.T) {
 	if a, b := p.status("alpha"), p.status("beta"); !inSync(a) || !inSync(b) {
 		t.Fatalf("after the sync: %+v / %+v", a, b)
 	}
+}
+
+// The link's settings change on running daemons: the protocol, the
+// compression and the TLS certificates (a new CA and certificates written
+// over the old files, as a renewal does). alpha applies them first and
+// cannot reach beta, which still has the old CA; it writes on alone. Once
+// beta applies them too, the two reconnect with the new settings and
+// resync what alpha wrote meanwhile.
+func TestAdjustChangesTheLinkLive(t *testing.T) {
+	testenv.RequireTool(t, "qemu-io")
+	p := newTLSPair(t)
+	before := p.status("alpha")
+	if before.SessionProtocol != "C" || before.SessionCompression != "off" {
+		t.Fatalf("the session before the change: %+v", before)
+	}
+
+	// A certificate file that does not load is refused: nothing changes.
+	key := filepath.Join(p.dir, "lab-alpha-key.pem")
+	good, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, key, "not a key\n", 0o600)
+	if _, stderr, err := p.tandemErr("alpha", "adjust"); err == nil || !strings.Contains(stderr, "tls") {
+		t.Fatalf("adjust with a broken key file: %v\n%s", err, stderr)
+	}
+	writeFile(t, key, string(good), 0o600)
+	if st := p.status("alpha"); st.Session != before.Session || !inSync(st) {
+		t.Fatalf("the refused adjust touched the session: %+v", st)
+	}
+
+	writeCA(t, p.dir, "lab", "alpha", "beta")
+	for _, n := range []string{"alpha", "beta"} {
+		b, err := os.ReadFile(p.nodes[n].cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := strings.Replace(string(b), "    protocol: C\n", "    protocol: A\n", 1)
+		s = strings.Replace(s, "    compression: off\n", "    compression: zstd\n", 1)
+		writeFile(t, p.nodes[n].cfgPath, s, 0o644)
+	}
+	out := p.tandem("alpha", "adjust")
+	for _, w := range []string{"Resources[r0].Protocol", "Resources[r0].Compression", "Resources[r0].TLS (files changed)"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("adjust on alpha does not name %s: %s", w, out)
+		}
+	}
+	p.nodes["alpha"].proc.WaitFor(t, "the old and the new CA refusing each other", func() bool {
+		return strings.Contains(p.nodes["alpha"].proc.Stderr(), "certificate signed by unknown authority")
+	})
+	if st := p.status("alpha"); st.Conn != replicate.Connecting || st.Session != before.Session {
+		t.Fatalf("alpha with the new CA, beta with the old: %+v", st)
+	}
+	qemuIO(t, p.uri("alpha"), "write -P 0x62 2M 1M", "flush")
+
+	p.nodes["beta"].proc.Signal(t, syscall.SIGHUP)
+	for _, n := range []string{"alpha", "beta"} {
+		p.tandem(n, "wait", "r0", "--for", "in-sync", "--timeout", "30s")
+	}
+	a, b := p.status("alpha"), p.status("beta")
+	for _, st := range []daemon.ResourceStatus{a, b} {
+		if st.Session <= before.Session || st.Protocol != "A" || st.SessionProtocol != "A" || st.SessionCompression != "zstd" {
+			t.Errorf("%s after both adjusted: session %d (was %d), protocol %s/%s, compression %s/%s",
+				st.Node, st.Session, before.Session, st.Protocol, st.SessionProtocol, st.Compression, st.SessionCompression)
+		}
+	}
+	qemuIO(t, p.uri("alpha"), "write -P 0x63 3M 1M", "flush")
+	p.waitStatus("alpha", "the last write to reach beta", inSync)
+	p.stopBoth()
+	p.sameData()
 }

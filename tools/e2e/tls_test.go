@@ -83,18 +83,27 @@ func (p *pair) useTLS(t *testing.T, certs map[string]string) {
 	}
 }
 
+// newTLSPair is a pair over TLS, both nodes' certificates of one CA
+// (dir/lab-*.pem), in sync, with 1 MiB of 0x61 written through alpha at
+// 1 MiB and replicated.
+func newTLSPair(t *testing.T) *pair {
+	t.Helper()
+	p := newPair(t, pairOptions{size: 8 * mib})
+	writeCA(t, p.dir, "lab", "alpha", "beta")
+	p.useTLS(t, map[string]string{"alpha": "lab", "beta": "lab"})
+	p.initialSync()
+	qemuIO(t, p.uri("alpha"), "write -P 0x61 1M 1M", "flush")
+	p.waitStatus("alpha", "the write to reach beta", inSync)
+	return p
+}
+
 func TestTLSLink(t *testing.T) {
 	t.Parallel()
 	testenv.RequireTool(t, "qemu-io")
 
 	t.Run("same CA", func(t *testing.T) {
 		t.Parallel()
-		p := newPair(t, pairOptions{size: 8 * mib})
-		writeCA(t, p.dir, "lab", "alpha", "beta")
-		p.useTLS(t, map[string]string{"alpha": "lab", "beta": "lab"})
-		p.initialSync()
-		qemuIO(t, p.uri("alpha"), "write -P 0x61 1M 1M", "flush")
-		p.waitStatus("alpha", "the write to reach beta", inSync)
+		p := newTLSPair(t)
 		p.stopBoth()
 		p.sameData()
 	})

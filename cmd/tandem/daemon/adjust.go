@@ -16,8 +16,9 @@ import (
 
 // Adjust (tandem adjust, SIGHUP; DRBD's drbdadm adjust): the daemon reads
 // its configuration file again and applies what may change while it
-// runs: the alerts, and each resource's resync settings and split-brain
-// policy. Anything else that differs needs a restart; then nothing is
+// runs: the alerts, and each resource's resync settings, split-brain
+// policy and link settings (protocol, compression, TLS; a change there
+// restarts the resource's replication session). Anything else that differs needs a restart; then nothing is
 // applied at all, so that the daemon always runs one file's settings,
 // and its configuration hash (gossiped, compared between nodes) is that
 // file's.
@@ -52,7 +53,55 @@ func LiveChange(path string) bool {
 		return false
 	}
 	_, field, ok := strings.Cut(rest, "].")
-	return ok && (field == "SplitBrain" || strings.HasPrefix(field, "Resync."))
+	return ok && (field == "SplitBrain" || strings.HasPrefix(field, "Resync.") ||
+		field == "Protocol" || field == "Compression" || field == "TLS" || strings.HasPrefix(field, "TLS.") || field == tlsFilesChanged)
+}
+
+// tlsFilesChanged is the change adjust reports when a resource's TLS
+// files hold other bytes than when they were read (a certificate renewed
+// in place): config.Diff sees the same paths.
+const tlsFilesChanged = "TLS (files changed)"
+
+// linkUpdate is a resource's new link settings.
+type linkUpdate struct {
+	r   *resource
+	ls  replicate.LinkSettings
+	sum [32]byte
+}
+
+// linkUpdates reads nc's link settings of every resource (its TLS files
+// too) and returns those that differ from what the volumes were given,
+// noting certificates renewed under the same paths in res. Called with
+// cfgMu held.
+func (d *Daemon) linkUpdates(nc *config.Config, res *AdjustResult) ([]linkUpdate, error) {
+	var out []linkUpdate
+	for _, r := range d.resources {
+		n := nc.Resource(r.cfg.Name)
+		ls := replicate.LinkSettings{Protocol: string(n.Protocol), Compression: string(n.Compression)}
+		var sum [32]byte
+		if n.TLS != nil {
+			tc, s, err := linkTLS(n.TLS, r.peer.Node)
+			if err != nil {
+				return nil, fmt.Errorf("%w: resource %s: tls: %w", ErrConfigInvalid, n.Name, err)
+			}
+			ls.TLS, sum = tc, s
+		}
+		if (n.TLS == nil) == (r.link.TLS == nil) && sum == r.tlsSum {
+			ls.TLS = r.link.TLS // the same files: keep the session
+		} else if n.TLS != nil && r.cfg.TLS != nil && *n.TLS == *r.cfg.TLS {
+			res.Changes = append(res.Changes, fmt.Sprintf("Resources[%s].%s", n.Name, tlsFilesChanged))
+		}
+		if ls.Protocol == "" {
+			ls.Protocol = "C"
+		}
+		if ls.Compression == "" {
+			ls.Compression = "off"
+		}
+		if ls != r.link {
+			out = append(out, linkUpdate{r: r, ls: ls, sum: sum})
+		}
+	}
+	return out, nil
 }
 
 // Adjust reads the configuration file again and applies it (not with
@@ -74,6 +123,10 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 	d.cfgMu.Lock()
 	defer d.cfgMu.Unlock()
 	res.Changes = append(res.Changes, config.Diff(d.cfg, nc)...)
+	links, err := d.linkUpdates(nc, &res)
+	if err != nil {
+		return res, err
+	}
 	var restart []string
 	for _, c := range res.Changes {
 		if !LiveChange(c) {
@@ -81,8 +134,16 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		}
 	}
 	if len(restart) > 0 {
-		return res, fmt.Errorf("%w: %s (only alerts, resources' resync and split-brain change while it runs); nothing was changed",
+		return res, fmt.Errorf("%w: %s (only alerts and resources' resync, split-brain, protocol, compression and tls change while it runs); nothing was changed",
 			ErrNeedsRestart, strings.Join(restart, ", "))
+	}
+	for _, u := range links {
+		if v := u.r.volume(); v != nil {
+			if st := v.Status(); st.Role == replicate.Primary && st.Disk == replicate.Diskless {
+				return res, fmt.Errorf("%w: resource %s: its primary is diskless and serves through the link, which a change of protocol, compression or tls restarts; fail over first; nothing was changed",
+					replicate.ErrLinkInUse, u.r.cfg.Name)
+			}
+		}
 	}
 	if dryRun || len(res.Changes) == 0 {
 		return res, nil
@@ -107,8 +168,29 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 			undo = append(undo, func() { _ = v.Tune(old) })
 		}
 	}
+	// Then the links: each change restarts a session. One the volume
+	// refuses (its disk failed meanwhile) undoes what came before.
+	for _, u := range links {
+		v := u.r.volume()
+		if v == nil {
+			continue // the next up reads the new settings
+		}
+		if _, err := v.SetLink(ctx, u.ls); err != nil {
+			for _, un := range undo {
+				un()
+			}
+			return res, fmt.Errorf("resource %s: %w; nothing was changed", u.r.cfg.Name, err)
+		}
+		old := u.r.link
+		undo = append(undo, func() { _, _ = v.SetLink(context.WithoutCancel(ctx), old) })
+	}
 	for r, n := range tuned {
 		r.cfg.Resync, r.cfg.SplitBrain = n.Resync, n.SplitBrain
+	}
+	for _, u := range links {
+		n := nc.Resource(u.r.cfg.Name)
+		u.r.cfg.Protocol, u.r.cfg.Compression, u.r.cfg.TLS = n.Protocol, n.Compression, n.TLS
+		u.r.link, u.r.tlsSum = u.ls, u.sum
 	}
 	if slices.ContainsFunc(res.Changes, func(c string) bool { return strings.HasPrefix(c, "Alerts") }) {
 		d.cfg.Alerts = nc.Alerts

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
+	"github.com/tandem-ha/tandem/replicate"
 )
 
 // editLab rewrites the lab's file with old replaced by new.
@@ -100,5 +101,41 @@ func TestAdjustHandsAlertsOverOnSIGHUP(t *testing.T) {
 	}
 	if !found {
 		t.Error("no admin event for the SIGHUP's adjust")
+	}
+}
+
+func TestLiveChange(t *testing.T) {
+	for path, want := range map[string]bool{
+		"Alerts": true, "Alerts[/usr/local/bin/page]": true,
+		"Resources[r0].SplitBrain": true, "Resources[r0].Resync.MaxRate": true,
+		"Resources[r0].Protocol": true, "Resources[r0].Compression": true, "Resources[r0].TLS": true,
+		"Resources[r0].TLS.Cert": true, "Resources[r0].TLS (files changed)": true,
+		"Resources[r0].ALExtents": false, "Resources[r0].Size": false, "Resources[r0].Replicas[alpha].Address": false,
+		"Resources[r0].TLSX": false, "Nodes[alpha].Address": false, "Timing.PingTimeout": false, "Cluster": false,
+	} {
+		if got := LiveChange(path); got != want {
+			t.Errorf("LiveChange(%q) = %v, want %v", path, got, want)
+		}
+	}
+}
+
+// A diskless primary serves through its link: a change that would
+// restart it is refused, and nothing else of the file is applied.
+func TestAdjustRefusesALinkChangeOfADisklessPrimary(t *testing.T) {
+	l := newLab(t)
+	l.createMD(t, "alpha")
+	d, fs, _ := l.start(t, "alpha")
+	v := fs.Get("r0")
+	v.Set(func(f *daemontest.Volume) { f.Role, f.Disk = replicate.Primary, replicate.Diskless })
+	editLab(t, l, "    size: 1M\n", "    size: 1M\n    protocol: A\n    resync:\n      max-rate: 3M\n")
+	_, err := d.Adjust(t.Context(), false)
+	if !errors.Is(err, replicate.ErrLinkInUse) || !strings.Contains(err.Error(), "diskless") {
+		t.Fatalf("adjust of a diskless primary's protocol: %v", err)
+	}
+	if code, _ := codeOf(err); code != CodeLinkInUse {
+		t.Errorf("code %s", code)
+	}
+	if len(v.Links()) != 0 || len(v.Tunings()) != 0 {
+		t.Errorf("the refused adjust applied %+v %+v", v.Links(), v.Tunings())
 	}
 }

@@ -138,6 +138,7 @@ const (
 	CodeIsSyncTarget    = "is_sync_target"
 	CodeConfigInvalid   = "config_invalid"
 	CodeNeedsRestart    = "needs_restart"
+	CodeLinkInUse       = "link_in_use"
 	CodeInternal        = "internal"
 )
 
@@ -174,6 +175,7 @@ func codeOf(err error) (string, int) {
 		{replicate.ErrIsSyncTarget, CodeIsSyncTarget, http.StatusConflict},
 		{ErrConfigInvalid, CodeConfigInvalid, http.StatusBadRequest},
 		{ErrNeedsRestart, CodeNeedsRestart, http.StatusConflict},
+		{replicate.ErrLinkInUse, CodeLinkInUse, http.StatusConflict},
 	} {
 		if errors.Is(err, c.err) {
 			return c.code, c.status

@@ -3,8 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -113,6 +111,12 @@ type resource struct {
 	downErr error  // why it is down
 
 	roleMu sync.Mutex // promote, demote, reconcile, up and down
+
+	// link is the link settings last given to the volume, tlsSum the
+	// digest of the TLS files they were read from (linktls.go); guarded
+	// by the daemon's cfgMu.
+	link   replicate.LinkSettings
+	tlsSum [32]byte
 }
 
 // volume is the open volume, nil while the resource is down.
@@ -320,10 +324,16 @@ func (d *Daemon) openResource(ctx context.Context, r *resource) error {
 	// volume to tune (adjust.go).
 	d.cfgMu.RLock()
 	t := tunables(r.cfg)
+	ls := r.link
 	d.cfgMu.RUnlock()
 	if t != (replicate.Tunables{Resync: vcfg.Resync, SplitBrain: vcfg.SplitBrain}) {
 		if err := v.Tune(t); err != nil {
 			log.Warn("resource: the adjusted settings were refused", "err", err)
+		}
+	}
+	if ls != (replicate.LinkSettings{Protocol: vcfg.Protocol, Compression: vcfg.Compression, TLS: vcfg.TLS}) {
+		if _, err := v.SetLink(ctx, ls); err != nil {
+			log.Warn("resource: the adjusted link settings were refused", "err", err)
 		}
 	}
 	r.gate.setVolume(v)
@@ -365,8 +375,6 @@ func (d *Daemon) volumeConfig(r *resource, s *Storage, log *slog.Logger) (replic
 		Peer:          r.peer.Node,
 		Secret:        d.secret,
 		AcceptSecrets: d.acceptSecrets,
-		Protocol:      string(r.cfg.Protocol),
-		Compression:   string(r.cfg.Compression),
 		Listen:        r.rp.Address,
 		PeerAddress:   r.peer.Address,
 		Data:          s.Data,
@@ -383,52 +391,15 @@ func (d *Daemon) volumeConfig(r *resource, s *Storage, log *slog.Logger) (replic
 	if d.cfg.ClusterLayer() {
 		c.OnDegraded = d.degradedHook(r.cfg.Name)
 	}
-	if t := r.cfg.TLS; t != nil {
-		tc, err := linkTLS(t, r.peer.Node)
-		if err != nil {
-			return c, fmt.Errorf("resource %s: tls: %w", r.cfg.Name, err)
-		}
-		c.TLS = tc
+	ls, sum, err := d.linkFor(r.cfg, r.peer.Node)
+	if err != nil {
+		return c, err
 	}
+	c.Protocol, c.Compression, c.TLS = ls.Protocol, ls.Compression, ls.TLS
+	d.cfgMu.Lock()
+	r.link, r.tlsSum = ls, sum
+	d.cfgMu.Unlock()
 	return c, nil
-}
-
-// linkTLS is mutual TLS 1.3 between the two replicas: both certificates
-// are checked against the resource's CA, and the peer's must name the peer
-// node (a DNS name in its subject alternative names), so a certificate of
-// another node of the same CA does not pass for the peer.
-func linkTLS(t *config.TLS, peer string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
-	if err != nil {
-		return nil, err
-	}
-	pem, err := os.ReadFile(t.CA)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", t.CA)
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ServerName:   peer, // the dialing side checks the listener's name
-		MinVersion:   tls.VersionTLS13,
-		// The listening side checks the dialer's name too (the chain was
-		// verified against the CA before this runs).
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("tls: the peer sent no certificate")
-			}
-			if err := cs.PeerCertificates[0].VerifyHostname(peer); err != nil {
-				return fmt.Errorf("tls: the peer's certificate does not name node %s: %w", peer, err)
-			}
-			return nil
-		},
-	}, nil
 }
 
 // startNBD starts one NBD server per distinct nbd-listen of this node,

@@ -20,6 +20,7 @@ type Volume interface {
 	PauseSync(ctx context.Context) error
 	ResumeSync(ctx context.Context) error
 	Tune(t replicate.Tunables) error
+	SetLink(ctx context.Context, s replicate.LinkSettings) (bool, error)
 	Verify(ctx context.Context, repair bool) (replicate.VerifyReport, error)
 	Resolve(ctx context.Context, discardMyData bool) error
 	PeerFenced(ctx context.Context) error

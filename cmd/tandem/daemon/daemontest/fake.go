@@ -4,6 +4,7 @@
 package daemontest
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"sync"
@@ -21,12 +22,21 @@ type Volume struct {
 	mu            sync.Mutex
 	Role          replicate.Role
 	Conn          replicate.ConnState
+	Disk          replicate.DiskState // "" reads as UpToDate
 	calls         []string
 	closed        bool
 	refuse        map[string]error // op -> error to return
 	Report        replicate.VerifyReport
 	PromoteResult replicate.PromoteResult
 	tuned         []replicate.Tunables // what Tune was given, in order
+	links         []replicate.LinkSettings
+}
+
+// Links is what SetLink was given, in order.
+func (f *Volume) Links() []replicate.LinkSettings {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.links)
 }
 
 // Tunings is what Tune was given, in order.
@@ -55,7 +65,7 @@ func (f *Volume) Status() replicate.Status {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return replicate.Status{Resource: f.Cfg.Resource, Node: f.Cfg.Node, Peer: f.Cfg.Peer, Role: f.Role,
-		Disk: replicate.UpToDate, Conn: f.Conn, PeerRole: replicate.RoleUnknown, PeerDisk: replicate.DiskUnknown,
+		Disk: cmp.Or(f.Disk, replicate.UpToDate), Conn: f.Conn, PeerRole: replicate.RoleUnknown, PeerDisk: replicate.DiskUnknown,
 		Protocol: f.Cfg.Protocol, Epoch: 7, Size: f.Size(), Generations: replicate.Generations{Current: 0xabc}}
 }
 
@@ -98,6 +108,20 @@ func (f *Volume) Tune(t replicate.Tunables) error {
 	f.tuned = append(f.tuned, t)
 	return nil
 }
+
+// SetLink records the settings it was given (Links); changed is always
+// true.
+func (f *Volume) SetLink(ctx context.Context, s replicate.LinkSettings) (bool, error) {
+	if err := f.call("set-link"); err != nil {
+		return false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links = append(f.links, s)
+	f.Cfg.Protocol, f.Cfg.Compression, f.Cfg.TLS = s.Protocol, s.Compression, s.TLS
+	return true, nil
+}
+
 func (f *Volume) ResumeSync(ctx context.Context) error { return f.call("resume-sync") }
 func (f *Volume) Resync(ctx context.Context, full bool) error {
 	if full {

@@ -1,0 +1,157 @@
+package replicate
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A protocol change reaches the write path through a new session: with
+// the secondary's disk held, a protocol C write waits for it and a
+// protocol A write does not.
+func TestSetLinkChangesProtocolLive(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, protocol: "C"})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	workload(t, p.a.v, 4, 40, 1)
+	before := p.a.v.Status().Session
+	if s := p.a.v.Status(); s.Protocol != "C" || s.SessionProtocol != "C" || p.b.v.Status().SessionProtocol != "C" {
+		t.Fatalf("protocol before the change: alpha %q/%q, beta's session %q", s.Protocol, s.SessionProtocol, p.b.v.Status().SessionProtocol)
+	}
+
+	// Hold beta's data writes: under C a write cannot complete.
+	hold := make(chan struct{})
+	p.b.data.SetFault(func(op string, off, n int64) error {
+		if op == "write" {
+			<-hold
+		}
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() { done <- p.a.v.WriteAt(ctx, block('c', 0, 1), 0, false) }()
+	select {
+	case err := <-done:
+		t.Fatalf("a protocol C write completed while the peer's disk was held: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	p.b.data.SetFault(nil)
+
+	changed, err := p.a.v.SetLink(ctx, LinkSettings{Protocol: "A"})
+	if err != nil || !changed {
+		t.Fatalf("SetLink: changed %v, %v", changed, err)
+	}
+	if again, err := p.a.v.SetLink(ctx, LinkSettings{Protocol: "A", Compression: "off"}); err != nil || again {
+		t.Fatalf("SetLink with the same settings: changed %v, %v", again, err)
+	}
+	p.waitConnected(10 * time.Second)
+	sa, sb := p.a.v.Status(), p.b.v.Status()
+	if sa.Session <= before || sa.Protocol != "A" || sa.SessionProtocol != "A" || sb.SessionProtocol != "A" || sb.Protocol != "C" {
+		t.Fatalf("after SetLink: alpha session %d (was %d) protocol %q/%q, beta %q/%q", sa.Session, before, sa.Protocol, sa.SessionProtocol, sb.Protocol, sb.SessionProtocol)
+	}
+
+	hold = make(chan struct{})
+	p.b.data.SetFault(func(op string, off, n int64) error {
+		if op == "write" {
+			<-hold
+		}
+		return nil
+	})
+	go func() { done <- p.a.v.WriteAt(ctx, block('a', 4096, 1), 4096, false) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(hold)
+		t.Fatal("a protocol A write waited for the peer's disk")
+	}
+	close(hold)
+	p.b.data.SetFault(nil)
+	workload(t, p.a.v, 4, 40, 2)
+	if err := p.a.v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(10 * time.Second)
+	p.identical()
+	if d := p.a.degraded.Load(); d > 1 {
+		t.Errorf("OnDegraded ran %d times for one reconnect", d)
+	}
+}
+
+// Compression and TLS change with the next session; each side offers
+// what it has, so the codec moves once both changed.
+func TestSetLinkCompressionAndTLS(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	for _, n := range []*testNode{p.a, p.b} {
+		if _, err := n.v.SetLink(ctx, LinkSettings{Protocol: "C", Compression: "zstd"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "a zstd session", func() bool {
+		s := p.a.v.Status()
+		return s.Conn == Connected && s.SessionCompression == "zstd" && s.Compression == "zstd"
+	})
+	workload(t, p.a.v, 4, 40, 3)
+
+	cert, pool := selfSignedCert(t)
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+	// One side with TLS, the other without: refused until both have it;
+	// the primary goes on alone meanwhile.
+	if _, err := p.a.v.SetLink(ctx, LinkSettings{Protocol: "C", Compression: "zstd", TLS: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	workload(t, p.a.v, 4, 40, 4)
+	if s := p.a.v.Status(); s.Conn == Connected {
+		t.Fatalf("connected with TLS on one side only: %+v", s)
+	}
+	if _, err := p.b.v.SetLink(ctx, LinkSettings{Protocol: "C", Compression: "zstd", TLS: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(10 * time.Second)
+	if _, ok := p.a.v.sessionConn().(*tls.Conn); !ok {
+		t.Fatalf("the session after the change is not TLS: %T", p.a.v.sessionConn())
+	}
+	if err := p.a.v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.identical()
+}
+
+func TestSetLinkRefusals(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	ctx := context.Background()
+	before := p.a.v.Status().Session
+	for _, bad := range []LinkSettings{{Protocol: "D"}, {Compression: "lz4"}} {
+		if changed, err := p.a.v.SetLink(ctx, bad); err == nil || changed {
+			t.Errorf("SetLink(%+v): changed %v, err %v", bad, changed, err)
+		}
+	}
+	if s := p.a.v.Status(); s.Protocol != "C" || s.Compression != "off" || s.Session != before || s.Conn != Connected {
+		t.Fatalf("invalid settings changed something: %+v", s)
+	}
+
+	// A diskless primary cannot restart its link: it could not come back.
+	p2 := disklessPair(t, "C")
+	_, err := p2.a.v.SetLink(ctx, LinkSettings{Protocol: "A"})
+	if !errors.Is(err, ErrLinkInUse) || !strings.Contains(err.Error(), "diskless") {
+		t.Fatalf("SetLink on a diskless primary: %v", err)
+	}
+	if s := p2.a.v.Status(); s.Protocol != "C" || s.Conn != Connected {
+		t.Fatalf("the refused change did something: %+v", s)
+	}
+	_ = p2.a.v.Close(ctx) // the dead disk's metadata does not close clean
+}
