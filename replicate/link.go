@@ -1172,6 +1172,11 @@ func (l *link) exchangeBitmaps() error {
 		if err != nil {
 			return fmt.Errorf("replicate: reading the peer's bitmap: %w", err)
 		}
+		if f.Type == wire.Disconnect {
+			// An orderly end (tandem disconnect, a link settings change)
+			// can meet the setup anywhere: not a protocol violation.
+			return errors.New("replicate: the peer closed the session during the bitmap exchange")
+		}
 		if f.Type != wire.BitmapChunk || f.Length != total || f.Offset > uint64(total) || f.Offset+uint64(len(f.Payload)) > uint64(total) {
 			return fmt.Errorf("%w: %w: bad bitmap frame %s offset %d length %d (this bitmap has %d bytes)", errStandAlone, errProtocol, f.Type, f.Offset, f.Length, total)
 		}

@@ -211,3 +211,34 @@ func selfSignedCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
 	pool.AddCert(leaf)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
+
+// An orderly Disconnect can arrive in the middle of a setup (the peer's
+// admin disconnected, or its link settings changed): in the bitmap
+// exchange it ends the attempt and the node reconnects; it is not a
+// protocol violation that leaves it StandAlone.
+func TestDisconnectDuringBitmapExchange(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	p.a.kill(false, 0)
+	waitFor(t, 5*time.Second, "beta Connecting", func() bool { return p.b.v.Status().Conn == Connecting })
+	sb := p.b.v.meta.Superblock()
+	// A primary that wrote on alone: a bitmap resync from it.
+	gen := genFromMD(sb.Gen)
+	gen.Bitmap, gen.Current = gen.Current, gen.Current+1
+	st := peerState{Role: Primary, Disk: UpToDate, Flags: md.Consistent, Epoch: sb.Epoch + 1, Size: p.b.v.size, Gran: p.b.v.gran, Gen: gen, Proto: 'C'}
+	c, _, dec := fakeSession(t, p.b.addr, st)
+	if !bytes.Equal(dec, []byte{byte(TargetBitmap)}) {
+		t.Fatalf("beta's decision: %q, want TargetBitmap", dec)
+	}
+	if err := c.Write(wire.Frame{Type: wire.Disconnect}); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitFor(t, 5*time.Second, "beta back to Connecting after the setup ended", func() bool {
+		s := p.b.v.Status()
+		return s.Conn == Connecting && strings.Contains(s.Reason, "closed the session")
+	})
+	if s := p.b.v.Status(); s.Conn == StandAlone {
+		t.Fatalf("beta StandAlone after an orderly Disconnect: %s", s.Reason)
+	}
+}

@@ -155,3 +155,43 @@ func TestSetLinkRefusals(t *testing.T) {
 	}
 	_ = p2.a.v.Close(ctx) // the dead disk's metadata does not close clean
 }
+
+// Settings changed again and again while writers keep going: no write
+// fails, none waits for an acknowledgement its session's peer will not
+// send, and what the gaps left out of sync is resynced, so the replicas
+// end identical.
+func TestSetLinkUnderLoad(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	ld := startLoader(p.a.v, 6, p.a.v.Size(), 17)
+	steps := []LinkSettings{{Protocol: "A"}, {Protocol: "B", Compression: "s2"}, {Protocol: "C", Compression: "zstd"}, {Protocol: "A", Compression: "zstd"}, {Protocol: "C"}}
+	for i, s := range steps {
+		before := ld.writes.Load()
+		// beta changes too, half of the time first.
+		first, second := p.a, p.b
+		if i%2 == 1 {
+			first, second = p.b, p.a
+		}
+		for _, n := range []*testNode{first, second} {
+			if _, err := n.v.SetLink(ctx, s); err != nil {
+				t.Fatalf("step %d, %s: %v", i, n.name, err)
+			}
+		}
+		waitFor(t, 10*time.Second, "a new session and writes in it", func() bool {
+			st := p.a.v.Status()
+			return st.Conn != Connecting && st.SessionProtocol == s.Protocol && ld.writes.Load() > before+50
+		})
+	}
+	ld.halt()
+	if n := ld.errs.Load(); n > 0 {
+		t.Fatalf("%d writes failed, the last: %v", n, ld.lastErr.Load())
+	}
+	if err := p.a.v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.waitConnected(20 * time.Second)
+	p.identical()
+	t.Logf("%d writes over %d setting changes", ld.writes.Load(), len(steps))
+}
