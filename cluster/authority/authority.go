@@ -269,13 +269,19 @@ func (a *Authority) observe(ch <-chan raft.Observation) {
 
 const (
 	// handoffAfter: how long a leader goes without reaching a live voter
-	// before it hands its leadership to a preferred one (a few heartbeat
-	// failures: a blip does not move the leadership, a cut does, well
-	// before the replication link's ping timeout makes the primary write
-	// without its peer).
+	// before it hands its leadership over (a few heartbeat failures: a
+	// blip does not move the leadership, a cut does, well before the
+	// replication link's ping timeout makes the primary write without its
+	// peer).
 	handoffAfter = 2 * time.Second
 	// handoffRetry: at most one handoff attempt per this period.
 	handoffRetry = 5 * time.Second
+	// handoffAwayRetry: a preferred leader hands over at most once per
+	// this period. If no voter reaches the unreached one (the authority
+	// port blocked while gossip still passes), the voter it hands to
+	// hands back after handoffAfter; this bounds that ping-pong to two
+	// moves per period instead of two per handoffRetry.
+	handoffAwayRetry = 30 * time.Second
 )
 
 // handoff is the observer's memory for Config.PreferredLeaders: the peers
@@ -285,25 +291,35 @@ type handoff struct {
 	last    time.Time
 }
 
-// maybeHandOff hands the leadership to a preferred voter that is reached,
-// when this leader, not preferred itself, has not reached peer, which is
-// alive, since lastContact (Config.PreferredLeaders).
+// maybeHandOff hands the leadership to another voter this leader
+// reaches when it has not reached peer, which is alive, since
+// lastContact (Config.PreferredLeaders). A leader that is not preferred
+// hands it to a preferred voter only, so the leadership settles there; a
+// preferred leader (the witness, cut off from one data node) hands it to
+// the other data node, which may reach both: otherwise the cut-off node,
+// whose pre-votes the other refuses while it hears the witness, could
+// commit nothing although a majority reaches it.
 func (a *Authority) maybeHandOff(h *handoff, peer string, lastContact time.Time) {
-	if len(a.cfg.PreferredLeaders) == 0 || slices.Contains(a.cfg.PreferredLeaders, a.cfg.Node) ||
-		a.raft.State() != raft.Leader || time.Since(lastContact) < handoffAfter || time.Since(h.last) < handoffRetry {
+	preferred := slices.Contains(a.cfg.PreferredLeaders, a.cfg.Node)
+	retry := handoffRetry
+	if preferred {
+		retry = handoffAwayRetry
+	}
+	if len(a.cfg.PreferredLeaders) == 0 || a.raft.State() != raft.Leader ||
+		time.Since(lastContact) < handoffAfter || time.Since(h.last) < retry {
 		return
 	}
 	alive := func(n string) bool { return a.cfg.Alive == nil || a.cfg.Alive(n) }
 	if !alive(peer) {
 		return // dead, not cut off: no other leader would reach it either
 	}
-	for _, to := range a.cfg.PreferredLeaders {
+	for _, to := range a.handoffCandidates(preferred) {
 		v, ok := a.cfg.voter(to)
-		if !ok || to == peer || h.failing[to] || !alive(to) {
+		if !ok || to == peer || to == a.cfg.Node || h.failing[to] || !alive(to) {
 			continue
 		}
 		h.last = time.Now()
-		a.log.Warn("authority: handing the leadership to a voter that reaches every node: this leader has not reached a live voter",
+		a.log.Warn("authority: handing the leadership to a voter that may reach every node: this leader has not reached a live voter",
 			"to", to, "unreached", peer, "since", time.Since(lastContact).Round(time.Millisecond))
 		f := a.raft.LeadershipTransferToServer(raft.ServerID(to), raft.ServerAddress(v.Addr))
 		a.wg.Add(1)
@@ -315,6 +331,20 @@ func (a *Authority) maybeHandOff(h *handoff, peer string, lastContact time.Time)
 		}()
 		return
 	}
+}
+
+// handoffCandidates are the voters a leader may hand over to, the
+// preferred ones first; the others only when this leader is preferred.
+func (a *Authority) handoffCandidates(preferred bool) []string {
+	out := slices.Clone(a.cfg.PreferredLeaders)
+	if preferred {
+		for _, v := range a.cfg.Voters {
+			if !slices.Contains(out, v.Name) {
+				out = append(out, v.Name)
+			}
+		}
+	}
+	return out
 }
 
 // Status reports this node's view of the log.

@@ -92,13 +92,15 @@ type Config struct {
 	Timeouts Timeouts
 	// PreferredLeaders are the voters that should lead when the leader
 	// cannot reach every voter: the witness, which sits between the data
-	// nodes. A leader not among them that has not reached a voter for
-	// handoffAfter, while that voter is alive (Alive), hands its
-	// leadership to one of them it still reaches. Raft alone would keep
-	// it: when the link between the data nodes is cut and one of them
-	// leads, the other hears no leader and can commit nothing (its
-	// pre-votes are refused, the witness has a leader), although it may
-	// be the primary that must mark its peer Outdated before it writes on.
+	// nodes. A leader that has not reached a voter for handoffAfter,
+	// while that voter is alive (Alive), hands its leadership to a voter
+	// it still reaches: one of these if it is not among them itself, the
+	// others too if it is. Raft alone would keep it: when the link
+	// between the data nodes is cut and one of them leads (or the link
+	// between the witness and a data node while the witness leads), the
+	// cut-off node hears no leader and can commit nothing (its pre-votes
+	// are refused by a voter that hears the leader), although it may be
+	// the primary that must mark its peer Outdated before it writes on.
 	PreferredLeaders []string
 	// Alive, if set, tells whether the failure detector holds a voter
 	// alive (reached directly or through the others): a leader hands over

@@ -93,17 +93,34 @@ func (c *testCluster) leadOn(i int) {
 // the leadership to the witness, which reaches both, and a's proposal
 // commits and is applied on a.
 func TestCutLinkMovesLeadershipToTheWitness(t *testing.T) {
+	cutLeaderOff(t, 1, "a", "b", "w")
+}
+
+// TestCutFromTheWitnessMovesLeadershipToTheOtherDataNode: the link
+// between the data node a and the witness is cut while the witness
+// leads. a hears no leader and b, which hears the witness, refuses its
+// pre-votes; the witness, although preferred, hands the leadership to b,
+// which reaches both, and a's proposal commits. Without that a primary
+// on a could not mark its peer Outdated although a majority reaches it.
+func TestCutFromTheWitnessMovesLeadershipToTheOtherDataNode(t *testing.T) {
+	cutLeaderOff(t, 2, "a", "w", "b")
+}
+
+// cutLeaderOff makes voter leader lead, cuts the link between a and
+// from, and checks that a's proposal commits (and is applied on a and on
+// the leader) once the leadership moved to want.
+func cutLeaderOff(t *testing.T, leader int, a, from, want string) {
 	c := newTestCluster(t)
 	l := withLinks(c)
 	for i := range c.cfgs {
 		c.cfgs[i].PreferredLeaders = []string{"w"}
 	}
 	c.startAll()
-	c.leadOn(1) // b
+	c.leadOn(leader)
 	if _, err := c.propose(0, define("r0")); err != nil {
 		t.Fatal(err)
 	}
-	l.sever("a", "b")
+	l.sever(a, from)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -120,16 +137,16 @@ func TestCutLinkMovesLeadershipToTheWitness(t *testing.T) {
 		}
 	}
 	if err != nil {
-		t.Fatalf("a, cut off from b, could not commit: %v", err)
+		t.Fatalf("%s, cut off from %s, could not commit: %v", a, from, err)
 	}
-	t.Logf("a committed %v after the cut", time.Since(start).Round(time.Millisecond))
-	if got := c.nodes[0].Status().Leader; got != "w" {
-		t.Fatalf("leader after the cut: %q; want the witness", got)
+	t.Logf("%s committed %v after the cut", a, time.Since(start).Round(time.Millisecond))
+	if got := c.nodes[0].Status().Leader; got != want {
+		t.Fatalf("leader after the cut: %q; want %q", got, want)
 	}
 	if c.nodes[0].Record().Resource("r1") == nil {
-		t.Fatal("a's commit is not applied on a")
+		t.Fatalf("%s's commit is not applied on %s", a, a)
 	}
-	waitFor(t, 5*time.Second, "b did not apply a's commit", func() bool { return c.nodes[1].Record().Resource("r1") != nil })
+	waitFor(t, 5*time.Second, "the old leader did not apply the commit", func() bool { return c.nodes[leader].Record().Resource("r1") != nil })
 }
 
 // TestDeadVoterKeepsTheLeader: a voter that is dead (Alive says so) is no
@@ -159,5 +176,44 @@ func TestDeadVoterKeepsTheLeader(t *testing.T) {
 	}
 	if _, err := c.propose(2, define("r0")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUnreachedByAllDoesNotPingPong: a is alive to the failure detector
+// but no voter reaches its authority port. The witness hands the
+// leadership to b, b (not preferred) hands it back, and then the witness
+// keeps it for handoffAwayRetry: the leadership does not bounce between
+// them every handoffRetry.
+func TestUnreachedByAllDoesNotPingPong(t *testing.T) {
+	c := newTestCluster(t)
+	l := withLinks(c)
+	for i := range c.cfgs {
+		c.cfgs[i].PreferredLeaders = []string{"w"}
+	}
+	c.startAll()
+	c.leadOn(2) // w
+	l.sever("a", "w")
+	l.sever("a", "b")
+	c.mu.Lock()
+	from := len(c.statuses["w"])
+	c.mu.Unlock()
+	// Without the longer period for a preferred leader: w -> b after
+	// handoffAfter, back to w after another, w -> b again handoffRetry
+	// after the first, and so on.
+	time.Sleep(2*handoffAfter + handoffRetry + 2*time.Second)
+	c.mu.Lock()
+	var leaders []string
+	for _, s := range c.statuses["w"][from:] {
+		if s.Leader != "" && (len(leaders) == 0 || leaders[len(leaders)-1] != s.Leader) {
+			leaders = append(leaders, s.Leader)
+		}
+	}
+	c.mu.Unlock()
+	if len(leaders) > 2 {
+		t.Fatalf("the leadership moved %d times (%v) in %v", len(leaders), leaders, 2*handoffAfter+handoffRetry+2*time.Second)
+	}
+	t.Logf("leaders seen by w after the cut: %v", leaders)
+	if _, err := c.propose(1, define("r0")); err != nil {
+		t.Fatalf("b and w could not commit: %v", err)
 	}
 }
