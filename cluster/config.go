@@ -140,24 +140,39 @@ func (c Config) withDefaults() (Config, error) {
 				return bad("resource %s: replica node %q is not a voter", r.Name, n)
 			}
 		}
-		if r.Preferred != "" && !slices.Contains(r.Replicas[:], r.Preferred) {
-			return bad("resource %s: preferred node %q holds no replica", r.Name, r.Preferred)
-		}
-		if r.OnNoQuorum == "" {
-			r.OnNoQuorum = NoQuorumSuspend
-		}
-		if r.OnNoQuorum != NoQuorumSuspend && r.OnNoQuorum != NoQuorumIOError {
-			return bad("resource %s: on-no-quorum %q", r.Name, r.OnNoQuorum)
-		}
-		if r.Failback == "" {
-			r.Failback = FailbackManual
-		}
-		if r.Failback != FailbackManual && r.Failback != FailbackAuto {
-			return bad("resource %s: failback %q", r.Name, r.Failback)
-		}
-		if r.FailbackAfter == 0 {
-			r.FailbackAfter = DefaultFailbackAfter
+		if err := r.policies(); err != nil {
+			return Config{}, err
 		}
 	}
 	return c, nil
+}
+
+// policies fills in r's default policies and checks them: what
+// Reconfigure may change while the machine runs.
+func (r *ResourceConfig) policies() error {
+	bad := func(f string, a ...any) error {
+		return fmt.Errorf("%w: resource %s: %s", ErrConfig, r.Name, fmt.Sprintf(f, a...))
+	}
+	if r.Preferred != "" && !slices.Contains(r.Replicas[:], r.Preferred) {
+		return bad("preferred node %q holds no replica", r.Preferred)
+	}
+	if r.OnNoQuorum == "" {
+		r.OnNoQuorum = NoQuorumSuspend
+	}
+	if r.OnNoQuorum != NoQuorumSuspend && r.OnNoQuorum != NoQuorumIOError {
+		return bad("on-no-quorum %q", r.OnNoQuorum)
+	}
+	if r.Failback == "" {
+		r.Failback = FailbackManual
+	}
+	if r.Failback != FailbackManual && r.Failback != FailbackAuto {
+		return bad("failback %q", r.Failback)
+	}
+	if r.FailbackAfter == 0 {
+		r.FailbackAfter = DefaultFailbackAfter
+	}
+	if r.FailbackAfter < 0 {
+		return bad("negative failback-after %v", r.FailbackAfter)
+	}
+	return nil
 }

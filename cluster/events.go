@@ -149,6 +149,16 @@ type AdminRequest struct {
 	Force    bool   // promote --force
 }
 
+// Reconfigure: an admin changed a resource's policies in the
+// configuration file (tandem adjust). The machine takes over Preferred,
+// OnNoQuorum, Failback and FailbackAfter of Resource, whose name and
+// replicas must be those it runs; a new Preferred is committed to the
+// record once. Anything it refuses is an Alert and changes nothing.
+type Reconfigure struct {
+	At       time.Time
+	Resource ResourceConfig
+}
+
 func (e Tick) when() time.Time            { return e.At }
 func (e MemberChange) when() time.Time    { return e.At }
 func (e VolumeReport) when() time.Time    { return e.At }
@@ -158,3 +168,4 @@ func (e Committed) when() time.Time       { return e.At }
 func (e VIPResult) when() time.Time       { return e.At }
 func (e ProposalFailed) when() time.Time  { return e.At }
 func (e AdminRequest) when() time.Time    { return e.At }
+func (e Reconfigure) when() time.Time     { return e.At }

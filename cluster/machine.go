@@ -72,6 +72,15 @@ type resState struct {
 	hold        bool      // admin demote: the Demote carries Hold
 	vipBlocked  bool      // the VIP claim was refused: I/O stays suspended
 	vipRetry    time.Time
+	// quorumIO is the policy whose SuspendIO or FailIO is in force for
+	// a loss of quorum ("" when none is): a Reconfigure to the other one
+	// while quorum is still lost emits the other action.
+	quorumIO NoQuorumPolicy
+	// redefine: an admin changed the preferred node; it is committed to
+	// the record with a define, once (the other node's adjust may
+	// commit another: the last one wins, and the two configuration
+	// hashes differ meanwhile).
+	redefine bool
 
 	degradedWaiting bool
 	// peerLeft: the volume asked to write without its peer, whose
@@ -214,6 +223,8 @@ func (m *Machine) Step(ev Event) Ready {
 		}
 	case AdminRequest:
 		m.admin(e)
+	case Reconfigure:
+		m.reconfigure(e.Resource)
 	}
 	m.expireProposals()
 	for _, r := range m.res {
@@ -225,6 +236,30 @@ func (m *Machine) Step(ev Event) Ready {
 }
 
 func (m *Machine) emit(a Action) { m.out = append(m.out, a) }
+
+// reconfigure takes over an admin's new policies for a resource.
+func (m *Machine) reconfigure(rc ResourceConfig) {
+	r := m.resource(rc.Name)
+	refuse := func(why string) {
+		m.emit(Alert{Resource: rc.Name, Text: "configuration change not applied: " + why})
+	}
+	switch {
+	case r == nil:
+		refuse("this node holds no replica of it")
+		return
+	case !sameSet(rc.Replicas[:], r.cfg.Replicas[:]):
+		refuse(fmt.Sprintf("replicas %v, the running ones are %v; a resource's replicas change only with a restart", rc.Replicas, r.cfg.Replicas))
+		return
+	}
+	if err := rc.policies(); err != nil {
+		refuse(err.Error())
+		return
+	}
+	if rc.Preferred != r.cfg.Preferred {
+		r.redefine = true
+	}
+	r.cfg.Preferred, r.cfg.OnNoQuorum, r.cfg.Failback, r.cfg.FailbackAfter = rc.Preferred, rc.OnNoQuorum, rc.Failback, rc.FailbackAfter
+}
 
 func (m *Machine) resource(name string) *resState {
 	for _, r := range m.res {
@@ -378,6 +413,13 @@ func (m *Machine) committed(e Committed) {
 			r.degradedWaiting = false
 			m.emit(RefuseDegraded{Resource: r.cfg.Name, Reason: e.Err.Error()})
 		}
+	case OpDefine:
+		if r != nil {
+			r.redefine = false
+			if e.Err != nil {
+				m.emit(Alert{Resource: r.cfg.Name, Text: fmt.Sprintf("the preferred node was not recorded: %v", e.Err)})
+			}
+		}
 	case OpConfirmPrimary:
 		if e.Err == nil && r != nil && r.primary && r.epoch == e.Cmd.Epoch {
 			r.needConfirm = false
@@ -406,7 +448,7 @@ func (m *Machine) enactPromotion(r *resState, cmd Command) {
 	if !usable {
 		return
 	}
-	r.primary, r.epoch, r.suspended, r.needConfirm, r.handoff = true, cmd.Epoch, false, false, false
+	r.primary, r.epoch, r.suspended, r.needConfirm, r.handoff, r.quorumIO = true, cmd.Epoch, false, false, false, ""
 	r.leaseUntil = m.now.Add(m.cfg.Lease)
 	m.emit(Promote{Resource: r.cfg.Name, Epoch: cmd.Epoch, Force: cmd.Force})
 	r.vip = true
@@ -424,7 +466,7 @@ func (m *Machine) stepDown(r *resState) {
 		r.degradedWaiting = false
 		m.emit(RefuseDegraded{Resource: r.cfg.Name, Reason: "demoted"})
 	}
-	r.primary, r.suspended, r.vip, r.needConfirm, r.handoff, r.vipBlocked = false, false, false, false, false, false
+	r.primary, r.suspended, r.vip, r.needConfirm, r.handoff, r.vipBlocked, r.quorumIO = false, false, false, false, false, false, ""
 }
 
 func (m *Machine) reconcile(r *resState) {
@@ -439,6 +481,13 @@ func (m *Machine) reconcile(r *resState) {
 	if _, ok := res.Replicas[m.cfg.Node]; !ok {
 		m.alertOnce(name+":replicas", name, fmt.Sprintf("the authority record places %s on %v, not on this node: check the configuration", name, slices.Sorted(maps.Keys(res.Replicas))))
 		return
+	}
+	if r.redefine {
+		if res.Preferred == r.cfg.Preferred {
+			r.redefine = false
+		} else if m.quorum() {
+			m.propose(name+":define", Command{Op: OpDefine, Resource: name, Replicas: r.cfg.Replicas[:], Preferred: r.cfg.Preferred}, "", "")
+		}
 	}
 	m.reportDisk(r, res)
 	r.blocked = ""
@@ -508,8 +557,8 @@ func (m *Machine) reconcilePrimary(r *resState, res *Resource) {
 		r.leaseUntil = m.now.Add(m.cfg.Lease)
 	}
 	if !q || !m.now.Before(r.leaseUntil) {
-		if !r.suspended {
-			r.suspended = true
+		if !r.suspended || (r.quorumIO != "" && r.quorumIO != r.cfg.OnNoQuorum) {
+			r.suspended, r.quorumIO = true, r.cfg.OnNoQuorum
 			if r.cfg.OnNoQuorum == NoQuorumIOError {
 				m.emit(FailIO{Resource: name})
 			} else {
@@ -546,7 +595,7 @@ func (m *Machine) reconcilePrimary(r *resState, res *Resource) {
 		return
 	}
 	if r.suspended {
-		r.suspended = false
+		r.suspended, r.quorumIO = false, ""
 		m.emit(ResumeIO{Resource: name})
 	}
 	if !r.vip {

@@ -122,3 +122,55 @@ func TestAdjustChangesTheLinkLive(t *testing.T) {
 	p.stopBoth()
 	p.sameData()
 }
+
+// TestAdjustChangesClusterPoliciesLive: with the cluster layer running,
+// `tandem adjust` on every node makes beta the preferred primary of r0
+// with failback auto and a short failback-after: the record takes the
+// new preference and the cluster switches r0 over to beta by itself,
+// with alpha's writes on it; no daemon restarts.
+func TestAdjustChangesClusterPoliciesLive(t *testing.T) {
+	t.Parallel()
+	testenv.RequireTool(t, "qemu-io")
+	p := clusterPair(t)
+	p.startCluster()
+	qemuIO(t, p.uri("alpha"), "write -P 0x71 1M 2M", "flush")
+	pids := map[string]int{}
+	for _, n := range []string{"witness", "alpha", "beta"} {
+		pids[n] = p.nodes[n].proc.Pid()
+	}
+
+	b, err := os.ReadFile(p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(b), "    protocol: C\n", "    protocol: C\n    preferred-primary: beta\n    failback: auto\n", 1)
+	s += "timing:\n  failback-after: 2s\n"
+	writeFile(t, p.path, s, 0o644)
+	for _, n := range []string{"witness", "alpha", "beta"} {
+		out := p.tandem(n, "adjust")
+		for _, w := range []string{"Resources[r0].PreferredPrimary", "Resources[r0].Failback", "Timing.FailbackAfter"} {
+			if !strings.Contains(out, w) {
+				t.Errorf("adjust on %s does not name %s: %s", n, w, out)
+			}
+		}
+	}
+	p.waitStatus("beta", "beta primary after the failback to its new preference", serving)
+	p.waitStatus("alpha", "alpha secondary and in sync", func(st daemon.ResourceStatus) bool { return inSync(st) && st.Role == replicate.Secondary })
+	if res := p.clusterStatus("alpha").ClusterLayer.Record.Resource("r0"); res == nil || res.Preferred != "beta" || res.Primary != "beta" {
+		t.Fatalf("record after the adjust: %+v", res)
+	}
+	if out := qemuIO(t, p.uri("beta"), "read -P 0x71 1M 2M"); strings.Contains(out, "Pattern verification failed") {
+		t.Fatalf("beta lacks alpha's writes: %s", out)
+	}
+	for n, pid := range pids {
+		if got := p.nodes[n].proc.Pid(); got != pid {
+			t.Errorf("%s restarted (pid %d, was %d)", n, got, pid)
+		}
+	}
+
+	// A restart-only key still refuses the whole file.
+	writeFile(t, p.path, strings.Replace(s, "    failback: auto\n", "    failback: manual\n    al-extents: 61\n", 1), 0o644)
+	if _, stderr, err := p.tandemErr("beta", "adjust"); err == nil || !strings.Contains(stderr, "ALExtents") {
+		t.Fatalf("adjust with al-extents: %v\n%s", err, stderr)
+	}
+}

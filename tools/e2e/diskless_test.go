@@ -123,11 +123,7 @@ func TestClusterDisklessPrimaryHandsOver(t *testing.T) {
 	testenv.RequireTool(t, "qemu-io")
 	p := clusterPair(t)
 	fail, heal := faultyDisk(t, p, "alpha")
-	for _, n := range []string{"witness", "alpha", "beta"} {
-		p.start(n)
-	}
-	p.waitStatus("alpha", "alpha promoted by the cluster layer", serving)
-	p.waitStatus("beta", "beta in sync", inSync)
+	p.startCluster()
 	qemuIO(t, p.uri("alpha"), "write -P 0x5a 1M 2M", "flush")
 
 	fail()

@@ -49,6 +49,17 @@ func clusterPair(t *testing.T) *pair {
 	return p
 }
 
+// startCluster starts the three daemons and waits until the cluster layer
+// has promoted alpha and beta is in sync.
+func (p *pair) startCluster() {
+	p.t.Helper()
+	for _, n := range []string{"witness", "alpha", "beta"} {
+		p.start(n)
+	}
+	p.waitStatus("alpha", "alpha promoted by the cluster layer", serving)
+	p.waitStatus("beta", "beta in sync", inSync)
+}
+
 func (p *pair) clusterStatus(n string) daemon.NodeStatus {
 	p.t.Helper()
 	var ns daemon.NodeStatus
@@ -71,11 +82,7 @@ func TestClusterFailover(t *testing.T) {
 	t.Parallel()
 	testenv.RequireTool(t, "qemu-io")
 	p := clusterPair(t)
-	for _, n := range []string{"witness", "alpha", "beta"} {
-		p.start(n)
-	}
-	p.waitStatus("alpha", "alpha promoted by the cluster layer", serving)
-	p.waitStatus("beta", "beta in sync", inSync)
+	p.startCluster()
 	qemuIO(t, p.uri("alpha"), "write -P 0x5a 1M 2M", "flush")
 
 	p.nodes["alpha"].proc.Kill(t)

@@ -9,16 +9,20 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/tandem-ha/tandem/cluster"
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/replicate"
 )
 
 // Adjust (tandem adjust, SIGHUP; DRBD's drbdadm adjust): the daemon reads
 // its configuration file again and applies what may change while it
-// runs: the alerts, and each resource's resync settings, split-brain
-// policy and link settings (protocol, compression, TLS; a change there
-// restarts the resource's replication session). Anything else that differs needs a restart; then nothing is
+// runs: the alerts, each resource's resync settings, split-brain policy,
+// link settings (protocol, compression, TLS; a change there restarts the
+// resource's replication session) and cluster policies (on-no-quorum,
+// preferred-primary, failback, timing.failback-after: the cluster
+// machine takes them over). Anything else that differs needs a restart; then nothing is
 // applied at all, so that the daemon always runs one file's settings,
 // and its configuration hash (gossiped, compared between nodes) is that
 // file's.
@@ -45,7 +49,7 @@ type AdjustResult struct {
 // LiveChange reports whether a difference at path (as config.Diff names
 // it) can be applied while the daemon runs.
 func LiveChange(path string) bool {
-	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") {
+	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") || path == "Timing.FailbackAfter" {
 		return true
 	}
 	rest, ok := strings.CutPrefix(path, "Resources[")
@@ -54,7 +58,20 @@ func LiveChange(path string) bool {
 	}
 	_, field, ok := strings.Cut(rest, "].")
 	return ok && (field == "SplitBrain" || strings.HasPrefix(field, "Resync.") ||
-		field == "Protocol" || field == "Compression" || field == "TLS" || strings.HasPrefix(field, "TLS.") || field == tlsFilesChanged)
+		field == "Protocol" || field == "Compression" || field == "TLS" || strings.HasPrefix(field, "TLS.") || field == tlsFilesChanged ||
+		clusterPolicy(field))
+}
+
+// clusterPolicy: a resource's field that the cluster machine takes over
+// while it runs (cluster.Reconfigure).
+func clusterPolicy(field string) bool {
+	return field == "PreferredPrimary" || field == "OnNoQuorum" || field == "Failback"
+}
+
+// policyChanged: n changes what the cluster machine runs of r.
+func policyChanged(r, n *config.Resource, t, nt config.Timing) bool {
+	return r.PreferredPrimary != n.PreferredPrimary || r.OnNoQuorum != n.OnNoQuorum || r.Failback != n.Failback ||
+		t.FailbackAfter != nt.FailbackAfter
 }
 
 // tlsFilesChanged is the change adjust reports when a resource's TLS
@@ -134,7 +151,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		}
 	}
 	if len(restart) > 0 {
-		return res, fmt.Errorf("%w: %s (only alerts and resources' resync, split-brain, protocol, compression and tls change while it runs); nothing was changed",
+		return res, fmt.Errorf("%w: %s (only alerts, timing.failback-after and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs); nothing was changed",
 			ErrNeedsRestart, strings.Join(restart, ", "))
 	}
 	for _, u := range links {
@@ -187,6 +204,20 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 	for r, n := range tuned {
 		r.cfg.Resync, r.cfg.SplitBrain = n.Resync, n.SplitBrain
 	}
+	// The cluster machine's policies last: it takes them over in its
+	// next step and refuses nothing that Validate let through.
+	cl := d.cl.Load()
+	for _, r := range d.resources {
+		n := nc.Resource(r.cfg.Name)
+		if !policyChanged(r.cfg, n, d.cfg.Timing, nc.Timing) {
+			continue
+		}
+		r.cfg.PreferredPrimary, r.cfg.OnNoQuorum, r.cfg.Failback = n.PreferredPrimary, n.OnNoQuorum, n.Failback
+		if cl != nil {
+			cl.mgr.Inject(cluster.Reconfigure{At: time.Now(), Resource: machineResource(r.cfg, nc.Timing)})
+		}
+	}
+	d.cfg.Timing.FailbackAfter = nc.Timing.FailbackAfter
 	for _, u := range links {
 		n := nc.Resource(u.r.cfg.Name)
 		u.r.cfg.Protocol, u.r.cfg.Compression, u.r.cfg.TLS = n.Protocol, n.Compression, n.TLS

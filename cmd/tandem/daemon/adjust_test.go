@@ -110,6 +110,8 @@ func TestLiveChange(t *testing.T) {
 		"Resources[r0].SplitBrain": true, "Resources[r0].Resync.MaxRate": true,
 		"Resources[r0].Protocol": true, "Resources[r0].Compression": true, "Resources[r0].TLS": true,
 		"Resources[r0].TLS.Cert": true, "Resources[r0].TLS (files changed)": true,
+		"Resources[r0].PreferredPrimary": true, "Resources[r0].OnNoQuorum": true, "Resources[r0].Failback": true,
+		"Timing.FailbackAfter": true, "Timing.Lease": false, "Resources[r0].VIP.Address": false,
 		"Resources[r0].ALExtents": false, "Resources[r0].Size": false, "Resources[r0].Replicas[alpha].Address": false,
 		"Resources[r0].TLSX": false, "Nodes[alpha].Address": false, "Timing.PingTimeout": false, "Cluster": false,
 	} {

@@ -17,6 +17,7 @@ import (
 	"github.com/tandem-ha/tandem/cluster"
 	"github.com/tandem-ha/tandem/cluster/authority"
 	"github.com/tandem-ha/tandem/cluster/manager"
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/replicate"
 	"github.com/tandem-ha/tandem/vip"
 )
@@ -140,13 +141,18 @@ func (d *Daemon) machineConfig() cluster.Config {
 		if len(r.Replicas) != 2 {
 			continue // Validate refused it already
 		}
-		mc.Resources = append(mc.Resources, cluster.ResourceConfig{
-			Name: r.Name, Replicas: [2]string{r.Replicas[0].Node, r.Replicas[1].Node},
-			Preferred: r.PreferredPrimary, OnNoQuorum: cluster.NoQuorumPolicy(r.OnNoQuorum),
-			Failback: cluster.FailbackPolicy(r.Failback), FailbackAfter: t.FailbackAfter,
-		})
+		mc.Resources = append(mc.Resources, machineResource(&r, t))
 	}
 	return mc
+}
+
+// machineResource is what the cluster machine runs of a resource.
+func machineResource(r *config.Resource, t config.Timing) cluster.ResourceConfig {
+	return cluster.ResourceConfig{
+		Name: r.Name, Replicas: [2]string{r.Replicas[0].Node, r.Replicas[1].Node},
+		Preferred: r.PreferredPrimary, OnNoQuorum: cluster.NoQuorumPolicy(r.OnNoQuorum),
+		Failback: cluster.FailbackPolicy(r.Failback), FailbackAfter: t.FailbackAfter,
+	}
 }
 
 // startCluster opens membership and the authority log and starts the
