@@ -118,6 +118,10 @@ func testDisklessServes(t *testing.T, proto string) {
 		return s.Conn == StandAlone && s.Disk == Failed && strings.Contains(s.Reason, "disk failed")
 	})
 	waitFor(t, 5*time.Second, "beta without alpha", func() bool { return p.b.v.Status().Conn == Connecting })
+	// Demoted, it has no disk to set a session up with.
+	if err := p.a.v.Connect(ctx); !errors.Is(err, ErrDiskFailed) {
+		t.Fatalf("connect of a demoted node without a disk: %v", err)
+	}
 	mustPromote(t, p.b, false)
 	if err := p.b.v.WriteAt(ctx, block('b', 0, 3), 0, false); err != nil {
 		t.Fatal(err)
@@ -130,13 +134,22 @@ func testDisklessServes(t *testing.T, proto string) {
 }
 
 // Without the peer a diskless primary has no copy left: every operation
-// fails with EIO, none is acknowledged, and it does not reconnect on a
-// disk it cannot trust.
-func TestDisklessPrimaryWithoutPeerFails(t *testing.T) {
+// fails with EIO and none is acknowledged. It goes on connecting, writing
+// no metadata, and once the peer is back with the data it served, the
+// peer serves it again (DRBD's diskless primary reconnects the same way):
+// what was flushed before is read back, new writes land on the peer.
+func TestDisklessPrimaryReconnects(t *testing.T) {
 	p := disklessPair(t, "C")
 	ctx := context.Background()
+	if err := p.a.v.WriteAt(ctx, block('k', 1<<20, 4), 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sessions := p.a.v.Status().Session
 	p.b.kill(false, 0)
-	waitFor(t, 10*time.Second, "alpha StandAlone", func() bool { return p.a.v.Status().Conn == StandAlone })
+	waitFor(t, 10*time.Second, "alpha Connecting", func() bool { return p.a.v.Status().Conn == Connecting })
 	buf := make([]byte, 4096)
 	for name, err := range map[string]error{
 		"read":  p.a.v.ReadAt(ctx, buf, 0),
@@ -148,13 +161,60 @@ func TestDisklessPrimaryWithoutPeerFails(t *testing.T) {
 		}
 	}
 	p.b.restart()
-	time.Sleep(500 * time.Millisecond) // it would have reconnected by now
-	if s := p.a.v.Status(); s.Conn != StandAlone {
-		t.Fatalf("alpha reconnected on its failed disk: %+v", s)
+	waitFor(t, 10*time.Second, "alpha served by beta again", func() bool {
+		s := p.a.v.Status()
+		return s.Conn == Connected && s.Disk == Diskless && s.PeerDisk == UpToDate && s.Session > sessions
+	})
+	if s := p.b.v.Status(); s.Conn != Connected || s.PeerDisk != Diskless || s.PeerRole != Primary || s.OutOfSync != s.Size {
+		t.Fatalf("beta serving the diskless primary again: %+v", s)
+	}
+	got := make([]byte, 4096)
+	if err := p.a.v.ReadAt(ctx, got, 1<<20); err != nil || !bytes.Equal(got, block('k', 1<<20, 4)) {
+		t.Fatalf("reading back through the peer after the reconnect: %v", err)
+	}
+	if err := p.a.v.WriteAt(ctx, block('m', 2<<20, 2), 2<<20, false); err != nil {
+		t.Fatalf("write after the reconnect: %v", err)
+	}
+	if !bytes.Equal(p.b.data.Bytes()[2<<20:2<<20+4096], block('m', 2<<20, 2)) {
+		t.Fatal("beta does not hold the write made after the reconnect")
 	}
 	if err := p.a.v.Close(ctx); err == nil {
 		t.Fatal("closing on a dead disk reported a clean metadata close")
 	}
+}
+
+// A diskless primary whose peer was promoted while they were apart (and
+// demoted again: its epoch moved on) was deposed: it refuses the peer and
+// stays StandAlone, and the peer, whose data moved on, does not serve it.
+func TestDeposedDisklessPrimaryRefused(t *testing.T) {
+	p := disklessPair(t, "C")
+	ctx := context.Background()
+	if err := p.a.v.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "beta without alpha", func() bool { return p.b.v.Status().Conn == Connecting })
+	mustPromote(t, p.b, false)
+	if err := p.b.v.WriteAt(ctx, block('n', 0, 1), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.v.Demote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.v.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "alpha StandAlone, deposed", func() bool {
+		s := p.a.v.Status()
+		return s.Conn == StandAlone && strings.Contains(s.Reason, "deposed")
+	})
+	// beta goes on connecting: its own checks decide for it.
+	if s := p.b.v.Status(); s.Conn != Connecting || s.PeerRole == Primary {
+		t.Fatalf("beta after the deposed diskless primary refused it: %+v", s)
+	}
+	if got := p.b.data.Bytes()[:4096]; !bytes.Equal(got, block('n', 0, 1)) {
+		t.Fatal("beta's write as primary was touched")
+	}
+	_ = p.a.v.Close(ctx) // the dead disk's metadata does not close clean
 }
 
 // The failed primary dies while diskless and its disk comes back with

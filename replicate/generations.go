@@ -59,9 +59,13 @@ const (
 	// NeedAdmin: neither side can be a source (both Inconsistent, or both
 	// crashed as primary with the same generation).
 	NeedAdmin
+	// ServeDiskless: one side is a primary whose disk failed, the other
+	// the UpToDate secondary that held its data then; the session carries
+	// the primary's I/O again, with no resync (link.setupDiskless).
+	ServeDiskless
 )
 
-var syncNames = [...]string{"InSync", "SourceBitmap", "TargetBitmap", "SourceFull", "TargetFull", "SplitBrain", "Unrelated", "NeedAdmin"}
+var syncNames = [...]string{"InSync", "SourceBitmap", "TargetBitmap", "SourceFull", "TargetFull", "SplitBrain", "Unrelated", "NeedAdmin", "ServeDiskless"}
 
 func (s Sync) String() string {
 	if int(s) < len(syncNames) {

@@ -689,6 +689,12 @@ func (l *link) peerDiskLost() error {
 		return err
 	}
 	l.peerDiskGone.Store(true)
+	// Before anything this node answers after the State: the primary
+	// learns the generation it is served from (Volume.servedGen), which
+	// a later session with it checks (setupDiskless).
+	if err := l.c.Write(wire.Frame{Type: wire.State, Offset: stateUpdate, Epoch: v.epoch.Load(), Payload: v.localState().marshal()}); err != nil {
+		return fmt.Errorf("replicate: announcing the new generation: %w", err)
+	}
 	v.log.Warn("replicate: the primary's disk failed; this node holds the only copy and serves its reads", "peer", v.cfg.Peer)
 	return nil
 }
@@ -998,6 +1004,9 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		return 0, fmt.Errorf("%w: %w", errStandAlone, err)
 	}
 	l.peer = peer
+	if local.disklessPrimary() || peer.disklessPrimary() {
+		return l.setupDiskless(local, peer)
+	}
 
 	d, why := decideSession(local, peer, v.sessionPolicy())
 	// Two incomplete images: nothing to sync, but the session stays up
@@ -1041,33 +1050,8 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	if why == "" && !idle && (d == SplitBrain || d == Unrelated || d == NeedAdmin) {
 		why = d.String()
 	}
-	// Both sides say what they concluded: two nodes that disagree (other
-	// policies in their configurations) must not both act.
-	mine := []byte{byte(d)}
-	if why != "" {
-		mine = append([]byte{255}, why...)
-	}
-	if err := l.c.Write(wire.Frame{Type: wire.State, Offset: stateDecision, Epoch: local.Epoch, Payload: mine}); err != nil {
-		return 0, fmt.Errorf("replicate: sending the decision: %w", err)
-	}
-	df, err := l.expect(stateDecision)
-	if err != nil {
+	if err := l.exchangeDecision(d, why, standalone, local.Epoch); err != nil {
 		return 0, err
-	}
-	if why != "" {
-		if standalone {
-			return 0, fmt.Errorf("%w: %s", errStandAlone, why)
-		}
-		return 0, errors.New(why)
-	}
-	switch {
-	case len(df.Payload) > 0 && df.Payload[0] == 255:
-		if bytes.Contains(df.Payload[1:], []byte(ErrStaleEpoch.Error())) {
-			return 0, fmt.Errorf("the peer refused: %s", df.Payload[1:])
-		}
-		return 0, fmt.Errorf("%w: the peer refused: %s", errStandAlone, df.Payload[1:])
-	case len(df.Payload) != 1 || Sync(df.Payload[0]) != d.mirror():
-		return 0, fmt.Errorf("%w: this node decided %s, the peer %v (different split-brain policies?)", errStandAlone, d, df.Payload)
 	}
 	newEpoch := peer.Epoch
 	if local.Role == Primary && peer.Epoch > local.Epoch {
@@ -1097,8 +1081,51 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 			return 0, fmt.Errorf("replicate: becoming sync target: %w", err)
 		}
 	}
-	if err := nc.SetDeadline(time.Time{}); err != nil {
-		return 0, err
+	return d, l.activate(d, peer, idle)
+}
+
+// exchangeDecision sends this side's outcome of the setup (d, or why it
+// refuses) and reads the peer's: two nodes that disagree (other policies
+// in their configurations) must not both act.
+func (l *link) exchangeDecision(d Sync, why string, standalone bool, epoch uint64) error {
+	mine := []byte{byte(d)}
+	if why != "" {
+		mine = append([]byte{255}, why...)
+	}
+	if err := l.c.Write(wire.Frame{Type: wire.State, Offset: stateDecision, Epoch: epoch, Payload: mine}); err != nil {
+		return fmt.Errorf("replicate: sending the decision: %w", err)
+	}
+	df, err := l.expect(stateDecision)
+	if err != nil {
+		return err
+	}
+	if why != "" {
+		if standalone {
+			return fmt.Errorf("%w: %s", errStandAlone, why)
+		}
+		return errors.New(why)
+	}
+	switch {
+	case len(df.Payload) > 0 && df.Payload[0] == 255:
+		if bytes.Contains(df.Payload[1:], []byte(ErrStaleEpoch.Error())) || bytes.Contains(df.Payload[1:], []byte(errRetry)) {
+			return fmt.Errorf("the peer refused: %s", df.Payload[1:])
+		}
+		return fmt.Errorf("%w: the peer refused: %s", errStandAlone, df.Payload[1:])
+	case len(df.Payload) != 1 || Sync(df.Payload[0]) != d.mirror():
+		return fmt.Errorf("%w: this node decided %s, the peer %v (different split-brain policies?)", errStandAlone, d, df.Payload)
+	}
+	return nil
+}
+
+// errRetry ends a refusal that the other side should not take for
+// final: it goes on connecting (the refusing side may change).
+const errRetry = "(retrying)"
+
+// activate makes an agreed session the one writes go to.
+func (l *link) activate(d Sync, peer peerState, idle bool) error {
+	v := l.v
+	if err := l.c.NetConn().SetDeadline(time.Time{}); err != nil {
+		return err
 	}
 	v.degMu.Lock()
 	v.degraded, v.rotated = false, false
@@ -1128,7 +1155,69 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		v.conn = Connected
 	}
 	v.mu.Unlock()
-	return d, nil
+	return nil
+}
+
+// setupDiskless sets up a session with a diskless primary on one side
+// (its disk failed while the other served it, and the link ended since):
+// no decision from the generations (the diskless side's are those of its
+// failed disk), no bitmap exchange, no metadata written on the diskless
+// side. The secondary serves again only the data it held when the
+// primary went diskless: UpToDate, at the same or an older epoch, its
+// generation the one it served, every block still out of sync for the
+// primary. DRBD's diskless primary reconnects the same way.
+func (l *link) setupDiskless(local, peer peerState) (Sync, error) {
+	v := l.v
+	why, standalone := "", false
+	refuse := func(final bool, format string, args ...any) {
+		if why == "" {
+			// Whatever this side makes of it, the peer goes on
+			// connecting: its own checks decide for it.
+			why, standalone = fmt.Sprintf(format, args...)+" "+errRetry, final
+		}
+	}
+	switch {
+	case peer.Size != local.Size || peer.Gran != local.Gran:
+		refuse(true, "the peer's data area is %d bytes at bitmap granularity %d, this node's %d at %d", peer.Size, peer.Gran, local.Size, local.Gran)
+	case local.Role == Primary && peer.Role == Primary:
+		refuse(true, "both nodes are primary (split brain); demote one, then resolve")
+	case local.disklessPrimary():
+		served := v.servedGen.Load()
+		switch {
+		case peer.Epoch > local.Epoch:
+			refuse(true, "%v: this diskless node is primary at epoch %d, the peer knows epoch %d: this node was deposed", ErrStaleEpoch, local.Epoch, peer.Epoch)
+		case peer.Disk != UpToDate:
+			refuse(false, "the peer's disk is %s: it does not hold the data this diskless primary served through it", peer.Disk)
+		case peer.Gen.Current != served:
+			refuse(true, "the peer's data moved on since it served this diskless primary (its generation is %#x, it served %#x); demote this node", peer.Gen.Current, served)
+		}
+	default:
+		switch {
+		case peer.Epoch < local.Epoch:
+			refuse(false, "%v: the peer is a diskless primary at epoch %d, this node knows epoch %d (a deposed primary)", ErrStaleEpoch, peer.Epoch, local.Epoch)
+		case local.Disk != UpToDate:
+			refuse(false, "this node's disk is %s: it cannot serve a diskless primary", local.Disk)
+		case v.bm.OutOfSyncBytes() < v.size:
+			refuse(false, "this node has not recorded the primary's disk failure (%d of %d bytes out of sync for it): it cannot serve it", v.bm.OutOfSyncBytes(), v.size)
+		}
+	}
+	d := ServeDiskless
+	if why != "" {
+		d = NeedAdmin
+	}
+	if err := l.exchangeDecision(d, why, standalone, local.Epoch); err != nil {
+		return 0, err
+	}
+	if !local.disklessPrimary() {
+		if err := v.adoptEpoch(peer.Epoch); err != nil {
+			return 0, err
+		}
+		// Written for every write, reads answered: as in the session
+		// where the primary's disk failed (peerDiskLost, which must not
+		// draw another generation now).
+		l.peerDiskGone.Store(true)
+	}
+	return d, l.activate(d, peer, false)
 }
 
 // expect reads the next frame of the setup, which must be State of kind.

@@ -23,7 +23,8 @@ type LinkSettings struct {
 }
 
 // ErrLinkInUse: the link cannot be restarted now (a diskless primary
-// serves every request through it, and could not come back).
+// serves every request through it: each would fail until it reconnects,
+// and for good if the peer does not accept the new settings yet).
 var ErrLinkInUse = errors.New("replicate: the link cannot be restarted")
 
 // check lists what is wrong with s, and fills in the defaults.

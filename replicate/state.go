@@ -134,6 +134,10 @@ func parseState(p []byte) (peerState, error) {
 	return s, nil
 }
 
+// disklessPrimary: the sender is a primary whose disk failed and that
+// serves through its peer.
+func (s peerState) disklessPrimary() bool { return s.Role == Primary && s.Disk == Diskless }
+
 // side is what the state brings to Decide.
 func (s peerState) side() Side {
 	return Side{

@@ -72,8 +72,11 @@ type Volume struct {
 	// (detachDisk): whoever meets the failure meanwhile waits for it, then
 	// sees whether the peer serves.
 	detached chan struct{}
-	closed   atomic.Bool
-	epoch    atomic.Uint64
+	// servedGen is the peer's current generation when this primary went
+	// diskless: a later session serves it again only from that data.
+	servedGen atomic.Uint64
+	closed    atomic.Bool
+	epoch     atomic.Uint64
 
 	// seqMu orders: it hands out sequence numbers and queues frames on
 	// the link in that order, so the peer receives them in sequence.
@@ -579,7 +582,8 @@ func (v *Volume) detachDisk() {
 		(v.conn == Connected || v.conn == VerifySource)
 	if serve {
 		// Setting up a new session writes metadata, which a failed disk
-		// cannot be trusted with: this is the last one.
+		// cannot be trusted with: none until this primary is diskless,
+		// whose sessions write none (setupDiskless).
 		v.standalone = true
 	}
 	v.mu.Unlock()
@@ -591,7 +595,20 @@ func (v *Volume) detachDisk() {
 		v.log.Error("replicate: the peer did not confirm it holds the only copy: every request fails", "peer", v.cfg.Peer, "err", err)
 		return
 	}
+	// The peer announced its new generation before its Flushed.
+	v.mu.Lock()
+	if v.peer != nil {
+		v.servedGen.Store(v.peer.Gen.Current)
+	}
+	v.mu.Unlock()
 	v.diskless.Store(true)
+	v.mu.Lock()
+	v.standalone = false
+	if v.sess == nil && !v.closed.Load() {
+		v.conn = Connecting // the link ended meanwhile: connect again
+	}
+	v.mu.Unlock()
+	v.wake()
 	v.announce()
 	v.log.Warn("replicate: diskless: reads, writes and flushes go to the peer until the disk is replaced", "peer", v.cfg.Peer)
 }
@@ -1023,9 +1040,14 @@ func (v *Volume) Demote(ctx context.Context) error {
 	v.announce()
 	if diskless {
 		// A secondary without a disk has nothing to apply the new
-		// primary's writes to.
+		// primary's writes to, and a setup would write metadata on the
+		// failed disk: no session any more.
 		v.mu.Lock()
+		v.standalone = true
 		l := v.sess
+		if l == nil {
+			v.conn = StandAlone
+		}
 		v.mu.Unlock()
 		if l != nil {
 			l.end("the local disk failed: detached; replace the disk and recreate the metadata", true)
@@ -1059,6 +1081,10 @@ func (v *Volume) Outdate(ctx context.Context) error {
 func (v *Volume) Connect(ctx context.Context) error {
 	if v.closed.Load() {
 		return ErrClosed
+	}
+	if v.failed.Load() && !v.diskless.Load() {
+		// A setup writes metadata, which the failed disk cannot hold.
+		return fmt.Errorf("replicate: %s: connect: %w: replace the disk (down, create-md --force, up)", v.cfg.Resource, ErrDiskFailed)
 	}
 	v.mu.Lock()
 	v.standalone = false

@@ -57,7 +57,9 @@ func faultyDisk(t *testing.T, p *pair, n string) (fail, heal func()) {
 
 // The primary's disk starts failing under two real daemons: the request
 // that hits it and every later one a client makes are served by the
-// secondary, and the client sees no error; demoted, the old primary lets go, the secondary takes
+// secondary, and the client sees no error; the secondary's daemon killed
+// and started again, the diskless primary fails requests meanwhile and is
+// served again once it is back; demoted, the old primary lets go, the secondary takes
 // over with every write, and the old disk, working again, comes back as a
 // full sync target.
 func TestDisklessPrimaryRealDaemons(t *testing.T) {
@@ -89,13 +91,33 @@ func TestDisklessPrimaryRealDaemons(t *testing.T) {
 		t.Fatal("beta's disk does not hold the write made through the diskless primary")
 	}
 
+	// beta's daemon dies: alpha's requests fail; back, it serves alpha
+	// again, with what it held and without a resync.
+	before := p.status("alpha").Session
+	p.nodes["beta"].proc.Kill(t)
+	p.waitStatus("alpha", "alpha Connecting without beta", func(s daemon.ResourceStatus) bool { return s.Conn == replicate.Connecting })
+	if out := qemuIO("alpha", "read -P 0x73 6M 64k"); !strings.Contains(out, "error") && !strings.Contains(out, "failed") {
+		t.Fatalf("a read through the diskless primary without beta: %s, want an I/O error", out)
+	}
+	p.start("beta")
+	p.waitStatus("alpha", "alpha served by beta again", func(s daemon.ResourceStatus) bool {
+		return s.Conn == replicate.Connected && s.Disk == replicate.Diskless && s.Session > before
+	})
+	out = qemuIO("alpha", "write -P 0x74 8M 1M", "flush", "read -P 0x71 0 2M", "read -P 0x73 6M 1M", "read -P 0x74 8M 1M")
+	if strings.Contains(out, "failed") || strings.Contains(out, "error") || strings.Count(out, "read ") != 3 {
+		t.Fatalf("qemu-io through the diskless primary after beta came back:\n%s", out)
+	}
+	if st := p.status("beta"); st.Resync != nil || st.OutOfSync != p.size || st.PeerDisk != replicate.Diskless {
+		t.Fatalf("beta serving the diskless primary again (no resync, everything still out of sync for it): %+v", st)
+	}
+
 	p.tandem("alpha", "demote", "r0")
 	p.waitStatus("alpha", "alpha detached", func(s daemon.ResourceStatus) bool {
 		return s.Conn == replicate.StandAlone && strings.Contains(s.Reason, "disk failed")
 	})
 	p.waitStatus("beta", "beta without alpha", func(s daemon.ResourceStatus) bool { return s.Conn == replicate.Connecting })
 	p.tandem("beta", "promote", "r0")
-	if out := qemuIO("beta", "read -P 0x71 0 2M", "read -P 0x73 6M 1M"); strings.Contains(out, "failed") || strings.Count(out, "read ") != 2 {
+	if out := qemuIO("beta", "read -P 0x71 0 2M", "read -P 0x73 6M 1M", "read -P 0x74 8M 1M"); strings.Contains(out, "failed") || strings.Count(out, "read ") != 3 {
 		t.Fatalf("qemu-io on beta after the takeover:\n%s", out)
 	}
 
