@@ -307,7 +307,7 @@ func (l *link) teardown() {
 			v.conn = Connecting
 		}
 		if why != "" {
-			v.reason, v.sessionReason = why, true
+			v.reason, v.sessionReason, v.sessionWhy = why, true, why
 		}
 	}
 	v.mu.Unlock()
@@ -860,15 +860,22 @@ func (v *Volume) linkError(err error) {
 	if v.ctx.Err() != nil {
 		return
 	}
-	if errors.Is(err, wire.ErrAuth) || errors.Is(err, wire.ErrRefused) || errors.Is(err, wire.ErrCluster) ||
-		errors.Is(err, wire.ErrResource) || errors.Is(err, wire.ErrPeer) || errors.Is(err, wire.ErrVersion) {
+	refused := errors.Is(err, wire.ErrAuth) || errors.Is(err, wire.ErrRefused) || errors.Is(err, wire.ErrCluster) ||
+		errors.Is(err, wire.ErrResource) || errors.Is(err, wire.ErrPeer) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrTLS)
+	if refused {
 		v.log.Warn("replicate: link refused", "err", err)
 	} else {
 		v.log.Debug("replicate: link attempt failed", "err", err)
 	}
 	v.mu.Lock()
-	if v.sess == nil && !v.standalone && !v.sessionReason {
+	switch {
+	case v.sess != nil || v.standalone:
+	case !v.sessionReason:
 		v.reason = err.Error()
+	case refused:
+		// Why the last session ended stays first; a refusal since
+		// (after a settings change on one side, say) is what to fix.
+		v.reason = v.sessionWhy + "; since then the link is refused: " + err.Error()
 	}
 	v.mu.Unlock()
 }
@@ -934,7 +941,7 @@ func (v *Volume) runSession(l *link, first *wire.Frame) bool {
 		if v.sess == l {
 			v.sess = nil
 			v.peer = nil
-			v.reason, v.sessionReason = why, true
+			v.reason, v.sessionReason, v.sessionWhy = why, true, why
 			if standalone {
 				v.standalone = true
 			}

@@ -117,6 +117,13 @@ func TestSetLinkCompressionAndTLS(t *testing.T) {
 	if s := p.a.v.Status(); s.Conn == Connected {
 		t.Fatalf("connected with TLS on one side only: %+v", s)
 	}
+	// The status says why, after why the session ended.
+	for _, n := range []*testNode{p.a, p.b} {
+		waitFor(t, 10*time.Second, n.name+"'s status naming the TLS refusal", func() bool {
+			r := n.v.Status().Reason
+			return !strings.HasPrefix(r, "; ") && strings.Contains(r, "; since then the link is refused: ") && strings.Contains(r, "TLS refused")
+		})
+	}
 	if _, err := p.b.v.SetLink(ctx, LinkSettings{Protocol: "C", Compression: "zstd", TLS: cfg}); err != nil {
 		t.Fatal(err)
 	}

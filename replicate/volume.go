@@ -125,11 +125,13 @@ type Volume struct {
 	// sessionReason: reason says why the last session failed or ended,
 	// which a later dial error must not hide.
 	sessionReason bool
-	peer          *peerState
-	want          uint8
-	resync        *progress
-	verify        *progress
-	lastResync    *Progress
+	// sessionWhy is that reason, kept while later refusals add to it.
+	sessionWhy string
+	peer       *peerState
+	want       uint8
+	resync     *progress
+	verify     *progress
+	lastResync *Progress
 	// syncResumed is non-nil while resyncs are paused (PauseSync), and
 	// closed when they resume; guarded by mu.
 	syncResumed chan struct{}

@@ -59,6 +59,10 @@ var (
 	ErrProtocol = errors.New("wire: handshake protocol violation")
 	// ErrConfig: the local Config cannot be used.
 	ErrConfig = errors.New("wire: invalid link configuration")
+	// ErrTLS: the TLS handshake failed on the certificates or on the
+	// other side speaking no TLS (a configuration mismatch, not the
+	// network).
+	ErrTLS = errors.New("wire: TLS refused")
 )
 
 // Refuse codes, first byte of a Refuse payload (then the reason text); 0
@@ -297,8 +301,18 @@ func Handshake(ctx context.Context, conn net.Conn, cfg Config) (_ *Conn, err err
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	h := &handshake{cfg: &cfg, want: want, conn: conn, raw: conn}
+	sniff := &firstBytes{Conn: conn}
+	h := &handshake{cfg: &cfg, want: want, conn: sniff, raw: conn}
 	c, err := h.run(ctx)
+	switch {
+	case err == nil, errors.Is(err, ErrTLS):
+	case cfg.TLS != nil && tlsRefusal(err):
+		// TLS 1.3 ends the client's handshake before the server checked
+		// its certificate: the server's alert comes with the first read.
+		err = fmt.Errorf("%w: %w", ErrTLS, err)
+	case cfg.TLS == nil && sniff.tlsRecord():
+		err = fmt.Errorf("%w: the peer speaks TLS and this node has no tls configured for the link: %w", ErrTLS, err)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("wire: handshake with %s %s: %w (%w)", cfg.PeerNode, remote(conn), context.Cause(ctx), err)
@@ -379,6 +393,41 @@ func (h *handshake) run(ctx context.Context) (*Conn, error) {
 	return &Conn{conn: h.conn, raw: h.raw, r: h.r, w: h.w, codec: codec, peer: h.peer}, nil
 }
 
+// firstBytes keeps the first bytes read from a connection, so that a
+// handshake that failed on them can tell a TLS ClientHello from garbage.
+type firstBytes struct {
+	net.Conn
+	head []byte
+}
+
+func (f *firstBytes) Read(p []byte) (int, error) {
+	n, err := f.Conn.Read(p)
+	if len(f.head) < 3 {
+		f.head = append(f.head, p[:min(n, 3-len(f.head))]...)
+	}
+	return n, err
+}
+
+// tlsRecord: the peer's first bytes are a TLS handshake record header.
+func (f *firstBytes) tlsRecord() bool {
+	return len(f.head) == 3 && f.head[0] == 0x16 && f.head[1] == 0x03 && f.head[2] <= 0x04
+}
+
+// tlsRefusal tells a TLS handshake that failed on what the two sides
+// present (a certificate this side does not trust, an alert from the peer
+// that does not trust this side's, a peer without TLS) from one the
+// network broke.
+func tlsRefusal(err error) bool {
+	var (
+		alert  tls.AlertError
+		op     *net.OpError // crypto/tls reports a received alert as a "remote error"
+		verify *tls.CertificateVerificationError
+		record tls.RecordHeaderError
+	)
+	return errors.As(err, &alert) || errors.As(err, &verify) || errors.As(err, &record) ||
+		errors.As(err, &op) && op.Op == "remote error"
+}
+
 func (h *handshake) startTLS(ctx context.Context) error {
 	tc := h.cfg.TLS.Clone()
 	if tc.MinVersion < tls.VersionTLS13 {
@@ -391,6 +440,9 @@ func (h *handshake) startTLS(ctx context.Context) error {
 		t = tls.Server(h.conn, tc)
 	}
 	if err := t.HandshakeContext(ctx); err != nil {
+		if tlsRefusal(err) {
+			return fmt.Errorf("%w: %w", ErrTLS, err)
+		}
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
 	st := t.ConnectionState()

@@ -828,3 +828,46 @@ func TestHandshakeRotatingSecret(t *testing.T) {
 		})
 	}
 }
+
+// TestHandshakeTLSMismatchIsErrTLS: certificates from another CA, and a
+// peer without TLS, are a refusal (ErrTLS) that the volume logs and shows,
+// not a network error retried in silence.
+func TestHandshakeTLSMismatchIsErrTLS(t *testing.T) {
+	certA, poolA := selfSigned(t)
+	certB, poolB := selfSigned(t)
+	tlsFor := func(c tls.Certificate, trust *x509.CertPool) *tls.Config {
+		return &tls.Config{Certificates: []tls.Certificate{c}, RootCAs: trust, ClientCAs: trust,
+			ClientAuth: tls.RequireAndVerifyClientCert, ServerName: "localhost"}
+	}
+	for _, c := range []struct {
+		name          string
+		dialer, accep *tls.Config
+		dialerToo     bool // the dialer sees ErrTLS as well
+	}{
+		{"another CA", tlsFor(certA, poolA), tlsFor(certB, poolB), true},
+		{"the acceptor does not trust the dialer", tlsFor(certA, poolB), tlsFor(certB, poolB), true},
+		// The dialer only sees the connection close.
+		{"a peer without TLS", tlsFor(certA, poolA), nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, a := connPair(t, "tcp")
+			dcfg, acfg := testConfig("alpha", "beta", true), testConfig("beta", "alpha", false)
+			dcfg.TLS, acfg.TLS = c.dialer, c.accep
+			ch := make(chan error, 1)
+			go func() {
+				_, err := Handshake(context.Background(), a, acfg)
+				a.Close()
+				ch <- err
+			}()
+			_, derr := Handshake(context.Background(), d, dcfg)
+			d.Close()
+			aerr := <-ch
+			if !errors.Is(aerr, ErrTLS) {
+				t.Errorf("acceptor: %v, want ErrTLS", aerr)
+			}
+			if derr == nil || c.dialerToo && !errors.Is(derr, ErrTLS) {
+				t.Errorf("dialer: %v, want ErrTLS", derr)
+			}
+		})
+	}
+}

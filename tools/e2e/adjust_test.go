@@ -104,6 +104,12 @@ func TestAdjustChangesTheLinkLive(t *testing.T) {
 	if st := p.status("alpha"); st.Conn != replicate.Connecting || st.Session != before.Session {
 		t.Fatalf("alpha with the new CA, beta with the old: %+v", st)
 	}
+	// Both say why in their status, not only in the log.
+	for _, n := range []string{"alpha", "beta"} {
+		p.waitStatus(n, n+"'s status naming the TLS refusal", func(st daemon.ResourceStatus) bool {
+			return strings.Contains(st.Reason, "since then the link is refused") && strings.Contains(st.Reason, "TLS refused")
+		})
+	}
 	qemuIO(t, p.uri("alpha"), "write -P 0x62 2M 1M", "flush")
 
 	p.nodes["beta"].proc.Signal(t, syscall.SIGHUP)
