@@ -59,15 +59,15 @@ const (
 // Status is this node's view of the log.
 type Status struct {
 	// State is raft's: Follower, Candidate, Leader or Shutdown.
-	State string
+	State string `json:"state"`
 	// Leader is the leader's name, "" when none is known.
-	Leader string
+	Leader string `json:"leader"`
 	// Quorum: this node is the leader (raft steps a leader down after
 	// LeaderLease without a majority), or it heard from a leader within
 	// the last Heartbeat timeout. Commands can be committed.
-	Quorum bool
+	Quorum bool `json:"quorum"`
 	// Applied is the raft index of the last command applied here.
-	Applied uint64
+	Applied uint64 `json:"applied"`
 }
 
 // Authority is one voter's replica of the authority log.
@@ -345,6 +345,38 @@ func (a *Authority) handoffCandidates(preferred bool) []string {
 		}
 	}
 	return out
+}
+
+// ErrNotLeading: a leadership transfer asked of a node that does not lead.
+var ErrNotLeading = errors.New("authority: this node does not lead the log")
+
+// TransferLeadership hands this node's leadership to the voter to (an
+// admin's maintenance step: before restarting the leader, or to put the
+// leadership on the witness). It returns once to leads, or with why not.
+func (a *Authority) TransferLeadership(ctx context.Context, to string) error {
+	v, ok := a.cfg.voter(to)
+	switch {
+	case !ok:
+		return fmt.Errorf("authority: transfer leadership: %q is not a voter", to)
+	case to == a.cfg.Node && a.raft.State() == raft.Leader:
+		return nil
+	case a.raft.State() != raft.Leader:
+		_, leader := a.raft.LeaderWithID()
+		return fmt.Errorf("%w: the leader is %q; ask it", ErrNotLeading, string(leader))
+	}
+	a.log.Info("authority: handing the leadership over on request", "to", to)
+	f := a.raft.LeadershipTransferToServer(raft.ServerID(to), raft.ServerAddress(v.Addr))
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("authority: transfer leadership to %s: %w", to, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("authority: transfer leadership to %s: %w", to, ctx.Err())
+	}
 }
 
 // Status reports this node's view of the log.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -215,5 +216,31 @@ func TestUnreachedByAllDoesNotPingPong(t *testing.T) {
 	t.Logf("leaders seen by w after the cut: %v", leaders)
 	if _, err := c.propose(1, define("r0")); err != nil {
 		t.Fatalf("b and w could not commit: %v", err)
+	}
+}
+
+// TestTransferLeadership: the leader hands over on request; a follower
+// refuses and names the leader; an unknown voter is refused.
+func TestTransferLeadership(t *testing.T) {
+	c := newTestCluster(t)
+	c.startAll()
+	l := c.leader()
+	to := (l + 1) % len(c.names)
+	other := (l + 2) % len(c.names)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := c.nodes[other].TransferLeadership(ctx, c.names[to])
+	if !errors.Is(err, ErrNotLeading) || !strings.Contains(err.Error(), c.names[l]) {
+		t.Fatalf("transfer asked of a follower: %v, want ErrNotLeading naming %s", err, c.names[l])
+	}
+	if err := c.nodes[l].TransferLeadership(ctx, "nobody"); err == nil {
+		t.Fatal("transfer to an unknown voter succeeded")
+	}
+	if err := c.nodes[l].TransferLeadership(ctx, c.names[to]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, c.names[to]+" leading", func() bool { return c.leader() == to })
+	if _, err := c.propose(other, define("r0")); err != nil {
+		t.Fatalf("a commit after the transfer: %v", err)
 	}
 }

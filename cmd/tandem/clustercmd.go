@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ha/tandem/cluster/authority"
 	"github.com/tandem-ha/tandem/cluster/manager"
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
 )
@@ -34,6 +35,14 @@ resource it is primary of is switched over to its peer first (as with
 switchover); unstandby lets it take resources again (it takes nothing
 back by itself unless failback is automatic). Needs the cluster layer.`
 
+const transferLong = `Hand the authority log's leadership from the node that leads it to
+another voter (raft's leadership transfer), for maintenance: before
+restarting the leader, or to put the leadership on the witness, which
+reaches both data nodes. Run it on the leader (tandem status shows it
+on the "authority log" line; --node picks the daemon); elsewhere it is
+refused and names the leader. Nothing fails over: the log only changes
+who orders its entries. Needs the cluster layer.`
+
 func clusterCommands(a *app) []*cobra.Command {
 	var to string
 	switchover := clusterCmd(a, "switchover RESOURCE [--to NODE]", "Move a resource to its other replica without fencing", switchoverLong,
@@ -46,6 +55,8 @@ func clusterCommands(a *app) []*cobra.Command {
 			"  tandem standby alpha", "standby", false, func(arg string) daemon.ClusterRequest { return daemon.ClusterRequest{Node: arg} }),
 		clusterCmd(a, "unstandby NODE", "Let a node in standby run resources again", standbyLong,
 			"  tandem unstandby alpha", "unstandby", false, func(arg string) daemon.ClusterRequest { return daemon.ClusterRequest{Node: arg} }),
+		clusterCmd(a, "transfer-leadership NODE", "Hand the authority log's leadership to another voter", transferLong,
+			"  tandem transfer-leadership witness --node alpha", "transfer-leadership", false, func(arg string) daemon.ClusterRequest { return daemon.ClusterRequest{Node: arg} }),
 	}
 }
 
@@ -82,6 +93,22 @@ func clusterCmd(a *app, use, short, long, example, op string, isResource bool, r
 	}
 	f.add(cmd)
 	return cmd
+}
+
+// printAuthority is the authority log's line of tandem status.
+func printAuthority(w io.Writer, st *authority.Status) {
+	if st == nil {
+		return
+	}
+	leader := st.Leader
+	if leader == "" {
+		leader = "none known"
+	}
+	q := ""
+	if !st.Quorum {
+		q = ", NO QUORUM"
+	}
+	fmt.Fprintf(w, "  authority log: leader %s (this node: %s%s), applied index %d\n", leader, st.State, q, st.Applied)
 }
 
 // printClusterLayer is the cluster part of tandem status.

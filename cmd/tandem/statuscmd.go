@@ -70,6 +70,7 @@ func printStatus(w io.Writer, ns daemon.NodeStatus, details bool) {
 	}
 	printAlerts(w, ns.Alerts, details)
 	printClusterLayer(w, ns.ClusterLayer) // clustercmd.go
+	printAuthority(w, ns.Authority)
 	if ns.ClusterLayer != nil {
 		printSoftStates(w, ns)
 	}

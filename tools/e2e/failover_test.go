@@ -187,3 +187,54 @@ func TestClusterFailover(t *testing.T) {
 	p.stop("witness")
 	p.sameData()
 }
+
+// TestTransferLeadershipCommand: `tandem transfer-leadership` on the
+// authority log's leader moves the leadership; asked of a follower it is
+// refused and names the leader; tandem status shows the leader.
+func TestTransferLeadershipCommand(t *testing.T) {
+	t.Parallel()
+	p := clusterPair(t)
+	p.startCluster()
+	leaderOf := func(n string) string {
+		if a := p.clusterStatus(n).Authority; a != nil {
+			return a.Leader
+		}
+		return ""
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, to := range []string{"alpha", "witness"} {
+		leader := leaderOf("beta")
+		if leader == to {
+			continue
+		}
+		for _, n := range []string{"witness", "alpha", "beta"} {
+			if n == leader {
+				continue
+			}
+			_, stderr, err := p.tandemErr(n, "transfer-leadership", to)
+			if err == nil || !strings.Contains(stderr, "does not lead") || !strings.Contains(stderr, leader) {
+				t.Fatalf("transfer-leadership on follower %s: %v\n%s", n, err, stderr)
+			}
+			break
+		}
+		if out := p.tandem(leader, "transfer-leadership", to); !strings.Contains(out, "handed from "+leader+" to "+to) {
+			t.Fatalf("transfer-leadership on %s: %s", leader, out)
+		}
+		for _, n := range []string{"witness", "alpha", "beta"} {
+			for leaderOf(n) != to {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s sees leader %q, want %s", n, leaderOf(n), to)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+	if out := p.tandem("alpha", "status"); !strings.Contains(out, "authority log: leader witness (this node: Follower") {
+		t.Fatalf("tandem status:\n%s", out)
+	}
+	// The log still commits: a switchover goes through it.
+	if out := p.tandem("alpha", "switchover", "r0"); !strings.Contains(out, "switchover of r0") {
+		t.Fatalf("switchover after the transfers: %s", out)
+	}
+	p.waitStatus("beta", "beta primary after the switchover", serving)
+}

@@ -201,17 +201,19 @@ func TestScenarioCutLink(t *testing.T) {
 	if err := lab.Heal(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, lab, "bravo resynced, UpToDate in every voter's record", func(s *Status) bool {
-		for _, n := range clusterNodes {
-			if replicaState(s, n, Bravo) != cluster.StateUpToDate {
-				return false
-			}
-		}
-		return inSyncOn(Alpha)(s)
-	})
-	s = status(t, lab)
-	lr := bitmapResync(t, s, false)
+	lr := rejoined(t, lab, bin, w, epoch)
 	t.Logf("bitmap resync after the heal: %d bytes (alpha had %d out of sync)", lr.TotalBytes, outOfSync)
+}
+
+// rejoined waits until bravo has resynced after a heal and checks what
+// the cut scenarios end with: a bitmap resync, nobody fenced, alpha still
+// primary at epoch, writes on, every acknowledged one read back, the
+// replicas equal.
+func rejoined(t *testing.T, lab *Lab, bin string, w *workload, epoch uint64) *replicate.Progress {
+	t.Helper()
+	waitBravoResynced(t, lab)
+	s := status(t, lab)
+	lr := bitmapResync(t, s, false)
 	noFencing(t, lab, s)
 	if res := recordOf(s, Witness); res.Epoch != epoch || res.Primary != Alpha {
 		t.Fatalf("after the heal the record says primary %q at epoch %d; want alpha at %d", res.Primary, res.Epoch, epoch)
@@ -219,6 +221,7 @@ func TestScenarioCutLink(t *testing.T) {
 	w.mustWrite(t, 2)
 	w.check(t)
 	verifyReplicas(t, lab, bin, Alpha)
+	return lr
 }
 
 // TestScenarioCutThenCrashPrimary: the link is cut, alpha writes on
@@ -361,4 +364,98 @@ func noFailoverReason(t *testing.T, lab *Lab) string {
 		}
 	}
 	return ""
+}
+
+// waitBravoResynced waits until bravo is in sync with alpha and UpToDate
+// in every voter's record.
+func waitBravoResynced(t *testing.T, lab *Lab) {
+	t.Helper()
+	waitFor(t, lab, "bravo resynced, UpToDate in every voter's record", func(s *Status) bool {
+		for _, n := range clusterNodes {
+			if replicaState(s, n, Bravo) != cluster.StateUpToDate {
+				return false
+			}
+		}
+		return inSyncOn(Alpha)(s)
+	})
+}
+
+// moveLeadership makes node lead the authority log, with the admin
+// command on the current leader, and waits until every voter sees it.
+func moveLeadership(t *testing.T, lab *Lab, bin, node string) {
+	t.Helper()
+	leaderSeen := func(s *Status, n string) string {
+		if st := s.Node(n).status; st != nil && st.Authority != nil {
+			return st.Authority.Leader
+		}
+		return ""
+	}
+	var leader string
+	waitFor(t, lab, "a leader of the authority log", func(s *Status) bool {
+		leader = leaderSeen(s, Witness)
+		return leader != ""
+	})
+	if leader != node {
+		tandemOn(t, lab, bin, leader, "transfer-leadership", node, "--node", leader)
+	}
+	waitFor(t, lab, node+" leading the authority log in every voter's view", func(s *Status) bool {
+		for _, n := range clusterNodes {
+			if leaderSeen(s, n) != node {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestScenarioWitnessLeadsCutFromPrimary: the witness leads the authority
+// log when the link between it and alpha, the primary, is cut; then
+// bravo's replica disconnects (tandem disconnect), so alpha must commit
+// bravo Outdated before it writes on alone. alpha hears no leader, and
+// bravo, which hears the witness, refuses alpha's pre-votes: only the
+// witness handing its leadership to bravo lets alpha commit (before
+// 2026-12-03 it did not, and alpha's writes hung). Every write is
+// acknowledged, nobody is fenced, nothing fails over; after the heal and
+// a connect bravo resyncs from the bitmap.
+func TestScenarioWitnessLeadsCutFromPrimary(t *testing.T) {
+	lab, bin := clusterLab(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(keyLogLines(lab))
+		}
+	})
+	ctx := context.Background()
+	epoch := recordOf(status(t, lab), Alpha).Epoch
+	w := newWorkload(lab)
+	w.mustWrite(t, 4)
+	moveLeadership(t, lab, bin, Witness)
+	if err := lab.Cut(ctx, Alpha, Witness); err != nil {
+		t.Fatal(err)
+	}
+	w.mustWrite(t, 4)
+	tandemOn(t, lab, bin, Bravo, "disconnect", "r0", "--node", Bravo)
+	w.mustWrite(t, 4)
+	if err := lab.WaitFor(ctx, "bravo Outdated in every voter's record, alpha still primary", syncWait, bravoOutdatedEverywhere(epoch)); err != nil {
+		t.Fatalf("%v\neach voter's view: %s", err, recordViews(status(t, lab)))
+	}
+	at, ok := firstLogTime(t, lab.l.log(Witness), "handing the leadership")
+	if !ok {
+		t.Fatal("the witness did not hand its leadership over")
+	}
+	t.Logf("the witness handed the leadership over at %s", at.Format("15:04:05.000"))
+	s := status(t, lab)
+	if st := s.Node(Alpha).status; st == nil || st.Authority == nil || st.Authority.Leader != Bravo {
+		t.Fatalf("alpha's view of the authority log: %+v; want bravo leading", st.Authority)
+	}
+	if p, q, sv := serving(s, Alpha); !p || !q || !sv {
+		t.Fatal("alpha is not a serving primary with quorum")
+	}
+	noFencing(t, lab, s)
+	w.mustWrite(t, 2)
+
+	if err := lab.Heal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tandemOn(t, lab, bin, Bravo, "connect", "r0", "--node", Bravo)
+	rejoined(t, lab, bin, w, epoch)
 }

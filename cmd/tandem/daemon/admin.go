@@ -75,7 +75,8 @@ var errBadRequest = errors.New("bad request")
 // Status is the node's status, as GET /v1/status returns it.
 func (d *Daemon) Status() NodeStatus {
 	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resources) == 0,
-		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus()}
+		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus(),
+		Authority: d.authorityStatus()}
 	ns.Nodes = d.softStates()
 	ns.Alerts = []AlertStatus{}
 	for _, a := range d.alertRunners() {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tandem-ha/tandem/cluster/authority"
 	"github.com/tandem-ha/tandem/cluster/manager"
 	"github.com/tandem-ha/tandem/replicate"
 )
@@ -43,6 +44,9 @@ type NodeStatus struct {
 	// ClusterLayer is the node manager's view (membership, quorum, the
 	// authority record, the last failover); absent with manual roles.
 	ClusterLayer *manager.Status `json:"cluster_layer,omitempty"`
+	// Authority is this node's view of the authority log (raft state,
+	// leader, applied index); absent with manual roles.
+	Authority *authority.Status `json:"authority,omitempty"`
 	// Nodes is the version and config hash of this node and of every live
 	// member that gossiped them (softstate.go).
 	Nodes map[string]SoftState `json:"nodes"`

@@ -22,6 +22,8 @@ import (
 //	POST /v1/cluster/standby        ClusterRequest{node} -> ClusterReply
 //	POST /v1/cluster/unstandby      ClusterRequest{node} -> ClusterReply
 //	POST /v1/cluster/fence-confirm  ClusterRequest{node} -> ClusterReply
+//	POST /v1/cluster/transfer-leadership  ClusterRequest{node} -> ClusterReply
+//	                                (on the node that leads the authority log)
 //
 // and, with it, promote and demote of /v1/resources go through the
 // authority log, and GET /v1/status carries "cluster".
@@ -80,6 +82,37 @@ func (d *Daemon) clusterRoutes(mux *http.ServeMux) {
 			writeJSON(w, http.StatusOK, ClusterReply{OK: true, Text: text})
 		})
 	}
+	mux.HandleFunc("POST /v1/cluster/transfer-leadership", func(w http.ResponseWriter, req *http.Request) {
+		var body ClusterRequest
+		dec := json.NewDecoder(io.LimitReader(req.Body, 1<<16))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) || body.Node == "" || body.Resource != "" {
+			writeError(w, fmt.Errorf("%w: transfer-leadership needs a node and no resource", errBadRequest))
+			return
+		}
+		text, err := d.transferLeadership(req.Context(), body.Node)
+		d.noteAdmin(req.Context(), "transfer-leadership", "", body.Node, body, text, err)
+		if err != nil {
+			writeClusterError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ClusterReply{OK: true, Text: text})
+	})
+}
+
+// transferLeadership hands the authority log's leadership from this
+// node to another voter.
+func (d *Daemon) transferLeadership(ctx context.Context, to string) (string, error) {
+	cl := d.cl.Load()
+	if cl == nil {
+		return "", ErrClusterDisabled
+	}
+	ctx, cancel := context.WithTimeout(ctx, clusterTimeout*time.Second)
+	defer cancel()
+	if err := cl.auth.TransferLeadership(ctx, to); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("the authority log's leadership was handed from %s to %s", d.node.Name, to), nil
 }
 
 func (d *Daemon) clusterAdmin(ctx context.Context, req cluster.AdminRequest) (string, error) {
@@ -134,6 +167,16 @@ func (d *Daemon) clusterStatus() *manager.Status {
 	return &st
 }
 
+// authorityStatus is this node's view of the authority log.
+func (d *Daemon) authorityStatus() *authority.Status {
+	cl := d.cl.Load()
+	if cl == nil || cl.auth == nil {
+		return nil
+	}
+	st := cl.auth.Status()
+	return &st
+}
+
 func writeClusterError(w http.ResponseWriter, err error) {
 	for _, c := range []struct {
 		err    error
@@ -154,6 +197,7 @@ func writeClusterError(w http.ResponseWriter, err error) {
 		{cluster.ErrHeld, CodeRefused, http.StatusConflict},
 		{cluster.ErrStaleEpoch, CodeStaleEpoch, http.StatusConflict},
 		{cluster.ErrSeqMismatch, CodeRefused, http.StatusConflict},
+		{authority.ErrNotLeading, CodeRefused, http.StatusConflict},
 	} {
 		if errors.Is(err, c.err) {
 			writeJSON(w, c.status, ErrorBody{Error: err.Error(), Code: c.code})
