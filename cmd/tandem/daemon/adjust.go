@@ -22,7 +22,8 @@ import (
 // link settings (protocol, compression, TLS; a change there restarts the
 // resource's replication session) and cluster policies (on-no-quorum,
 // preferred-primary, failback, timing.failback-after: the cluster
-// machine takes them over). Anything else that differs needs a restart; then nothing is
+// machine takes them over) and the nodes' fencing levels (read at the next
+// fencing attempt). Anything else that differs needs a restart; then nothing is
 // applied at all, so that the daemon always runs one file's settings,
 // and its configuration hash (gossiped, compared between nodes) is that
 // file's.
@@ -51,6 +52,11 @@ type AdjustResult struct {
 func LiveChange(path string) bool {
 	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") || path == "Timing.FailbackAfter" {
 		return true
+	}
+	if rest, ok := strings.CutPrefix(path, "Nodes["); ok {
+		// Fencing levels are read at each fencing attempt (Options.Fencer).
+		_, field, ok := strings.Cut(rest, "].")
+		return ok && (field == "Fencing" || strings.HasPrefix(field, "Fencing["))
 	}
 	rest, ok := strings.CutPrefix(path, "Resources[")
 	if !ok {
@@ -151,7 +157,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		}
 	}
 	if len(restart) > 0 {
-		return res, fmt.Errorf("%w: %s (only alerts, timing.failback-after and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs); nothing was changed",
+		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs); nothing was changed",
 			ErrNeedsRestart, strings.Join(restart, ", "))
 	}
 	for _, u := range links {
@@ -218,6 +224,12 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		}
 	}
 	d.cfg.Timing.FailbackAfter = nc.Timing.FailbackAfter
+	// The next fencing attempt builds its fencer from these.
+	for i := range d.cfg.Nodes {
+		if n, err := nc.Node(d.cfg.Nodes[i].Name); err == nil {
+			d.cfg.Nodes[i].Fencing = n.Fencing
+		}
+	}
 	for _, u := range links {
 		n := nc.Resource(u.r.cfg.Name)
 		u.r.cfg.Protocol, u.r.cfg.Compression, u.r.cfg.TLS = n.Protocol, n.Compression, n.TLS

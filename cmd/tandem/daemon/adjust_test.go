@@ -3,13 +3,16 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tandem-ha/tandem/cluster/manager"
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
 	"github.com/tandem-ha/tandem/replicate"
@@ -112,6 +115,7 @@ func TestLiveChange(t *testing.T) {
 		"Resources[r0].TLS.Cert": true, "Resources[r0].TLS (files changed)": true,
 		"Resources[r0].PreferredPrimary": true, "Resources[r0].OnNoQuorum": true, "Resources[r0].Failback": true,
 		"Timing.FailbackAfter": true, "Timing.Lease": false, "Resources[r0].VIP.Address": false,
+		"Nodes[beta].Fencing": true, "Nodes[beta].Fencing[0].PasswordFile": true, "Nodes[beta].FencingX": false,
 		"Resources[r0].ALExtents": false, "Resources[r0].Size": false, "Resources[r0].Replicas[alpha].Address": false,
 		"Resources[r0].TLSX": false, "Nodes[alpha].Address": false, "Timing.PingTimeout": false, "Cluster": false,
 	} {
@@ -139,5 +143,39 @@ func TestAdjustRefusesALinkChangeOfADisklessPrimary(t *testing.T) {
 	}
 	if len(v.Links()) != 0 || len(v.Tunings()) != 0 {
 		t.Errorf("the refused adjust applied %+v %+v", v.Links(), v.Tunings())
+	}
+}
+
+// A node's fencing levels change with adjust: the next fencing attempt
+// builds its fencer from the new ones (the daemon's Fencer reads the
+// configuration at each call, as tandem daemon's does).
+func TestAdjustChangesFencingLive(t *testing.T) {
+	l := newLab(t)
+	beta := "    data-dir: " + filepath.Join(l.dir, "beta") + "\n"
+	editLab(t, l, beta, beta+"    fencing:\n      - type: manual\n        timeout: 5s\n")
+	cfg, err := config.Load(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.cfg = cfg
+	l.createMD(t, "alpha")
+	levels := func(node string) (manager.Fencer, error) {
+		n, err := cfg.Node(node)
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("test: %s has %d levels, the first %s for %v", node, len(n.Fencing), n.Fencing[0].Type, n.Fencing[0].Timeout)
+	}
+	d, _, _ := l.start(t, "alpha", func(o *Options) { o.Fencer = levels })
+	if _, err := d.fencerOf("beta"); err == nil || !strings.Contains(err.Error(), "1 levels, the first manual for 5s") {
+		t.Fatalf("before the adjust: %v", err)
+	}
+	editLab(t, l, "        timeout: 5s\n", "        timeout: 9s\n")
+	res, err := d.Adjust(t.Context(), false)
+	if err != nil || !res.Applied || !slices.Contains(res.Changes, "Nodes[beta].Fencing[0].Timeout") {
+		t.Fatalf("adjust of beta's fencing: %+v, %v", res, err)
+	}
+	if _, err := d.fencerOf("beta"); err == nil || !strings.Contains(err.Error(), "the first manual for 9s") {
+		t.Fatalf("after the adjust: %v", err)
 	}
 }

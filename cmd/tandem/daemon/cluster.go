@@ -155,6 +155,18 @@ func machineResource(r *config.Resource, t config.Timing) cluster.ResourceConfig
 	}
 }
 
+// fencerOf is the cluster layer's fencer of node, built at each attempt.
+func (d *Daemon) fencerOf(node string) (manager.Fencer, error) {
+	if d.opts.Fencer == nil {
+		return nil, fmt.Errorf("node %s: no fencer wired into this daemon", node)
+	}
+	// Options.Fencer reads the nodes' fencing levels, which adjust
+	// replaces under cfgMu.
+	d.cfgMu.RLock()
+	defer d.cfgMu.RUnlock()
+	return d.opts.Fencer(node)
+}
+
 // startCluster opens membership and the authority log and starts the
 // manager. An error leaves nothing of it running.
 func (d *Daemon) startCluster(secret []byte) (err error) {
@@ -172,12 +184,7 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 	for _, r := range d.resources {
 		res[r.cfg.Name] = manager.Resource{Volume: liveVolume{r}, Gate: r.gate}
 	}
-	fencer := d.opts.Fencer
-	if fencer == nil {
-		fencer = func(node string) (manager.Fencer, error) {
-			return nil, fmt.Errorf("node %s: no fencer wired into this daemon", node)
-		}
-	}
+	fencer := d.fencerOf
 	host, port, err := net.SplitHostPort(d.node.Gossip)
 	if err != nil {
 		return fmt.Errorf("daemon: gossip %q: %w", d.node.Gossip, err)

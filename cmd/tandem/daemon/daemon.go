@@ -42,7 +42,10 @@ type Options struct {
 	// Version is reported in status.
 	Version string
 	// Fencer returns the fencer of a node, for the cluster layer (nil:
-	// fencing always fails, so nothing fails over automatically).
+	// fencing always fails, so nothing fails over automatically). It is
+	// called at every fencing attempt, with the daemon's configuration
+	// read-locked: it may read Config's nodes' fencing levels, which
+	// tandem adjust replaces.
 	Fencer func(node string) (manager.Fencer, error)
 	// Now is the clock of events and audit records (nil: time.Now).
 	Now func() time.Time

@@ -62,13 +62,17 @@ func (l *logBuf) String() string {
 }
 
 // start runs a daemon for node with fake volumes; it is shut down at the
-// end of the test.
-func (l *lab) start(t *testing.T, node string) (*Daemon, *daemontest.Fakes, *logBuf) {
+// end of the test. edit, if given, changes its options first.
+func (l *lab) start(t *testing.T, node string, edit ...func(*Options)) (*Daemon, *daemontest.Fakes, *logBuf) {
 	t.Helper()
 	fs := &daemontest.Fakes{}
 	logs := &logBuf{}
-	d, err := New(Options{Config: l.cfg, Node: node, Open: fakeOpen(fs), Version: "test",
-		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ReconcileInterval: 20 * time.Millisecond})
+	o := Options{Config: l.cfg, Node: node, Open: fakeOpen(fs), Version: "test",
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ReconcileInterval: 20 * time.Millisecond}
+	for _, e := range edit {
+		e(&o)
+	}
+	d, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
