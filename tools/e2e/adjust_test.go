@@ -82,7 +82,7 @@ func TestAdjustChangesTheLinkLive(t *testing.T) {
 		t.Fatalf("the refused adjust touched the session: %+v", st)
 	}
 
-	writeCA(t, p.dir, "lab", "alpha", "beta")
+	testenv.WriteCA(t, p.dir, "lab", "alpha", "beta")
 	for _, n := range []string{"alpha", "beta"} {
 		b, err := os.ReadFile(p.nodes[n].cfgPath)
 		if err != nil {

@@ -142,9 +142,12 @@ type Node struct {
 	Gossip    string
 	Authority string
 	// MetricsListen is where the daemon serves Prometheus metrics
-	// (GET /metrics, no authentication: a management address); "" for
-	// none. See docs/operations.md, "Metrics".
+	// (GET /metrics); "" for none. See docs/operations.md, "Metrics".
 	MetricsListen string
+	// MetricsTLS, if set, serves them over TLS: Cert and Key this node's,
+	// CA (optional) the CA whose client certificates may scrape; without
+	// CA any client may.
+	MetricsTLS *TLS
 
 	lines lines
 }
@@ -395,6 +398,8 @@ type canonNode struct {
 	// omitempty: files without fencing keep the hash they had before it.
 	Fencing []canonFence `json:"fencing,omitempty"`
 	Metrics string       `json:"metrics-listen,omitempty"`
+	// omitempty: files without it keep their hash.
+	MetricsTLS *canonTLS `json:"metrics-tls,omitempty"`
 	// omitempty: manual roles keep their hash.
 	Gossip    string `json:"gossip,omitempty"`
 	Authority string `json:"authority,omitempty"`
@@ -440,7 +445,12 @@ type canonReplica struct {
 func (c *Config) canonical() canonConfig {
 	cc := canonConfig{Cluster: c.Cluster, SecretFile: c.SecretFile, Accept: c.AcceptSecretFiles, Alerts: canonAlerts(c.Alerts)}
 	for _, n := range c.Nodes {
-		cc.Nodes = append(cc.Nodes, canonNode{n.Name, n.Address, n.AdminSocket, n.DataDir, canonFencing(n.Fencing), n.MetricsListen, n.Gossip, n.Authority})
+		cn := canonNode{Name: n.Name, Address: n.Address, AdminSocket: n.AdminSocket, DataDir: n.DataDir, Fencing: canonFencing(n.Fencing),
+			Metrics: n.MetricsListen, Gossip: n.Gossip, Authority: n.Authority}
+		if t := n.MetricsTLS; t != nil {
+			cn.MetricsTLS = &canonTLS{t.Cert, t.Key, t.CA}
+		}
+		cc.Nodes = append(cc.Nodes, cn)
 	}
 	slices.SortFunc(cc.Nodes, func(a, b canonNode) int { return strings.Compare(a.Name, b.Name) })
 	for _, r := range c.Resources {

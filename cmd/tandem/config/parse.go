@@ -23,7 +23,7 @@ import (
 // misspelt optional key would otherwise silently leave its default in force.
 var (
 	topKeys      = []string{"cluster", "secret-file", "accept-secret-files", "nodes", "resources", "timing", "alerts"}
-	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority", "metrics-listen"}
+	nodeKeys     = []string{"name", "address", "admin-socket", "data-dir", "fencing", "gossip", "authority", "metrics-listen", "metrics-tls"}
 	resourceKeys = []string{"name", "size", "protocol", "compression", "bitmap-granularity", "al-extents",
 		"resync", "split-brain", "on-no-quorum", "tls", "preferred-primary", "failback", "replicas", "vip"}
 	resyncKeys  = []string{"max-rate", "app-share", "checksum"}
@@ -273,6 +273,12 @@ func (d *decoder) node(n *yaml.Node, path string) Node {
 	if e, ok := f["metrics-listen"]; ok {
 		nd.MetricsListen = d.tcpListen(e, path+".metrics-listen")
 	}
+	if e, ok := f["metrics-tls"]; ok {
+		nd.MetricsTLS = d.tlsBlock(e, path+".metrics-tls", map[string]string{
+			"cert": "add cert: /path/to/metrics-cert.pem (the certificate the metrics listener presents, PEM)",
+			"key":  "add key: /path/to/metrics-key.pem (its private key, PEM)",
+		})
+	}
 	return nd
 }
 
@@ -432,15 +438,21 @@ func (d *decoder) resync(e entry, path string, rs *Resync) {
 }
 
 func (d *decoder) tls(e entry, path string) *TLS {
-	f, ok := d.mapping(e.val, path, tlsKeys, nil)
-	if !ok {
-		return nil
-	}
-	d.required(e.key.Line, path, f, map[string]string{
+	return d.tlsBlock(e, path, map[string]string{
 		"cert": "add cert: /path/to/node-cert.pem (this node's certificate, PEM)",
 		"key":  "add key: /path/to/node-key.pem (its private key, PEM)",
 		"ca":   "add ca: /path/to/ca.pem (the CA that signed both nodes' certificates)",
 	})
+}
+
+// tlsBlock reads a cert/key/ca mapping; required names the keys that must
+// be there, with the hint for each.
+func (d *decoder) tlsBlock(e entry, path string, required map[string]string) *TLS {
+	f, ok := d.mapping(e.val, path, tlsKeys, nil)
+	if !ok {
+		return nil
+	}
+	d.required(e.key.Line, path, f, required)
 	t := &TLS{}
 	if e, ok := f["cert"]; ok {
 		t.Cert = d.absPath(e, path+".cert")

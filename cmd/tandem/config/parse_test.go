@@ -148,7 +148,7 @@ func TestParseProblems(t *testing.T) {
 		{"key at the wrong level", []string{"    size: 10G\n", "    size: 10G\n    device: /dev/sdb #A\n"},
 			[]want{{"#A", "resources[0].device", `"device" belongs in resources[N].replicas.NODE`}}},
 		{"unknown key without suggestion", []string{"    address: 192.0.2.13\n", "    address: 192.0.2.13\n    colour: blue #A\n"},
-			[]want{{"#A", "nodes[2].colour", "remove it (keys here: name, address, admin-socket, data-dir, fencing, gossip, authority, metrics-listen)"}}},
+			[]want{{"#A", "nodes[2].colour", "remove it (keys here: name, address, admin-socket, data-dir, fencing, gossip, authority, metrics-listen, metrics-tls)"}}},
 		{"metrics on the replication port", []string{"    address: 192.0.2.11\n", "    address: 192.0.2.11\n    metrics-listen: 192.0.2.11:7789\n",
 			"        address: 192.0.2.11:7789\n", "        address: 192.0.2.11:7789 #A\n"},
 			[]want{{"#A", "resources[0].replicas.alpha.address", "is the replication address of resource db on alpha and also the metrics listener of alpha (line 6); give metrics-listen a port of its own"}}},

@@ -306,6 +306,9 @@ func (c *Config) checkListeners(ps *problems, nodes map[string]*Node) {
 		if n.MetricsListen != "" {
 			eps = append(eps, endpoint{n.Name, hostOf(n), n.MetricsListen, false, "the metrics listener of " + n.Name,
 				n.lines.at("metrics-listen"), fmt.Sprintf("nodes[%d].metrics-listen", i), true})
+		} else if n.MetricsTLS != nil {
+			ps.add(n.lines.at("metrics-tls"), fmt.Sprintf("nodes[%d].metrics-tls", i), "metrics-tls without metrics-listen",
+				"add metrics-listen: HOST:PORT, or remove metrics-tls")
 		}
 	}
 	for i := range c.Resources {
@@ -398,6 +401,9 @@ func (c *Config) checkLocal(ps *problems, name string) {
 		}
 		if st, err := os.Stat(n.DataDir); err == nil && !st.IsDir() {
 			ps.add(n.lines.at("data-dir"), fmt.Sprintf("nodes[%d].data-dir", i), fmt.Sprintf("%s exists and is not a directory", n.DataDir), "remove it or choose another data-dir")
+		}
+		if n.MetricsTLS != nil {
+			checkTLSFiles(ps, n.MetricsTLS, n.lines.at("metrics-tls"), fmt.Sprintf("nodes[%d].metrics-tls", i), "the CA whose client certificates may scrape the metrics")
 		}
 	}
 	type ident struct {
@@ -543,14 +549,19 @@ func checkMetaFile(ps *problems, r *Resource, rp *Replica, path string) {
 }
 
 func checkTLS(ps *problems, r *Resource, path string) {
-	t := r.TLS
+	checkTLSFiles(ps, r.TLS, r.lines.at("tls"), path, "the CA that signed both nodes' certificates")
+}
+
+// checkTLSFiles loads t's files as the daemon will; caWhat says what the
+// CA is for, in the hint.
+func checkTLSFiles(ps *problems, t *TLS, line int, path, caWhat string) {
 	if t.Cert != "" && t.Key != "" {
 		if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
-			ps.add(r.lines.at("tls"), path, fmt.Sprintf("loading cert %s and key %s: %v", t.Cert, t.Key, err),
+			ps.add(line, path, fmt.Sprintf("loading cert %s and key %s: %v", t.Cert, t.Key, err),
 				"point cert and key at this node's PEM certificate and its private key")
 		}
 		if st, err := os.Stat(t.Key); err == nil && st.Mode().Perm()&0o007 != 0 {
-			ps.add(r.lines.at("tls"), path+".key", fmt.Sprintf("%s is accessible to every user (mode %04o)", t.Key, st.Mode().Perm()),
+			ps.add(line, path+".key", fmt.Sprintf("%s is accessible to every user (mode %04o)", t.Key, st.Mode().Perm()),
 				fmt.Sprintf("chmod 600 %s", t.Key))
 		}
 	}
@@ -558,9 +569,9 @@ func checkTLS(ps *problems, r *Resource, path string) {
 		pem, err := os.ReadFile(t.CA)
 		switch {
 		case err != nil:
-			ps.add(r.lines.at("tls"), path+".ca", err.Error(), "point ca at the PEM file of the CA that signed both nodes' certificates")
+			ps.add(line, path+".ca", err.Error(), "point ca at the PEM file of "+caWhat)
 		case !x509.NewCertPool().AppendCertsFromPEM(pem):
-			ps.add(r.lines.at("tls"), path+".ca", fmt.Sprintf("%s holds no PEM certificate", t.CA), "point ca at the PEM file of the CA that signed both nodes' certificates")
+			ps.add(line, path+".ca", fmt.Sprintf("%s holds no PEM certificate", t.CA), "point ca at the PEM file of "+caWhat)
 		}
 	}
 }

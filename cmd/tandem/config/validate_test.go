@@ -1,20 +1,12 @@
 package config
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tandem-ha/tandem/replicate/md"
 	"github.com/tandem-ha/tandem/tools/testenv"
@@ -216,28 +208,20 @@ func checkProblems(t *testing.T, err error, dir string, want []string) {
 	}
 }
 
+// writeCerts writes a certificate (cert.pem), its key (key.pem) and the
+// CA that signed it (ca.pem) to dir.
+func writeCerts(t *testing.T, dir string) {
+	t.Helper()
+	testenv.WriteCA(t, dir, "t", "alpha")
+	for from, to := range map[string]string{"t-alpha.pem": "cert.pem", "t-alpha-key.pem": "key.pem", "t-ca.pem": "ca.pem"} {
+		if err := os.Rename(filepath.Join(dir, from), filepath.Join(dir, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestValidateTLS(t *testing.T) {
 	tlsEdit := []string{"  - name: r0\n    size: 1M\n", "  - name: r0\n    size: 1M\n    tls:\n      cert: DIR/cert.pem\n      key: DIR/key.pem\n      ca: DIR/ca.pem\n"}
-	writeCerts := func(t *testing.T, dir string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "alpha"},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-		writeFile(t, filepath.Join(dir, "cert.pem"), cert, 0o644)
-		writeFile(t, filepath.Join(dir, "ca.pem"), cert, 0o644)
-		writeFile(t, filepath.Join(dir, "key.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})), 0o600)
-	}
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T, dir string)
@@ -441,4 +425,46 @@ func TestValidateBlockDevice(t *testing.T) {
 	checkProblems(t, cfg.Validate("alpha"), dir, []string{
 		`:27: resources\[1\].replicas.alpha.meta: ` + regexp.QuoteMeta(loop) + ` has 1 MiB, the metadata needs [0-9]+ bytes \(3.2 MiB\); use a bigger device or a file for the metadata$`,
 	})
+}
+
+func TestValidateMetricsTLS(t *testing.T) {
+	withTLS := func(tlsBlock string) []string {
+		return []string{"  - name: alpha\n    address: 127.0.0.1\n", "  - name: alpha\n    address: 127.0.0.1\n    metrics-listen: 127.0.0.1:9110\n    metrics-tls:\n" + tlsBlock}
+	}
+	both := "      cert: DIR/cert.pem\n      key: DIR/key.pem\n"
+	for _, tc := range []struct {
+		name  string
+		edits []string
+		setup func(t *testing.T, dir string)
+		want  []string
+	}{
+		{"valid, any client", withTLS(both), nil, nil},
+		{"valid, client certificates", withTLS(both + "      ca: DIR/ca.pem\n"), nil, nil},
+		{"key readable by all", withTLS(both), func(t *testing.T, dir string) { _ = os.Chmod(filepath.Join(dir, "key.pem"), 0o644) },
+			[]string{`:7: nodes\[0\].metrics-tls.key: DIR/key.pem is accessible to every user \(mode 0644\); chmod 600 DIR/key.pem`}},
+		{"ca missing", withTLS(both + "      ca: DIR/nope.pem\n"), nil,
+			[]string{`:7: nodes\[0\].metrics-tls.ca: open DIR/nope.pem: no such file.*the CA whose client certificates may scrape`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, cfg := setupLocal(t, tc.edits...)
+			writeCerts(t, dir)
+			if tc.setup != nil {
+				tc.setup(t, dir)
+			}
+			checkProblems(t, cfg.Validate("alpha"), dir, tc.want)
+		})
+	}
+	// Without cert, or without metrics-listen, the file does not load,
+	// and says what to add.
+	for block, want := range map[string]string{
+		"    metrics-listen: 127.0.0.1:9110\n    metrics-tls:\n      key: DIR/key.pem\n": "add cert: /path/to/metrics-cert.pem",
+		"    metrics-tls:\n" + both: ":6: nodes[0].metrics-tls: metrics-tls without metrics-listen; add metrics-listen: HOST:PORT",
+	} {
+		dir := t.TempDir()
+		text := strings.ReplaceAll(strings.Replace(local, "  - name: alpha\n    address: 127.0.0.1\n", "  - name: alpha\n    address: 127.0.0.1\n"+block, 1), "DIR", dir)
+		writeFile(t, filepath.Join(dir, "tandem.yaml"), text, 0o644)
+		if _, err := Load(filepath.Join(dir, "tandem.yaml")); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", block, err, want)
+		}
+	}
 }

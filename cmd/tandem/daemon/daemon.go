@@ -211,7 +211,7 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 		}
 	}()
 	if addr := d.node.MetricsListen; addr != "" {
-		if err := d.startMetrics(addr); err != nil {
+		if err := d.startMetrics(addr, d.node.MetricsTLS); err != nil {
 			return fmt.Errorf("daemon: %w", err)
 		}
 	}

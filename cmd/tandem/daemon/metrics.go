@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tandem-ha/tandem/cluster"
+	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/replicate"
 )
 
@@ -32,12 +34,24 @@ type metricsServer struct {
 	done chan struct{}
 }
 
-// startMetrics listens on addr and serves d's metrics there.
-func (d *Daemon) startMetrics(addr string) error {
+// startMetrics listens on addr and serves d's metrics there, over TLS
+// when tc is set (metricstls.go).
+func (d *Daemon) startMetrics(addr string, tc *config.TLS) error {
+	var mt *metricsTLS
+	if tc != nil {
+		var err error
+		if mt, err = newMetricsTLS(tc, d.log); err != nil {
+			return err
+		}
+	}
 	var lc net.ListenConfig
 	l, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics-listen %s: %w", addr, err)
+	}
+	plain := l
+	if mt != nil {
+		l = tls.NewListener(l, mt.config())
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -54,7 +68,7 @@ func (d *Daemon) startMetrics(addr string) error {
 		}
 	}()
 	d.metrics = m
-	d.log.Info("metrics: serving", "addr", l.Addr().String())
+	d.log.Info("metrics: serving", "addr", plain.Addr().String(), "tls", mt != nil, "client_certificates", tc != nil && tc.CA != "")
 	return nil
 }
 
