@@ -125,6 +125,11 @@ type link struct {
 	// protocol (the primary waits for it). Set by the receive loop before
 	// it dispatches any later frame.
 	peerDiskGone atomic.Bool
+	// peerResumed is non-nil while the peer, as sync target, asked this
+	// side to hold its resync (stateSyncPause), closed when it resumes;
+	// guarded by pauseMu.
+	pauseMu     sync.Mutex
+	peerResumed chan struct{}
 }
 
 func newLink(v *Volume, c *wire.Conn, leader bool) *link {
@@ -645,6 +650,11 @@ func (l *link) onState(f wire.Frame) error {
 		l.verifyForPeer(f.Payload[0] == 1)
 	case stateVerifyCancel:
 		l.cancelForPeer()
+	case stateSyncPause:
+		if len(f.Payload) != 1 || f.Payload[0] > 1 {
+			return fmt.Errorf("%w: a sync pause with a %d-byte payload", errProtocol, len(f.Payload))
+		}
+		l.setPeerPause(f.Payload[0] == 1)
 	case stateVerifyAnswer:
 		return l.onVerifyAnswer(f.Payload)
 	case stateVerifyBegin, stateVerifyEnd:
@@ -963,6 +973,9 @@ func (v *Volume) runSession(l *link, first *wire.Frame) bool {
 	v.log.Info("replicate: connected to the peer", "peer", v.cfg.Peer, "decision", d.String())
 	if v.primary.Load() {
 		v.announce() // the epoch may have moved in the setup (a resolved split brain)
+	}
+	if v.syncPaused() != nil {
+		l.sendPause(true) // a resync to this node waits for the resume
 	}
 	if d.IsSource() {
 		l.background.Add(1)
@@ -1296,5 +1309,41 @@ func allZero(b []byte) bool {
 			return false
 		}
 	}
+	return true
+}
+
+// setPeerPause records the peer's pause-sync (stateSyncPause).
+func (l *link) setPeerPause(on bool) {
+	l.pauseMu.Lock()
+	defer l.pauseMu.Unlock()
+	switch {
+	case on && l.peerResumed == nil:
+		l.peerResumed = make(chan struct{})
+		l.v.log.Info("replicate: the peer paused resyncs to it", "peer", l.v.cfg.Peer)
+	case !on && l.peerResumed != nil:
+		close(l.peerResumed)
+		l.peerResumed = nil
+		l.v.log.Info("replicate: the peer resumed resyncs to it", "peer", l.v.cfg.Peer)
+	}
+}
+
+// peerPaused is the channel closed when the peer resumes, nil when it has
+// not paused.
+func (l *link) peerPaused() <-chan struct{} {
+	l.pauseMu.Lock()
+	defer l.pauseMu.Unlock()
+	return l.peerResumed
+}
+
+// sendPause tells the peer this side's pause-sync, if it understands it.
+func (l *link) sendPause(on bool) bool {
+	if !l.c.PeerHas(wire.FeatureTargetPause) {
+		return false
+	}
+	b := byte(0)
+	if on {
+		b = 1
+	}
+	_ = l.c.Write(wire.Frame{Type: wire.State, Offset: stateSyncPause, Epoch: l.v.epoch.Load(), Payload: []byte{b}})
 	return true
 }

@@ -197,15 +197,19 @@ func (l *link) runResync(p *progress) error {
 			return ErrPeerLost
 		default:
 		}
-		if resumed := v.syncPaused(); resumed != nil {
+		if v.syncPaused() != nil || l.peerPaused() != nil {
 			p.paused.Store(true)
-			v.log.Info("replicate: resync paused by the administrator", "left", v.bm.OutOfSyncBytes())
-			select {
-			case <-l.stop:
-				p.paused.Store(false)
-				wg.Wait()
-				return ErrPeerLost
-			case <-resumed:
+			v.log.Info("replicate: resync paused by the administrator", "left", v.bm.OutOfSyncBytes(), "here", v.syncPaused() != nil, "on_the_target", l.peerPaused() != nil)
+			// Until neither side holds it (a nil channel never fires).
+			for local, peer := v.syncPaused(), l.peerPaused(); local != nil || peer != nil; local, peer = v.syncPaused(), l.peerPaused() {
+				select {
+				case <-l.stop:
+					p.paused.Store(false)
+					wg.Wait()
+					return ErrPeerLost
+				case <-local:
+				case <-peer:
+				}
 			}
 			p.paused.Store(false)
 			v.log.Info("replicate: resync resumed", "left", v.bm.OutOfSyncBytes())
@@ -436,23 +440,30 @@ func (l *link) startResyncSource(ctx context.Context) error {
 	return nil
 }
 
-// PauseSync holds every resync this node is the source of (the running
-// one and those of later sessions) before its next chunk, until
-// ResumeSync (DRBD's pause-sync). Application writes go on, replicated
-// and marked as usual. A pause is not persistent: a restarted daemon
-// resyncs. Refused on the sync target, which does not drive the resync.
+// PauseSync holds every resync to or from this node (the running one and
+// those of later sessions) before its next chunk, until ResumeSync
+// (DRBD's pause-sync, from either side). As source this node holds its
+// own loop; as target it asks the source to hold (stateSyncPause), again
+// at each new session. Application writes go on, replicated and marked
+// as usual. A pause is not persistent: a restarted daemon resyncs.
+// Refused on a sync target whose source's tandem predates the request.
 func (v *Volume) PauseSync(ctx context.Context) error {
 	if v.closed.Load() {
 		return ErrClosed
 	}
 	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.conn == SyncTarget {
-		return fmt.Errorf("replicate: %s: pause-sync: the resync is driven by its source: pause it on %s: %w", v.cfg.Resource, v.cfg.Peer, ErrIsSyncTarget)
+	if v.conn == SyncTarget && v.sess != nil && !v.sess.c.PeerHas(wire.FeatureTargetPause) {
+		v.mu.Unlock()
+		return fmt.Errorf("replicate: %s: pause-sync: the resync is driven by its source, whose tandem is older: pause it on %s: %w", v.cfg.Resource, v.cfg.Peer, ErrIsSyncTarget)
 	}
 	if v.syncResumed == nil {
 		v.syncResumed = make(chan struct{})
 		v.log.Info("replicate: resyncs paused by the administrator")
+	}
+	l := v.sess
+	v.mu.Unlock()
+	if l != nil && l.active.Load() {
+		l.sendPause(true) // a resync to this node holds (the peer as source)
 	}
 	return nil
 }
@@ -463,11 +474,17 @@ func (v *Volume) ResumeSync(ctx context.Context) error {
 		return ErrClosed
 	}
 	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.syncResumed != nil {
-		close(v.syncResumed)
-		v.syncResumed = nil
-		v.log.Info("replicate: resyncs resumed by the administrator")
+	if v.syncResumed == nil {
+		v.mu.Unlock()
+		return nil
+	}
+	close(v.syncResumed)
+	v.syncResumed = nil
+	v.log.Info("replicate: resyncs resumed by the administrator")
+	l := v.sess
+	v.mu.Unlock()
+	if l != nil && l.active.Load() {
+		l.sendPause(false)
 	}
 	return nil
 }

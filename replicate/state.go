@@ -34,6 +34,11 @@ const (
 	stateVerifyAsk    uint64 = 8
 	stateVerifyCancel uint64 = 9
 	stateVerifyAnswer uint64 = 10
+	// stateSyncPause: the sender paused (payload 1) or resumed (0)
+	// resyncs to it with pause-sync on its side; the receiver, as source,
+	// holds its resync meanwhile. Sent only to a peer that announced
+	// wire.FeatureTargetPause.
+	stateSyncPause uint64 = 11
 )
 
 // Wishes an admin expressed on this side for the next session.

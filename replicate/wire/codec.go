@@ -22,6 +22,20 @@ const (
 // supportedCodecs is the set this build can decode, as Hello announces it.
 const supportedCodecs = 1<<CodecS2 | 1<<CodecZstd
 
+// Feature flags ride in the upper half of Hello's codec word: a build
+// that predates one ignores its bit (negotiation only looks at the
+// codec's own bit), so a message the flag announces is sent only to a
+// peer that has it, and two binaries of one protocol version still
+// connect during a rolling upgrade.
+const (
+	// FeatureTargetPause: the peer, as sync source, pauses its resync
+	// when the target asks (State kind 11).
+	FeatureTargetPause uint32 = 1 << 16
+)
+
+// features is what this build announces.
+const features = FeatureTargetPause
+
 // ParseCodec reads the configuration spelling: "off" (or empty), "s2",
 // "zstd".
 func ParseCodec(s string) (Codec, error) {

@@ -144,7 +144,8 @@ type HelloInfo struct {
 	Cluster  string
 	Resource string
 	Node     string
-	// Codecs is the set of codecs the sender can decode (bit 1<<Codec).
+	// Codecs is the set of codecs the sender can decode (bit 1<<Codec);
+	// its upper half carries feature flags (Feature*).
 	Codecs uint32
 	// Compression is the codec the sender's configuration asks for.
 	Compression Codec
@@ -232,6 +233,9 @@ func (c *Conn) Codec() Codec { return c.codec }
 
 // Peer is what the peer announced in its Hello.
 func (c *Conn) Peer() HelloInfo { return c.peer }
+
+// PeerHas reports whether the peer announced feature f (Feature*).
+func (c *Conn) PeerHas(f uint32) bool { return c.peer.Codecs&f == f }
 
 // NetConn is the underlying connection (a *tls.Conn with TLS), for
 // deadlines and addresses.
@@ -368,7 +372,7 @@ func (h *handshake) run(ctx context.Context) (*Conn, error) {
 		Cluster:     h.cfg.Cluster,
 		Resource:    h.cfg.Resource,
 		Node:        h.cfg.LocalNode,
-		Codecs:      supportedCodecs,
+		Codecs:      supportedCodecs | features,
 		Compression: h.want,
 	}
 	if h.me.Version == 0 {
