@@ -527,7 +527,7 @@ func TestCloseIsClean(t *testing.T) {
 	// Clean metadata: reopening recovers nothing, and the replicas are
 	// in sync: the peer reconnects without any resync.
 	p.a.restart()
-	if rec := p.a.v.meta.Recovery(); !rec.WasClean || len(rec.Extents) != 0 {
+	if rec := p.a.v.meta().Recovery(); !rec.WasClean || len(rec.Extents) != 0 {
 		t.Fatalf("recovery after a clean close: %+v", rec)
 	}
 	p.waitConnected(10 * time.Second)
@@ -549,7 +549,7 @@ func TestPrimaryCrashWithoutFailover(t *testing.T) {
 	p.a.kill(true, 77)
 	ld.halt()
 	p.a.restart()
-	if rec := p.a.v.meta.Recovery(); rec.WasClean || len(rec.Extents) == 0 {
+	if rec := p.a.v.meta().Recovery(); rec.WasClean || len(rec.Extents) == 0 {
 		t.Fatalf("recovery after a power cut: %+v", rec)
 	}
 	p.waitConnected(20 * time.Second)
@@ -720,14 +720,14 @@ func TestLateResyncAckKeepsLaterWritesOutOfSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.b.kill(false, 0)
-	waitFor(t, 10*time.Second, "the link loss marks w1", func() bool { return p.a.v.bm.IsSet(w1, 4096) })
+	waitFor(t, 10*time.Second, "the link loss marks w1", func() bool { return p.a.v.bm().IsSet(w1, 4096) })
 	if err := p.a.v.WriteAt(ctx, block(0x33, w2, 2), w2, false); err != nil {
 		t.Fatal(err)
 	}
 	close(release)
 	waitFor(t, 10*time.Second, "alpha's session torn down", func() bool { return p.a.v.Status().Conn == Connecting })
 	for _, w := range []int64{w1, w2} {
-		if !p.a.v.bm.IsSet(w, 4096) {
+		if !p.a.v.bm().IsSet(w, 4096) {
 			t.Errorf("block %d, written after the resync read it, is not out of sync after the late confirmation", w/4096)
 		}
 	}
@@ -861,7 +861,7 @@ func splitBrain(t *testing.T, c splitBrainCase) *pair {
 	if !c.alphaStaysPrimary {
 		demote(p.a)
 	}
-	waitFor(t, time.Second, "a later promotion time", func() bool { return time.Now().UnixNano() > p.a.v.meta.Superblock().PromotedAt })
+	waitFor(t, time.Second, "a later promotion time", func() bool { return time.Now().UnixNano() > p.a.v.meta().Superblock().PromotedAt })
 	for i := range max(c.betaRounds, 1) {
 		mustPromote(t, p.b, false)
 		if i == max(c.betaRounds, 1)-1 {

@@ -284,10 +284,10 @@ func (l *link) teardown() {
 	why := l.why
 	l.pendMu.Unlock()
 	for _, e := range entries {
-		v.bm.Set(e.off, e.n)
+		v.bm().Set(e.off, e.n)
 	}
 	if len(entries) > 0 {
-		if err := v.bm.FlushAll(); err != nil {
+		if err := v.bm().FlushAll(); err != nil {
 			v.log.Error("replicate: writing the bitmap after losing the peer", "err", err)
 		}
 	}
@@ -394,7 +394,7 @@ func (l *link) handle(f wire.Frame) error {
 		}
 		if f.Type == wire.ReadRequest {
 			// Only a complete replica may stand in for the primary's disk.
-			if ds := v.diskState(v.meta.Superblock()); ds != UpToDate || !l.peerDiskGone.Load() {
+			if ds := v.diskState(v.meta().Superblock()); ds != UpToDate || !l.peerDiskGone.Load() {
 				return fmt.Errorf("%w: the peer reads from this node, whose disk is %s (the peer's disk gone: %v)", errProtocol, ds, l.peerDiskGone.Load())
 			}
 		}
@@ -469,12 +469,12 @@ func (l *link) apply(f wire.Frame, sp *span) {
 	var payload []byte
 	switch f.Type {
 	case wire.Write, wire.ResyncData:
-		err = v.data.WriteAt(v.ctx, f.Payload, off, fua)
+		err = v.data().WriteAt(v.ctx, f.Payload, off, fua)
 		// The data device does not keep the buffer: the next frame may
 		// reuse it.
 		l.c.Reader().Release(f.Payload)
 	case wire.Trim:
-		err = v.data.Trim(v.ctx, off, n, fua)
+		err = v.data().Trim(v.ctx, off, n, fua)
 	case wire.Zero:
 		var zf nbd.ZeroFlags
 		if len(f.Payload) > 0 {
@@ -483,10 +483,10 @@ func (l *link) apply(f wire.Frame, sp *span) {
 		if fua {
 			zf |= nbd.ZeroFUA
 		}
-		err = v.data.Zero(v.ctx, off, n, zf)
+		err = v.data().Zero(v.ctx, off, n, zf)
 	case wire.VerifyRequest:
 		buf := make([]byte, n)
-		if err = v.data.ReadAt(v.ctx, buf, off); err == nil {
+		if err = v.data().ReadAt(v.ctx, buf, off); err == nil {
 			payload = digests(buf, v.gran)
 			if p := l.vtarget.Load(); p != nil {
 				p.done.Add(n)
@@ -494,7 +494,7 @@ func (l *link) apply(f wire.Frame, sp *span) {
 		}
 	case wire.ReadRequest:
 		payload = make([]byte, n)
-		err = v.data.ReadAt(v.ctx, payload, off)
+		err = v.data().ReadAt(v.ctx, payload, off)
 	}
 	if err == nil && (f.Type == wire.ResyncData || f.Type == wire.ResyncRequest) {
 		err = l.resyncApplied(off, n)
@@ -579,20 +579,20 @@ func (l *link) resyncApplied(off, n int64) error {
 }
 
 func (l *link) resyncCheckpoint(batch []rsRange) error {
-	if err := l.v.data.Flush(l.v.ctx); err != nil {
+	if err := l.v.data().Flush(l.v.ctx); err != nil {
 		return err
 	}
 	for _, r := range batch {
-		l.v.bm.Clear(r.off, r.n)
+		l.v.bm().Clear(r.off, r.n)
 	}
-	return l.v.bm.FlushAll()
+	return l.v.bm().FlushAll()
 }
 
 func (l *link) applyFlush(seq uint64) {
 	defer l.applying.Done()
 	v := l.v
 	l.rord.waitBefore(seq, 0, math.MaxInt64)
-	if err := v.data.Flush(v.ctx); err != nil {
+	if err := v.data().Flush(v.ctx); err != nil {
 		if v.ctx.Err() == nil {
 			_ = v.diskFailed("flush for the peer", err)
 			go l.detach(err)
@@ -685,11 +685,11 @@ func (l *link) onState(f wire.Frame) error {
 // back, it is then a sync target of a full resync, never "in sync".
 func (l *link) peerDiskLost() error {
 	v := l.v
-	if v.diskState(v.meta.Superblock()) != UpToDate {
+	if v.diskState(v.meta().Superblock()) != UpToDate {
 		return nil // not a replica to stand in: the primary fails its I/O
 	}
-	v.bm.Set(0, v.size)
-	if err := v.bm.FlushAll(); err != nil {
+	v.bm().Set(0, v.size)
+	if err := v.bm().FlushAll(); err != nil {
 		return fmt.Errorf("replicate: recording that the primary's disk failed: %w", err)
 	}
 	v.degMu.Lock()
@@ -714,7 +714,7 @@ func (v *Volume) adoptEpoch(e uint64) error {
 	if e <= v.epoch.Load() {
 		return nil
 	}
-	if err := v.meta.Update(func(s *md.Superblock) { s.Epoch = max(s.Epoch, e) }); err != nil {
+	if err := v.meta().Update(func(s *md.Superblock) { s.Epoch = max(s.Epoch, e) }); err != nil {
 		return fmt.Errorf("replicate: recording epoch %d: %w", e, err)
 	}
 	v.epoch.Store(e)
@@ -725,10 +725,10 @@ func (v *Volume) adoptEpoch(e uint64) error {
 // before any resync data lands.
 func (l *link) beginTarget(full bool) error {
 	v := l.v
-	if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.Consistent }); err != nil {
+	if err := v.meta().Update(func(s *md.Superblock) { s.Flags &^= md.Consistent }); err != nil {
 		return fmt.Errorf("replicate: becoming sync target: %w", err)
 	}
-	p := newProgress(full, v.tunables().Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+	p := newProgress(full, v.tunables().Resync.Checksum, v.bm().OutOfSyncBytes(), v.now())
 	v.mu.Lock()
 	if v.sess == l {
 		v.conn, v.resync = SyncTarget, p
@@ -743,21 +743,21 @@ func (l *link) beginTarget(full bool) error {
 func (l *link) finishTarget(src peerState) error {
 	v := l.v
 	l.applying.Wait() // every resync write before the marker is acknowledged already; be sure
-	if err := v.data.Flush(v.ctx); err != nil {
+	if err := v.data().Flush(v.ctx); err != nil {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
-	v.bm.Clear(0, v.size)
+	v.bm().Clear(0, v.size)
 	// What was pending is covered by the sync above; a later resync in
 	// this session must not clear its ranges again.
 	l.rsMu.Lock()
 	l.rsPending, l.rsPendingBytes = nil, 0
 	l.rsMu.Unlock()
-	if err := v.bm.FlushAll(); err != nil {
+	if err := v.bm().FlushAll(); err != nil {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
 	g := src.Gen
 	g.Bitmap = 0
-	if err := v.meta.Update(func(s *md.Superblock) {
+	if err := v.meta().Update(func(s *md.Superblock) {
 		s.Gen = genToMD(g)
 		s.Flags = s.Flags&^(md.Outdated|md.FullSyncNeeded|md.CrashedPrimary|md.PeerOutdated) | md.Consistent
 	}); err != nil {
@@ -1082,8 +1082,8 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	}
 	switch d {
 	case SourceFull, TargetFull:
-		v.bm.Set(0, v.size)
-		if err := v.bm.FlushAll(); err != nil {
+		v.bm().Set(0, v.size)
+		if err := v.bm().FlushAll(); err != nil {
 			return 0, err
 		}
 	case SourceBitmap, TargetBitmap:
@@ -1092,12 +1092,12 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		}
 	case InSync:
 		// Identical histories: whatever outdated either side is stale.
-		if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.PeerOutdated | md.CrashedPrimary | md.Outdated }); err != nil {
+		if err := v.meta().Update(func(s *md.Superblock) { s.Flags &^= md.PeerOutdated | md.CrashedPrimary | md.Outdated }); err != nil {
 			return 0, err
 		}
 	}
 	if d.IsTarget() {
-		if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.Consistent }); err != nil {
+		if err := v.meta().Update(func(s *md.Superblock) { s.Flags &^= md.Consistent }); err != nil {
 			return 0, fmt.Errorf("replicate: becoming sync target: %w", err)
 		}
 	}
@@ -1170,7 +1170,7 @@ func (l *link) activate(d Sync, peer peerState, idle bool) error {
 		v.conn = SyncSource
 	case d.IsTarget():
 		v.conn = SyncTarget
-		v.resync = newProgress(d == TargetFull, v.tunables().Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+		v.resync = newProgress(d == TargetFull, v.tunables().Resync.Checksum, v.bm().OutOfSyncBytes(), v.now())
 	default:
 		v.conn = Connected
 	}
@@ -1217,8 +1217,8 @@ func (l *link) setupDiskless(local, peer peerState) (Sync, error) {
 			refuse(false, "%v: the peer is a diskless primary at epoch %d, this node knows epoch %d (a deposed primary)", ErrStaleEpoch, peer.Epoch, local.Epoch)
 		case local.Disk != UpToDate:
 			refuse(false, "this node's disk is %s: it cannot serve a diskless primary", local.Disk)
-		case v.bm.OutOfSyncBytes() < v.size:
-			refuse(false, "this node has not recorded the primary's disk failure (%d of %d bytes out of sync for it): it cannot serve it", v.bm.OutOfSyncBytes(), v.size)
+		case v.bm().OutOfSyncBytes() < v.size:
+			refuse(false, "this node has not recorded the primary's disk failure (%d of %d bytes out of sync for it): it cannot serve it", v.bm().OutOfSyncBytes(), v.size)
 		}
 	}
 	d := ServeDiskless
@@ -1259,7 +1259,7 @@ func (l *link) expect(kind uint64) (wire.Frame, error) {
 // end marker) while reading the peer's, and takes the union.
 func (l *link) exchangeBitmaps() error {
 	v := l.v
-	mine := v.bm.Bytes()
+	mine := v.bm().Bytes()
 	total := uint32(len(mine))
 	errc := make(chan error, 1)
 	go func() {
@@ -1297,10 +1297,10 @@ func (l *link) exchangeBitmaps() error {
 	if err := <-errc; err != nil {
 		return fmt.Errorf("replicate: sending the bitmap: %w", err)
 	}
-	if err := v.bm.Union(theirs); err != nil {
+	if err := v.bm().Union(theirs); err != nil {
 		return err
 	}
-	return v.bm.FlushAll()
+	return v.bm().FlushAll()
 }
 
 func allZero(b []byte) bool {

@@ -118,7 +118,7 @@ func TestStaleEpochRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "beta Connecting", func() bool { return p.b.v.Status().Conn == Connecting })
-	sb := p.b.v.meta.Superblock()
+	sb := p.b.v.meta().Superblock()
 	st := peerState{Role: Primary, Disk: UpToDate, Flags: md.Consistent, Epoch: 3, Size: p.b.v.size, Gran: p.b.v.gran, Gen: genFromMD(sb.Gen), Proto: 'C'}
 
 	c, _, dec := fakeSession(t, p.b.addr, st)
@@ -174,7 +174,7 @@ func TestSizeMismatchRefused(t *testing.T) {
 	p.waitConnected(10 * time.Second)
 	p.a.kill(false, 0)
 	waitFor(t, 5*time.Second, "beta Connecting", func() bool { return p.b.v.Status().Conn == Connecting })
-	sb := p.b.v.meta.Superblock()
+	sb := p.b.v.meta().Superblock()
 	st := peerState{Role: Secondary, Disk: UpToDate, Flags: md.Consistent, Size: p.b.v.size * 2, Gran: p.b.v.gran, Gen: genFromMD(sb.Gen), Proto: 'C'}
 	c, _, dec := fakeSession(t, p.b.addr, st)
 	defer c.Close()
@@ -221,7 +221,7 @@ func TestDisconnectDuringBitmapExchange(t *testing.T) {
 	p.waitConnected(10 * time.Second)
 	p.a.kill(false, 0)
 	waitFor(t, 5*time.Second, "beta Connecting", func() bool { return p.b.v.Status().Conn == Connecting })
-	sb := p.b.v.meta.Superblock()
+	sb := p.b.v.meta().Superblock()
 	// A primary that wrote on alone: a bitmap resync from it.
 	gen := genFromMD(sb.Gen)
 	gen.Bitmap, gen.Current = gen.Current, gen.Current+1

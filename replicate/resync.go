@@ -105,7 +105,7 @@ func (l *link) readOrdered(off, n int64, mk func(seq uint64, data []byte) wire.F
 	v.nextSeq++
 	seq := v.nextSeq
 	v.ord.waitBefore(seq, off, off+n)
-	err := v.data.ReadAt(v.ctx, buf, off)
+	err := v.data().ReadAt(v.ctx, buf, off)
 	var w *waiter
 	ok := false
 	if err == nil {
@@ -146,7 +146,7 @@ func (l *link) queueInSync(off, n int64) {
 func (l *link) resyncSource(full bool) {
 	defer l.background.Done()
 	v := l.v
-	p := newProgress(full, v.tunables().Resync.Checksum, v.bm.OutOfSyncBytes(), v.now())
+	p := newProgress(full, v.tunables().Resync.Checksum, v.bm().OutOfSyncBytes(), v.now())
 	v.mu.Lock()
 	if v.sess != l {
 		v.mu.Unlock()
@@ -170,7 +170,7 @@ func (l *link) resyncSource(full bool) {
 	}
 	v.mu.Unlock()
 	if err != nil {
-		v.log.Warn("replicate: resync interrupted", "err", err, "left", v.bm.OutOfSyncBytes())
+		v.log.Warn("replicate: resync interrupted", "err", err, "left", v.bm().OutOfSyncBytes())
 		return
 	}
 	v.log.Info("replicate: resync finished as source", "sent", p.sent.Load())
@@ -199,7 +199,7 @@ func (l *link) runResync(p *progress) error {
 		}
 		if v.syncPaused() != nil || l.peerPaused() != nil {
 			p.paused.Store(true)
-			v.log.Info("replicate: resync paused by the administrator", "left", v.bm.OutOfSyncBytes(), "here", v.syncPaused() != nil, "on_the_target", l.peerPaused() != nil)
+			v.log.Info("replicate: resync paused by the administrator", "left", v.bm().OutOfSyncBytes(), "here", v.syncPaused() != nil, "on_the_target", l.peerPaused() != nil)
 			// Until neither side holds it (a nil channel never fires).
 			for local, peer := v.syncPaused(), l.peerPaused(); local != nil || peer != nil; local, peer = v.syncPaused(), l.peerPaused() {
 				select {
@@ -212,7 +212,7 @@ func (l *link) runResync(p *progress) error {
 				}
 			}
 			p.paused.Store(false)
-			v.log.Info("replicate: resync resumed", "left", v.bm.OutOfSyncBytes())
+			v.log.Info("replicate: resync resumed", "left", v.bm().OutOfSyncBytes())
 			// The pause is not owed back as a burst.
 			ctl = newRateController(tn.Resync, v.now())
 		}
@@ -221,13 +221,13 @@ func (l *link) runResync(p *progress) error {
 			tn = cur
 			ctl = newRateController(tn.Resync, v.now())
 		}
-		off, n, ok := v.bm.NextSet(cursor)
+		off, n, ok := v.bm().NextSet(cursor)
 		if !ok {
 			wg.Wait()
 			if err, _ := failed.Load().(error); err != nil {
 				return err
 			}
-			if _, _, again := v.bm.NextSet(0); !again {
+			if _, _, again := v.bm().NextSet(0); !again {
 				return nil
 			}
 			cursor = 0
@@ -289,7 +289,7 @@ func (l *link) cleared(off, n int64) {
 	}
 	if l.srcCleared.Add(n) >= 32<<20 {
 		l.srcCleared.Store(0)
-		if err := v.bm.FlushAll(); err != nil {
+		if err := v.bm().FlushAll(); err != nil {
 			v.log.Warn("replicate: writing the bitmap during resync", "err", err)
 		}
 	}
@@ -313,7 +313,7 @@ func (l *link) clearConfirmed(off, n int64) bool {
 	if l.dead || !l.active.Load() {
 		return false
 	}
-	l.v.bm.Clear(off, n)
+	l.v.bm().Clear(off, n)
 	return true
 }
 
@@ -392,7 +392,7 @@ func (l *link) finishSource() error {
 		v.degMu.Unlock()
 		return fmt.Errorf("replicate: finishing resync: written without the peer meanwhile: %w", ErrPeerLost)
 	}
-	err := v.meta.Update(func(s *md.Superblock) {
+	err := v.meta().Update(func(s *md.Superblock) {
 		g := genFromMD(s.Gen)
 		g.pushHistory(g.Bitmap)
 		g.Bitmap = 0
@@ -403,7 +403,7 @@ func (l *link) finishSource() error {
 	if err != nil {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
-	if err := v.bm.FlushAll(); err != nil {
+	if err := v.bm().FlushAll(); err != nil {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
 	st := v.localState()
@@ -434,7 +434,7 @@ func (l *link) startResyncSource(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if v.bm.Dirty() {
+	if v.bm().Dirty() {
 		return fmt.Errorf("replicate: repair resync did not finish: %w", ErrPeerLost)
 	}
 	return nil

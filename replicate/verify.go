@@ -66,9 +66,9 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyReport, error) 
 		return rep, nil
 	}
 	for _, r := range rep.Differing {
-		v.bm.Set(r.Offset, r.Length)
+		v.bm().Set(r.Offset, r.Length)
 	}
-	if err := v.bm.FlushAll(); err != nil {
+	if err := v.bm().FlushAll(); err != nil {
 		return rep, fmt.Errorf("replicate: %s: verify: marking the differences: %w", v.cfg.Resource, err)
 	}
 	if err := l.startResyncSource(ctx); err != nil {

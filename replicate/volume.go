@@ -43,9 +43,9 @@ type Volume struct {
 	tune atomic.Pointer[Tunables]
 	log  *slog.Logger
 	now  func() time.Time
-	data nbd.Device
-	meta *md.Meta
-	bm   *md.Bitmap
+	// disk is the local data area and its metadata; Attach replaces
+	// them with a new disk after the old one failed.
+	disk atomic.Pointer[localDisk]
 	size int64
 	gran int64
 	// linkset is the link's settings for the next session (SetLink);
@@ -168,10 +168,11 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 		return fail(fmt.Errorf("replicate: %s: the data area has %d bytes, the metadata describes %d", cfg.Resource, cfg.Data.Size(), sb.DataSize))
 	}
 	v := &Volume{
-		cfg: cfg, log: cfg.Logger, now: cfg.Now, data: cfg.Data, meta: meta, bm: meta.Bitmap(),
+		cfg: cfg, log: cfg.Logger, now: cfg.Now,
 		size: sb.DataSize, gran: sb.Granularity,
 		kick: make(chan struct{}, 1), detached: make(chan struct{}), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
+	v.disk.Store(&localDisk{data: cfg.Data, meta: meta, bm: meta.Bitmap()})
 	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain})
 	v.linkset.Store(&LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS})
 	v.epoch.Store(sb.Epoch)
@@ -253,6 +254,18 @@ func eio(what string, err error) error {
 	return fmt.Errorf("replicate: %s: %w: %w (%w)", what, ErrDiskFailed, err, syscall.EIO)
 }
 
+// localDisk is a volume's local replica: the data area, its metadata and
+// the metadata's bitmap, which always belong together.
+type localDisk struct {
+	data nbd.Device
+	meta *md.Meta
+	bm   *md.Bitmap
+}
+
+func (v *Volume) data() nbd.Device { return v.disk.Load().data }
+func (v *Volume) meta() *md.Meta   { return v.disk.Load().meta }
+func (v *Volume) bm() *md.Bitmap   { return v.disk.Load().bm }
+
 // Size is the size of the data area.
 func (v *Volume) Size() int64 { return v.size }
 
@@ -260,7 +273,7 @@ func (v *Volume) Size() int64 { return v.size }
 // (fast zero, extents, cache); writes are always possible at the NBD
 // level, since the role can change while a client is connected.
 func (v *Volume) Features() nbd.Features {
-	f := v.data.Features()
+	f := v.data().Features()
 	return nbd.Features{
 		Flush: true, FUA: true, Trim: f.Trim, Zero: true, MultiConn: true,
 		Rotational: f.Rotational, MinBlock: f.MinBlock, PreferredBlock: f.PreferredBlock, MaxBlock: f.MaxBlock,
@@ -279,7 +292,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.unsettled.wait(ctx, off, off+int64(len(p))); err != nil {
 		return err
 	}
-	if err := v.data.ReadAt(ctx, p, off); err != nil {
+	if err := v.data().ReadAt(ctx, p, off); err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
@@ -292,7 +305,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // FileRange lets the NBD server send large reads with sendfile when the
 // data area is a file and this node is primary.
 func (v *Volume) FileRange(off, length int64) (*os.File, int64, bool) {
-	fs, ok := v.data.(nbd.FileSource)
+	fs, ok := v.data().(nbd.FileSource)
 	// A read overlapping an unsettled write goes through ReadAt, which
 	// waits for it.
 	if !ok || v.readable() != nil || v.failed.Load() || v.unsettled.overlaps(off, off+length) {
@@ -372,7 +385,7 @@ const maxRangeOp = 64 << 20
 // splitRange cuts a write, trim or zero into pieces that each span at most half
 // the extents that may be hot (and maxRangeOp), cut at extent boundaries.
 func (v *Volume) splitRange(off, length int64, fn func(o, n int64) error) error {
-	l := v.meta.Layout()
+	l := v.meta().Layout()
 	ext := l.ALExtentSize
 	chunk := min(max(int64(l.MaxHotExtents/2), 1)*ext, max(maxRangeOp/ext, 1)*ext)
 	for length > 0 {
@@ -406,7 +419,7 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	v.writing.Add(1)
 	defer v.writing.Add(-1)
 	off := int64(f.Offset)
-	release, err := v.meta.Begin(ctx, off, n)
+	release, err := v.meta().Begin(ctx, off, n)
 	if err != nil {
 		if ctx.Err() != nil || errors.Is(err, md.ErrClosed) || errors.Is(err, md.ErrRange) || errors.Is(err, md.ErrTooManyExtents) {
 			return fmt.Errorf("replicate: %s: activity log: %w (%w)", v.cfg.Resource, err, syscall.EIO)
@@ -452,20 +465,20 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 	var lerr error
 	switch f.Type {
 	case wire.Write:
-		lerr = v.data.WriteAt(ctx, f.Payload, off, fua)
+		lerr = v.data().WriteAt(ctx, f.Payload, off, fua)
 	case wire.Trim:
-		lerr = v.data.Trim(ctx, off, n, fua)
+		lerr = v.data().Trim(ctx, off, n, fua)
 	case wire.Zero:
 		zf := zflags
 		if fua {
 			zf |= nbd.ZeroFUA
 		}
-		lerr = v.data.Zero(ctx, off, n, zf)
+		lerr = v.data().Zero(ctx, off, n, zf)
 	}
 	v.ord.remove(sp)
 	spanPool.Put(sp)
 	if lerr != nil {
-		v.bm.Set(off, n)
+		v.bm().Set(off, n)
 		if w != nil {
 			go func() { <-w.ch }() // the ack or the link's end still comes
 		}
@@ -486,7 +499,7 @@ func (v *Volume) write(ctx context.Context, f wire.Frame, n int64, zflags nbd.Ze
 		}
 	}
 	if perr != nil {
-		v.bm.Set(off, n)
+		v.bm().Set(off, n)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -526,7 +539,7 @@ func (v *Volume) rotateLocked() error {
 	if v.rotated {
 		return nil
 	}
-	err := v.meta.Update(func(sb *md.Superblock) {
+	err := v.meta().Update(func(sb *md.Superblock) {
 		g := genFromMD(sb.Gen)
 		if g.Bitmap == 0 {
 			g.Bitmap = g.Current
@@ -691,7 +704,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 		return fmt.Errorf("%w (%w)", ErrClosed, nbd.ErrShutdown)
 	}
 	if !v.primary.Load() {
-		if err := v.data.Flush(ctx); err != nil {
+		if err := v.data().Flush(ctx); err != nil {
 			return v.diskFailed("flush", err)
 		}
 		return nil
@@ -707,7 +720,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 
 func (v *Volume) flushBoth(ctx context.Context) error {
 	l, w := v.peerFlushStart()
-	if err := v.data.Flush(ctx); err != nil {
+	if err := v.data().Flush(ctx); err != nil {
 		if w != nil {
 			go func() { <-w.ch }()
 		}
@@ -760,7 +773,7 @@ func (v *Volume) request(f wire.Frame, need wire.MsgType, off, n int64) (*link, 
 // local data, and the peer's when this node sends it writes.
 func (v *Volume) syncData() error {
 	// Not v.ctx: Close flushes through here after ending it.
-	if err := v.data.Flush(context.Background()); err != nil {
+	if err := v.data().Flush(context.Background()); err != nil {
 		return err
 	}
 	if v.primary.Load() {
@@ -797,13 +810,13 @@ func (v *Volume) role() Role {
 
 // localState is what this side announces.
 func (v *Volume) localState() peerState {
-	sb := v.meta.Superblock()
+	sb := v.meta().Superblock()
 	v.mu.Lock()
 	want := v.want
 	v.mu.Unlock()
 	return peerState{
 		Role: v.role(), Disk: v.diskState(sb), Want: want, Flags: sb.Flags, Epoch: v.epoch.Load(),
-		Size: v.size, Gran: v.gran, Gen: genFromMD(sb.Gen), DirtyBits: v.bm.Count(), PromotedAt: sb.PromotedAt,
+		Size: v.size, Gran: v.gran, Gen: genFromMD(sb.Gen), DirtyBits: v.bm().Count(), PromotedAt: sb.PromotedAt,
 		Proto: v.linkset.Load().Protocol[0],
 	}
 }
@@ -820,11 +833,11 @@ func (v *Volume) countWrite(n int64) {
 
 // Status is a snapshot of the volume.
 func (v *Volume) Status() Status {
-	sb := v.meta.Superblock()
+	sb := v.meta().Superblock()
 	st := Status{
 		Resource: v.cfg.Resource, Node: v.cfg.Node, Peer: v.cfg.Peer,
 		Role: v.role(), Disk: v.diskState(sb), Protocol: v.linkset.Load().Protocol, Compression: v.linkset.Load().Compression,
-		Epoch: v.epoch.Load(), Generations: genFromMD(sb.Gen), OutOfSync: v.bm.OutOfSyncBytes(), Size: v.size,
+		Epoch: v.epoch.Load(), Generations: genFromMD(sb.Gen), OutOfSync: v.bm().OutOfSyncBytes(), Size: v.size,
 		PeerRole: RoleUnknown, PeerDisk: DiskUnknown,
 	}
 	v.mu.Lock()
@@ -855,7 +868,7 @@ func (v *Volume) Status() Status {
 		st.PeerHeard = time.Duration(l.since()-l.lastRecv.Load()) <= 3*v.cfg.PingInterval
 	}
 	if v.resync != nil {
-		p := v.resync.snapshot(v.now(), v.bm.OutOfSyncBytes())
+		p := v.resync.snapshot(v.now(), v.bm().OutOfSyncBytes())
 		st.Resync = &p
 	}
 	if v.verify != nil {
@@ -907,7 +920,7 @@ func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error)
 		}
 		discarded = append(discarded, fmt.Sprintf("%s is primary too: disconnected from it; both sides now write independently (split brain), and one side's writes will be discarded when it is resolved", v.cfg.Peer))
 	}
-	sb := v.meta.Superblock()
+	sb := v.meta().Superblock()
 	ds := v.diskState(sb)
 	if ds != UpToDate {
 		if !force {
@@ -917,7 +930,7 @@ func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error)
 		case Outdated:
 			discarded = append(discarded, "the local data is Outdated: the writes the peer made since it was last in sync with this node are discarded")
 		default:
-			discarded = append(discarded, fmt.Sprintf("the local data is %s (an incomplete image, %d bytes out of sync): it is declared complete as it is", ds, v.bm.OutOfSyncBytes()))
+			discarded = append(discarded, fmt.Sprintf("the local data is %s (an incomplete image, %d bytes out of sync): it is declared complete as it is", ds, v.bm().OutOfSyncBytes()))
 		}
 	}
 	dropped := false
@@ -953,7 +966,7 @@ func (v *Volume) Promote(ctx context.Context, force bool) (PromoteResult, error)
 	if rerr != nil {
 		return PromoteResult{}, rerr
 	}
-	err := v.meta.Update(func(s *md.Superblock) {
+	err := v.meta().Update(func(s *md.Superblock) {
 		s.Epoch = epoch
 		s.PromotedAt = v.now().UnixNano()
 		s.Flags |= md.WasPrimary
@@ -1029,7 +1042,7 @@ func (v *Volume) Demote(ctx context.Context) error {
 			return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
 		}
 	}
-	if err := v.meta.Update(func(s *md.Superblock) { s.Flags &^= md.WasPrimary }); err != nil {
+	if err := v.meta().Update(func(s *md.Superblock) { s.Flags &^= md.WasPrimary }); err != nil {
 		if !v.failed.Load() {
 			return fmt.Errorf("replicate: %s: demote: %w", v.cfg.Resource, err)
 		}
@@ -1068,7 +1081,7 @@ func (v *Volume) Outdate(ctx context.Context) error {
 	if v.primary.Load() {
 		return fmt.Errorf("replicate: %s: outdate: %w", v.cfg.Resource, ErrIsPrimary)
 	}
-	if err := v.meta.Update(func(s *md.Superblock) {
+	if err := v.meta().Update(func(s *md.Superblock) {
 		if s.Flags.Has(md.Consistent) {
 			s.Flags |= md.Outdated
 		}
@@ -1185,11 +1198,11 @@ func (v *Volume) Resync(ctx context.Context, full bool) error {
 	want := wantTargetBitmap
 	if full {
 		want = wantTargetFull
-		v.bm.Set(0, v.size)
-		if err := v.bm.FlushAll(); err != nil {
+		v.bm().Set(0, v.size)
+		if err := v.bm().FlushAll(); err != nil {
 			return fmt.Errorf("replicate: %s: resync: %w", v.cfg.Resource, err)
 		}
-		if err := v.meta.Update(func(s *md.Superblock) { s.Flags = s.Flags&^md.Consistent | md.FullSyncNeeded }); err != nil {
+		if err := v.meta().Update(func(s *md.Superblock) { s.Flags = s.Flags&^md.Consistent | md.FullSyncNeeded }); err != nil {
 			return fmt.Errorf("replicate: %s: resync: %w", v.cfg.Resource, err)
 		}
 	}
@@ -1253,7 +1266,7 @@ func (v *Volume) Close(ctx context.Context) error {
 		<-l.done
 	}
 	v.wg.Wait()
-	if err := v.meta.Close(!v.failed.Load()); err != nil {
+	if err := v.meta().Close(!v.failed.Load()); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -169,7 +169,7 @@ func TestPromoteRefusals(t *testing.T) {
 		t.Fatalf("switchover promotion: %+v, want epoch 2 and nothing discarded", r)
 	}
 	waitFor(t, 5*time.Second, "epoch 2 on the secondary", func() bool { return p.a.v.Status().Epoch == 2 })
-	if sb := p.b.v.meta.Superblock(); sb.Epoch != 2 {
+	if sb := p.b.v.meta().Superblock(); sb.Epoch != 2 {
 		t.Fatalf("superblock epoch %d, want 2", sb.Epoch)
 	}
 }
