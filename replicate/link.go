@@ -130,16 +130,46 @@ type link struct {
 	// guarded by pauseMu.
 	pauseMu     sync.Mutex
 	peerResumed chan struct{}
+
+	// Attaching a new disk under a diskless primary (attach.go).
+	// Primary: attachOn once it asked this session's peer to sync its
+	// new disk; attachDone is closed when that sync is done.
+	attachOn   atomic.Bool
+	attachDone chan struct{}
+	// Source: peerAttach while it syncs the primary's new disk; attMu
+	// guards attTokens, the resync reads in flight; attachGo is closed
+	// when the primary stopped its writes (stateAttachFinal);
+	// peerReattached once the primary's new disk is UpToDate (its reads
+	// sent before it learnt so are still answered).
+	peerAttach, peerReattached atomic.Bool
+	attMu                      sync.Mutex
+	attTokens                  map[*rsToken]struct{}
+	attachGo                   chan struct{}
+	attachGoOnce               sync.Once
 }
 
 func newLink(v *Volume, c *wire.Conn, leader bool) *link {
 	return &link{
 		v: v, c: c, leader: leader, start: time.Now(), rord: newOrder(),
 		pending: make(map[uint64]*waiter), stop: make(chan struct{}), done: make(chan struct{}), quiet: make(chan struct{}),
+		attachDone: make(chan struct{}), attachGo: make(chan struct{}), attTokens: map[*rsToken]struct{}{},
 	}
 }
 
 func (l *link) since() int64 { return int64(time.Since(l.start)) }
+
+// holdBackground counts one more goroutine the teardown waits for, unless
+// the link is torn down already: under pendMu, as the teardown sets dead
+// before it waits.
+func (l *link) holdBackground() bool {
+	l.pendMu.Lock()
+	defer l.pendMu.Unlock()
+	if l.dead {
+		return false
+	}
+	l.background.Add(1)
+	return true
+}
 
 // end closes the connection (after a Disconnect when orderly); the reader
 // then fails and tears the session down.
@@ -295,12 +325,21 @@ func (l *link) teardown() {
 		w.ch <- result{err: ErrPeerLost}
 	}
 	l.applying.Wait()
+	if l.peerAttach.Load() {
+		// The primary's new disk is not synced: all of it is out of sync
+		// again, as setupDiskless expects of a diskless primary's peer.
+		v.bm().Set(0, v.size)
+		if err := v.bm().FlushAll(); err != nil {
+			v.log.Error("replicate: writing the bitmap after losing the peer", "err", err)
+		}
+	}
 	// The receive loop has returned: no applier starts any more.
 	v.mu.Lock()
 	delete(v.live, l)
 	v.mu.Unlock()
 	close(l.quiet)
 	l.background.Wait()
+	l.attachEnded()
 	v.mu.Lock()
 	if v.sess == l {
 		v.sess = nil
@@ -389,12 +428,14 @@ func (l *link) handle(f wire.Frame) error {
 		if e := v.epoch.Load(); f.Epoch < e {
 			return fmt.Errorf("%w: %s seq %d from epoch %d, this node is at epoch %d", ErrStaleEpoch, f.Type, f.Seq, f.Epoch, e)
 		}
-		if f.Type != wire.Flush && f.Type != wire.VerifyRequest && v.primary.Load() {
+		// A diskless primary attaching a new disk is its sync target.
+		resync := (f.Type == wire.ResyncData || f.Type == wire.ResyncRequest) && l.attachOn.Load() && v.attaching.Load()
+		if f.Type != wire.Flush && f.Type != wire.VerifyRequest && v.primary.Load() && !resync {
 			return fmt.Errorf("%w: the peer sends %s to a primary", errProtocol, f.Type)
 		}
 		if f.Type == wire.ReadRequest {
 			// Only a complete replica may stand in for the primary's disk.
-			if ds := v.diskState(v.meta().Superblock()); ds != UpToDate || !l.peerDiskGone.Load() {
+			if ds := v.diskState(v.meta().Superblock()); ds != UpToDate || !l.peerDiskGone.Load() && !l.peerReattached.Load() {
 				return fmt.Errorf("%w: the peer reads from this node, whose disk is %s (the peer's disk gone: %v)", errProtocol, ds, l.peerDiskGone.Load())
 			}
 		}
@@ -499,10 +540,17 @@ func (l *link) apply(f wire.Frame, sp *span) {
 	if err == nil && (f.Type == wire.ResyncData || f.Type == wire.ResyncRequest) {
 		err = l.resyncApplied(off, n)
 	}
+	if err == nil && (f.Type == wire.Write || f.Type == wire.Trim || f.Type == wire.Zero) && l.peerAttach.Load() {
+		l.attachWritten(off, n) // before the ack: see attach.go
+	}
 	l.rord.remove(sp)
 	spanPool.Put(sp)
 	if err != nil {
-		if v.ctx.Err() == nil {
+		switch {
+		case v.ctx.Err() != nil:
+		case l.attachOn.Load() && v.attaching.Load():
+			go l.attachDiskFailed(err)
+		default:
 			_ = v.diskFailed("applying "+f.Type.String()+" from the peer", err)
 			go l.detach(err)
 		}
@@ -630,6 +678,13 @@ func (l *link) onState(f wire.Frame) error {
 				return err
 			}
 		}
+		if ps.Role == Primary && ps.Disk == UpToDate && l.peerDiskGone.Load() {
+			// Its new disk is synced (attach.go): from here on it is an
+			// ordinary primary, whose next disk failure is recorded again.
+			l.peerReattached.Store(true)
+			l.peerAttach.Store(false)
+			l.peerDiskGone.Store(false)
+		}
 		v.mu.Lock()
 		if v.sess == l {
 			v.peer = &ps
@@ -642,7 +697,14 @@ func (l *link) onState(f wire.Frame) error {
 		if err != nil {
 			return err
 		}
-		return l.finishTarget(ps)
+		err = l.finishTarget(ps)
+		if err != nil && l.attachOn.Load() && v.attaching.Load() {
+			l.attachDiskFailed(err)
+			return nil
+		}
+		return err
+	case stateAttach, stateAttachReady, stateAttachFinal:
+		return l.onAttachState(f)
 	case stateVerifyAsk:
 		if len(f.Payload) != 1 || f.Payload[0] > 1 {
 			return fmt.Errorf("%w: a verify request with a %d-byte payload", errProtocol, len(f.Payload))
@@ -773,7 +835,14 @@ func (l *link) finishTarget(src peerState) error {
 	}
 	v.mu.Unlock()
 	v.log.Info("replicate: resync finished, UpToDate", "peer", v.cfg.Peer)
+	attach := l.attachOn.Load() && v.attaching.Load()
+	if attach {
+		l.attachSynced()
+	}
 	v.announce()
+	if attach {
+		close(l.attachDone) // after the announcement: the writes it lets go follow it
+	}
 	return nil
 }
 
@@ -980,6 +1049,13 @@ func (v *Volume) runSession(l *link, first *wire.Frame) bool {
 	if d.IsSource() {
 		l.background.Add(1)
 		go l.resyncSource(d == SourceFull)
+	}
+	if d == ServeDiskless && v.primary.Load() && v.attachPending.Load() && l.c.PeerHas(wire.FeatureAttach) {
+		// A new disk attached under this diskless primary: its sync
+		// starts again (the one before ended with its session).
+		if err := l.startAttach(); err != nil {
+			v.log.Warn("replicate: restarting the new disk's sync", "err", err)
+		}
 	}
 	l.run()
 	return true

@@ -144,9 +144,21 @@ func (l *link) queueInSync(off, n int64) {
 
 // resyncSource runs a resync as source on an established link.
 func (l *link) resyncSource(full bool) {
-	defer l.background.Done()
 	v := l.v
 	p := newProgress(full, v.tunables().Resync.Checksum, v.bm().OutOfSyncBytes(), v.now())
+	l.sourceRun(p, func() error {
+		if err := l.runResync(p, false); err != nil {
+			return err
+		}
+		return l.finishSource()
+	})
+}
+
+// sourceRun runs a resync as source (run), with its status and logs;
+// l.background was added for it.
+func (l *link) sourceRun(p *progress, run func() error) {
+	defer l.background.Done()
+	v := l.v
 	v.mu.Lock()
 	if v.sess != l {
 		v.mu.Unlock()
@@ -154,11 +166,8 @@ func (l *link) resyncSource(full bool) {
 	}
 	v.resync, v.conn = p, SyncSource
 	v.mu.Unlock()
-	v.log.Info("replicate: resync started as source", "bytes", p.total, "full", full, "checksum", p.checksum)
-	err := l.runResync(p)
-	if err == nil {
-		err = l.finishSource()
-	}
+	v.log.Info("replicate: resync started as source", "bytes", p.total, "full", p.full, "checksum", p.checksum, "attach", l.peerAttach.Load())
+	err := run()
 	v.mu.Lock()
 	if v.sess == l && v.resync == p {
 		v.resync = nil
@@ -176,7 +185,9 @@ func (l *link) resyncSource(full bool) {
 	v.log.Info("replicate: resync finished as source", "sent", p.sent.Load())
 }
 
-func (l *link) runResync(p *progress) error {
+// runResync sends what the bitmap marks until none is left, or, with
+// pass, once through it.
+func (l *link) runResync(p *progress, pass bool) error {
 	v := l.v
 	tn := v.tunables()
 	ctl := newRateController(tn.Resync, v.now())
@@ -227,7 +238,7 @@ func (l *link) runResync(p *progress) error {
 			if err, _ := failed.Load().(error); err != nil {
 				return err
 			}
-			if _, _, again := v.bm().NextSet(0); !again {
+			if _, _, again := v.bm().NextSet(0); !again || pass {
 				return nil
 			}
 			cursor = 0
@@ -258,10 +269,12 @@ func (l *link) runResync(p *progress) error {
 			}()
 			continue
 		}
+		tok := l.attachTrack(off, n)
 		w, _, err := l.readOrdered(off, n, func(seq uint64, b []byte) wire.Frame {
 			return wire.Frame{Type: wire.ResyncData, Seq: seq, Offset: uint64(off), Length: uint32(n), Payload: b}
 		}, wire.Written, false)
 		if err != nil {
+			l.attachRelease(tok)
 			<-sem
 			wg.Done()
 			fail(err)
@@ -271,20 +284,21 @@ func (l *link) runResync(p *progress) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer l.attachRelease(tok)
 			if err := l.wait(v.ctx, w); err != nil {
 				fail(err)
 				return
 			}
-			l.cleared(off, n)
+			l.cleared(off, n, tok)
 		}()
 	}
 }
 
 // cleared clears source bits the target confirmed, writing the bitmap
 // now and then so a restart does not redo everything.
-func (l *link) cleared(off, n int64) {
+func (l *link) cleared(off, n int64, tok *rsToken) {
 	v := l.v
-	if !l.clearConfirmed(off, n) {
+	if !l.clearConfirmed(off, n, tok) {
 		return
 	}
 	if l.srcCleared.Add(n) >= 32<<20 {
@@ -304,7 +318,10 @@ func (l *link) cleared(off, n int64) {
 // only safe while the link is up, atomically with the teardown, which
 // marks the link inactive and dead under pendMu before it sets the
 // transfer log's bits; a write that finds no link got there after that.
-func (l *link) clearConfirmed(off, n int64) bool {
+//
+// During an attach, tok (taken before the read) says whether a write
+// touched the range since: then the bits stay (attach.go).
+func (l *link) clearConfirmed(off, n int64, tok *rsToken) bool {
 	if h := l.v.beforeResyncClear.Load(); h != nil {
 		(*h)(off, n)
 	}
@@ -313,7 +330,7 @@ func (l *link) clearConfirmed(off, n int64) bool {
 	if l.dead || !l.active.Load() {
 		return false
 	}
-	l.v.bm().Clear(off, n)
+	l.attachClear(tok, off, n)
 	return true
 }
 
@@ -321,6 +338,10 @@ func (l *link) clearConfirmed(off, n int64) bool {
 // granules that differ.
 func (l *link) resyncChecksum(off, n int64, p *progress) error {
 	v := l.v
+	// One token for the chunk: a write to it after the digests were
+	// read makes them (and the data read later) possibly stale.
+	tok := l.attachTrack(off, n)
+	defer l.attachRelease(tok)
 	w, local, err := l.readOrdered(off, n, func(seq uint64, _ []byte) wire.Frame {
 		return wire.Frame{Type: wire.VerifyRequest, Seq: seq, Offset: uint64(off), Length: uint32(n)}
 	}, wire.VerifyDigest, true)
@@ -337,7 +358,7 @@ func (l *link) resyncChecksum(off, n int64, p *progress) error {
 	}
 	for _, r := range compareDigests(mine, theirs, off, n, v.gran) {
 		if !r.differ {
-			if !l.clearConfirmed(r.off, r.n) {
+			if !l.clearConfirmed(r.off, r.n, tok) {
 				return ErrPeerLost
 			}
 			l.queueInSync(r.off, r.n)
@@ -353,7 +374,7 @@ func (l *link) resyncChecksum(off, n int64, p *progress) error {
 		if err := l.wait(v.ctx, w); err != nil {
 			return err
 		}
-		l.cleared(r.off, r.n)
+		l.cleared(r.off, r.n, tok)
 	}
 	return nil
 }
@@ -388,7 +409,9 @@ func (l *link) finishSource() error {
 	// last confirmation): the bitmap records against the generation that
 	// the degraded write moved to, which must stay its base.
 	v.degMu.Lock()
-	if v.rotated {
+	// Serving a diskless primary, the rotation is the one that recorded
+	// its disk failure (peerDiskLost), not a write without the peer.
+	if v.rotated && !l.peerAttach.Load() {
 		v.degMu.Unlock()
 		return fmt.Errorf("replicate: finishing resync: written without the peer meanwhile: %w", ErrPeerLost)
 	}
@@ -417,13 +440,9 @@ func (l *link) startResyncSource(ctx context.Context) error {
 	if err := l.c.Write(wire.Frame{Type: wire.State, Offset: stateResyncBegin, Epoch: v.epoch.Load()}); err != nil {
 		return fmt.Errorf("replicate: starting resync: %w", err)
 	}
-	l.pendMu.Lock()
-	if l.dead {
-		l.pendMu.Unlock()
+	if !l.holdBackground() {
 		return ErrPeerLost
 	}
-	l.background.Add(1) // under pendMu: the teardown sets dead before it waits
-	l.pendMu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -39,6 +39,17 @@ const (
 	// holds its resync meanwhile. Sent only to a peer that announced
 	// wire.FeatureTargetPause.
 	stateSyncPause uint64 = 11
+	// stateAttach: a diskless primary attached a new disk; the receiver
+	// syncs it while serving the primary's I/O (replicate/attach.go).
+	// Its Seq orders it after every write sent before it.
+	// stateAttachReady: the source went through the whole disk once;
+	// the primary then stops its writes and answers stateAttachFinal,
+	// after which the source sends what they changed meanwhile and ends
+	// with stateResyncDone. Sent only to a peer announcing
+	// wire.FeatureAttach.
+	stateAttach      uint64 = 12
+	stateAttachReady uint64 = 13
+	stateAttachFinal uint64 = 14
 )
 
 // Wishes an admin expressed on this side for the next session.

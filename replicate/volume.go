@@ -68,10 +68,18 @@ type Volume struct {
 	// to an UpToDate secondary, which now holds the only copy: reads,
 	// writes and flushes go to it (DRBD's on-io-error detach).
 	diskless atomic.Bool
-	// detached is closed once the first disk failure has been handled
-	// (detachDisk): whoever meets the failure meanwhile waits for it, then
-	// sees whether the peer serves.
+	// detached is made with the first failure of a disk and closed once
+	// it has been handled (detachDisk): whoever meets the failure
+	// meanwhile waits for it, then sees whether the peer serves. nil
+	// while the disk is fine (again, after Attach); detMu guards it with
+	// failed's changes.
+	detMu    sync.Mutex
 	detached chan struct{}
+	// attaching: this diskless primary syncs a new disk from the peer
+	// (Attach): its I/O still goes to the peer until the sync is done.
+	// attachPending: a new disk is attached and not yet UpToDate; a
+	// diskless primary restarts its sync at each new session.
+	attaching, attachPending atomic.Bool
 	// servedGen is the peer's current generation when this primary went
 	// diskless: a later session serves it again only from that data.
 	servedGen atomic.Uint64
@@ -170,7 +178,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	v := &Volume{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now,
 		size: sb.DataSize, gran: sb.Granularity,
-		kick: make(chan struct{}, 1), detached: make(chan struct{}), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
+		kick: make(chan struct{}, 1), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
 	v.disk.Store(&localDisk{data: cfg.Data, meta: meta, bm: meta.Bitmap()})
 	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain})
@@ -322,8 +330,10 @@ func (v *Volume) readable() error {
 	case !v.primary.Load():
 		return errNotPrimary
 	case v.failed.Load():
-		<-v.detached // a detach under way decides whether the peer serves
-		if !v.diskless.Load() {
+		v.waitDetached() // a detach under way decides whether the peer serves
+		// failed again: an attach that finished meanwhile clears it
+		// before it leaves diskless.
+		if !v.diskless.Load() && v.failed.Load() {
 			return eio("read", errors.New("the local disk failed earlier"))
 		}
 	}
@@ -560,14 +570,40 @@ func (v *Volume) rotateLocked() error {
 // diskFailed detaches the local disk after an I/O error. The first
 // caller detaches; the others wait until that is done.
 func (v *Volume) diskFailed(what string, err error) error {
-	if !v.failed.Swap(true) {
+	v.detMu.Lock()
+	first := !v.failed.Load()
+	if first {
+		v.failed.Store(true)
+		v.detached = make(chan struct{})
+	}
+	ch := v.detached
+	v.detMu.Unlock()
+	if first {
 		v.log.Error("replicate: local disk failed; the replica is detached", "op", what, "err", err)
 		v.detachDisk()
-		close(v.detached)
+		close(ch)
 	} else {
-		<-v.detached
+		<-ch
 	}
 	return eio(what, err)
+}
+
+// waitDetached waits until the handling of a disk failure is done.
+func (v *Volume) waitDetached() {
+	v.detMu.Lock()
+	ch := v.detached
+	v.detMu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+}
+
+// diskRepaired forgets a failure: a new disk is in place and current.
+func (v *Volume) diskRepaired() {
+	v.detMu.Lock()
+	v.failed.Store(false)
+	v.detached = nil
+	v.detMu.Unlock()
 }
 
 // detachOr is diskFailed for an application request: when the peer
@@ -789,6 +825,8 @@ func (v *Volume) syncData() error {
 // diskState derives the local disk state.
 func (v *Volume) diskState(sb md.Superblock) DiskState {
 	switch {
+	case v.attaching.Load():
+		return Inconsistent // the new disk, syncing (attach.go)
 	case v.diskless.Load():
 		return Diskless
 	case v.failed.Load():
@@ -814,11 +852,17 @@ func (v *Volume) localState() peerState {
 	v.mu.Lock()
 	want := v.want
 	v.mu.Unlock()
-	return peerState{
+	st := peerState{
 		Role: v.role(), Disk: v.diskState(sb), Want: want, Flags: sb.Flags, Epoch: v.epoch.Load(),
 		Size: v.size, Gran: v.gran, Gen: genFromMD(sb.Gen), DirtyBits: v.bm().Count(), PromotedAt: sb.PromotedAt,
 		Proto: v.linkset.Load().Protocol[0],
 	}
+	if v.attaching.Load() {
+		// Still served by the peer: to it (and to a new session's
+		// setup) this primary is diskless until the new disk is synced.
+		st.Disk = Diskless
+	}
+	return st
 }
 
 func (v *Volume) countRead(n int64) {
@@ -847,6 +891,9 @@ func (v *Volume) Status() Status {
 	st.ReadBytes, st.WrittenBytes = v.readBytes.Load(), v.writtenBytes.Load()
 	if v.peer != nil {
 		st.PeerRole, st.PeerDisk = v.peer.Role, v.peer.Disk
+		if l := v.sess; l != nil && l.peerAttach.Load() {
+			st.PeerDisk = Inconsistent // the new disk this node syncs
+		}
 	}
 	if l := v.sess; l != nil && !l.active.Load() && st.Conn != Connecting && st.Conn != StandAlone {
 		// teardown has begun: it clears active before it fails a single
@@ -1030,6 +1077,9 @@ func (v *Volume) Demote(ctx context.Context) error {
 		return nil
 	}
 	diskless := v.diskless.Load()
+	// A new disk syncing under this diskless primary (attach.go) stays:
+	// it goes on as an Inconsistent secondary, a target of a full sync.
+	attaching := v.attaching.Swap(false)
 	switch {
 	case diskless:
 		// Every acknowledged write is on the peer only: durable there
@@ -1052,8 +1102,21 @@ func (v *Volume) Demote(ctx context.Context) error {
 	}
 	v.primary.Store(false)
 	v.diskless.Store(false)
+	if attaching {
+		v.attachPending.Store(false)
+		v.diskRepaired()
+	}
 	v.announce()
-	if diskless {
+	if attaching {
+		v.mu.Lock()
+		l := v.sess
+		v.mu.Unlock()
+		if l != nil {
+			// Its sync as target of a diskless primary is over; a new
+			// session makes it a sync target like any secondary.
+			l.end("demoted while the new disk synced: it syncs again as secondary", true)
+		}
+	} else if diskless {
 		// A secondary without a disk has nothing to apply the new
 		// primary's writes to, and a setup would write metadata on the
 		// failed disk: no session any more.

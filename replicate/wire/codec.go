@@ -31,10 +31,14 @@ const (
 	// FeatureTargetPause: the peer, as sync source, pauses its resync
 	// when the target asks (State kind 11).
 	FeatureTargetPause uint32 = 1 << 16
+	// FeatureAttach: the peer, as secondary, syncs a new disk attached
+	// under a diskless primary while it serves that primary's I/O
+	// (attach-disk; replicate/attach.go).
+	FeatureAttach uint32 = 1 << 17
 )
 
 // features is what this build announces.
-const features = FeatureTargetPause
+const features = FeatureTargetPause | FeatureAttach
 
 // ParseCodec reads the configuration spelling: "off" (or empty), "s2",
 // "zstd".
