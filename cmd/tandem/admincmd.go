@@ -64,7 +64,11 @@ func hint(code, resource string) string {
 	case daemon.CodeIsPrimary:
 		return fmt.Sprintf("this node is Primary: tandem demote %s first", resource)
 	case daemon.CodeDiskFailed:
-		return fmt.Sprintf("the local disk returned an I/O error and is detached; fail over (demote here, promote the peer), then tandem down %s, replace or repair the disk, tandem create-md %s --force, tandem up %s (a full resync follows)", resource, resource, resource)
+		return fmt.Sprintf("the local disk returned an I/O error and is detached; replace it and run tandem attach-disk %s (a full resync from the peer follows; a Primary needs its peer connected, else demote it and promote the peer first)", resource)
+	case daemon.CodeDiskAttached:
+		return "the local disk has not failed: attach-disk replaces a failed disk only (tandem down and tandem up replace a healthy one)"
+	case daemon.CodeForeignDisk:
+		return "the disk at the configured path holds other tandem metadata: check the device and meta paths (tandem dump-md shows it), or pass --force to overwrite it"
 	case daemon.CodePeerLost:
 		return fmt.Sprintf("the peer went away during the operation: check tandem status %s, reconnect and retry", resource)
 	case daemon.CodeStaleEpoch:
@@ -258,6 +262,32 @@ the replicas connected; progress shows in tandem status.`,
 	})
 }
 
+func newAttachDiskCmd(a *app) *cobra.Command {
+	var force bool
+	return newDoneCmd(a, doneCmd{
+		use:   "attach-disk RESOURCE [--force]",
+		short: "Replace this node's failed disk without taking the resource down",
+		long: `After the local disk of RESOURCE failed (tandem status: disk Failed, or
+Diskless on a Primary the peer serves), put the replacement at the
+configured device and meta paths and run this: the daemon writes new
+metadata on it (as create-md --force would) and gives it to the running
+volume, which syncs it in full from the peer (DRBD's attach). A diskless
+Primary goes on serving its NBD clients through the peer meanwhile, and its
+I/O is local again once the sync is done; a failed Secondary becomes the
+sync target. Refused while the disk is healthy, on a Primary whose disk
+failed with no peer connected (demote it: what it acknowledged alone is
+lost with that disk), and, without --force, when the new disk holds
+another replica's or corrupt tandem metadata (the path may name the wrong
+disk).`,
+		example: "  tandem attach-disk r0\n  tandem status r0   # SyncTarget, then UpToDate",
+		flags: func(cmd *cobra.Command) {
+			cmd.Flags().BoolVar(&force, "force", false, "overwrite another replica's or corrupt tandem metadata found on the new disk")
+		},
+		call: func(ctx context.Context, c *daemon.Client, res string) error { return c.AttachDisk(ctx, res, force) },
+		done: "%[1]s: new disk attached; a full sync from the peer runs (tandem status %[1]s shows progress)",
+	})
+}
+
 func newResolveCmd(a *app) *cobra.Command {
 	var discard bool
 	return newDoneCmd(a, doneCmd{
@@ -321,6 +351,7 @@ lasts until resume-sync or the daemon's restart; tandem status shows it.`,
 			done: "%s: resync resumed"}),
 		newVerifyCmd(a),
 		newResolveCmd(a),
+		newAttachDiskCmd(a),
 		newDoneCmd(a, doneCmd{use: "down RESOURCE", short: "Take one resource down on this node, releasing its devices",
 			long: `Close RESOURCE on this node (flushed, metadata marked clean), release its
 backing device and metadata, and stop serving its NBD export, while the

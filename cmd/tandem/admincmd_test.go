@@ -196,6 +196,10 @@ func TestAdminCommands(t *testing.T) {
 		t.Errorf("pause-sync --json refusal: %q %v", out, err)
 	}
 	v.Refuse("pause-sync", nil)
+	out = fail("attach-disk replaces a failed disk only", "attach-disk", "r0", "--json")
+	if err := json.Unmarshal([]byte(out), &eb); err != nil || eb.Code != daemon.CodeDiskAttached {
+		t.Errorf("attach-disk --json refusal on a healthy disk: %q %v", out, err)
+	}
 	v.Refuse("connect", replicate.ErrSplitBrain)
 	fail("resolve r0 --discard-my-data", "connect", "r0")
 	for _, args := range [][]string{{"demote", "r0"}, {"disconnect", "r0"}, {"resync", "r0", "--full"}, {"resolve", "r0", "--discard-my-data"},
@@ -205,7 +209,7 @@ func TestAdminCommands(t *testing.T) {
 	if out := run("demote", "r0", "--json"); strings.TrimSpace(out) != "{\n  \"ok\": true\n}" {
 		t.Errorf("demote --json: %q", out)
 	}
-	if calls := strings.Join(v.Calls(), " "); calls != "promote promote promote-force verify verify-repair verify-repair pause-sync connect demote disconnect resync-full resolve pause-sync resume-sync demote" {
+	if calls := strings.Join(v.Calls(), " "); calls != "promote promote promote-force verify verify-repair verify-repair pause-sync attach-check connect demote disconnect resync-full resolve pause-sync resume-sync demote" {
 		t.Errorf("volume calls: %s", calls)
 	}
 }

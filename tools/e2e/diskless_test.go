@@ -177,3 +177,77 @@ func TestClusterDisklessPrimaryHandsOver(t *testing.T) {
 		t.Fatalf("alpha lacks beta's writes after the resync: %s", describe(b))
 	}
 }
+
+// The diskless primary's disk replaced online under two real daemons: a
+// blank file put where the failed disk was, tandem attach-disk gives it
+// to the running volume; a client goes on writing through the peer while
+// it syncs in full, and once it is UpToDate the primary serves on its own
+// disk (beta killed, its requests still succeed) and the replicas end
+// byte-identical. Refused first on beta's healthy disk, and over a disk
+// that holds beta's metadata.
+func TestAttachDiskRealDaemons(t *testing.T) {
+	testenv.RequireTool(t, "qemu-io")
+	p := newPair(t, pairOptions{size: 16 * mib, maxRate: "4M"})
+	fail, _ := faultyDisk(t, p, "alpha")
+	p.initialSync()
+	qemuIO := func(n string, cmds ...string) {
+		t.Helper()
+		out, stderr, _ := testenvRunErr("qemu-io", qemuIOArgs(p.uri(n), cmds...)...)
+		if out += stderr; strings.Contains(out, "failed") || strings.Contains(out, "error") {
+			t.Fatalf("qemu-io %q on %s:\n%s", cmds, n, out)
+		}
+	}
+	qemuIO("alpha", "write -P 0x61 0 2M")
+	fail()
+	qemuIO("alpha", "write -P 0x62 4M 64k")
+	p.waitStatus("alpha", "alpha Diskless", func(s daemon.ResourceStatus) bool { return s.Disk == replicate.Diskless })
+
+	if _, stderr, err := p.tandemErr("beta", "attach-disk", "r0"); err == nil || !strings.Contains(stderr, "has not failed") {
+		t.Fatalf("attach-disk on beta's healthy disk: %v %s, want refused", err, stderr)
+	}
+	dev := p.nodes["alpha"].device
+	if err := os.Remove(dev); err != nil { // the symlink to the failed disk
+		t.Fatal(err)
+	}
+	beta, err := os.ReadFile(p.nodes["beta"].device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dev, string(beta), 0o600)
+	if _, stderr, err := p.tandemErr("alpha", "attach-disk", "r0"); err == nil || !strings.Contains(stderr, "foreign_disk") && !strings.Contains(stderr, `node "beta"`) {
+		t.Fatalf("attach-disk over beta's metadata: %v %s, want refused", err, stderr)
+	}
+	if st := p.status("alpha"); st.Disk != replicate.Diskless || st.Conn != replicate.Connected {
+		t.Fatalf("alpha after a refused attach-disk: %+v, want still Diskless and served", st)
+	}
+	// The replacement: blank, of the device's size.
+	if err := os.Truncate(dev, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dev, int64(len(beta))); err != nil {
+		t.Fatal(err)
+	}
+	if out := p.tandem("alpha", "attach-disk", "r0"); !strings.Contains(out, "new disk attached") {
+		t.Fatalf("attach-disk: %s", out)
+	}
+	// Writes and reads while it syncs (4 MB/s: about four seconds).
+	qemuIO("alpha", "write -P 0x63 6M 1M", "flush", "read -P 0x61 0 2M", "read -P 0x62 4M 64k")
+	if st := p.status("alpha"); st.Disk == replicate.UpToDate {
+		t.Logf("alpha's new disk was UpToDate already after the writes during its sync")
+	}
+	p.waitStatus("alpha", "alpha's new disk in sync", inSync)
+	qemuIO("alpha", "write -P 0x64 8M 1M", "flush")
+
+	// Its own disk now: without beta, alpha still serves, degraded.
+	p.nodes["beta"].proc.Kill(t)
+	p.waitStatus("alpha", "alpha without beta", func(s daemon.ResourceStatus) bool { return s.Conn == replicate.Connecting })
+	qemuIO("alpha", "read -P 0x61 0 2M", "read -P 0x62 4M 64k", "read -P 0x63 6M 1M", "read -P 0x64 8M 1M", "write -P 0x65 10M 64k", "flush")
+	p.start("beta")
+	p.waitStatus("alpha", "alpha and beta in sync", inSync)
+	p.waitStatus("beta", "beta in sync", inSync)
+	p.stopBoth()
+	p.sameData()
+	if !bytes.Equal(p.fileRange("alpha", 10*mib, 64<<10), bytes.Repeat([]byte{0x65}, 64<<10)) {
+		t.Fatal("alpha's new disk lacks the write made on it without beta")
+	}
+}

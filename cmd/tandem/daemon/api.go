@@ -26,6 +26,7 @@ import (
 //	POST /v1/resources/NAME/resume-sync     {} -> Done
 //	POST /v1/resources/NAME/verify          VerifyRequest -> replicate.VerifyReport
 //	POST /v1/resources/NAME/resolve         ResolveRequest -> Done
+//	POST /v1/resources/NAME/attach-disk     AttachDiskRequest -> Done (replace a failed disk)
 //	POST /v1/adjust                         AdjustRequest -> AdjustResult (re-read the configuration file)
 //	POST /v1/fence-log                      FenceLogRequest -> Done (audit of a hand-run fence)
 //
@@ -111,6 +112,13 @@ type ResolveRequest struct {
 	DiscardMyData bool `json:"discard_my_data"`
 }
 
+// AttachDiskRequest is the body of attach-disk.
+type AttachDiskRequest struct {
+	// Force overwrites another replica's (or corrupt) tandem metadata
+	// found on the new disk.
+	Force bool `json:"force"`
+}
+
 // Done is the reply of an operation that returns nothing else.
 type Done struct {
 	OK bool `json:"ok"`
@@ -143,6 +151,8 @@ const (
 	CodeConfigInvalid   = "config_invalid"
 	CodeNeedsRestart    = "needs_restart"
 	CodeLinkInUse       = "link_in_use"
+	CodeDiskAttached    = "disk_attached"
+	CodeForeignDisk     = "foreign_disk"
 	CodeInternal        = "internal"
 )
 
@@ -155,13 +165,16 @@ var (
 	ErrShuttingDown = errors.New("the daemon is shutting down")
 )
 
-// codeOf maps an operation's error to its code and HTTP status.
-func codeOf(err error) (string, int) {
-	for _, c := range []struct {
-		err    error
-		code   string
-		status int
-	}{
+// errorCode is one sentinel error and its code and HTTP status.
+type errorCode struct {
+	err    error
+	code   string
+	status int
+}
+
+// errorCodes is the table codeOf and APIError.Is share.
+func errorCodes() []errorCode {
+	return []errorCode{
 		{ErrUnknownResource, CodeUnknownResource, http.StatusNotFound},
 		{ErrResourceDown, CodeResourceDown, http.StatusServiceUnavailable},
 		{ErrShuttingDown, CodeShuttingDown, http.StatusServiceUnavailable},
@@ -180,7 +193,14 @@ func codeOf(err error) (string, int) {
 		{ErrConfigInvalid, CodeConfigInvalid, http.StatusBadRequest},
 		{ErrNeedsRestart, CodeNeedsRestart, http.StatusConflict},
 		{replicate.ErrLinkInUse, CodeLinkInUse, http.StatusConflict},
-	} {
+		{replicate.ErrDiskAttached, CodeDiskAttached, http.StatusConflict},
+		{ErrForeignDisk, CodeForeignDisk, http.StatusConflict},
+	}
+}
+
+// codeOf maps an operation's error to its code and HTTP status.
+func codeOf(err error) (string, int) {
+	for _, c := range errorCodes() {
 		if errors.Is(err, c.err) {
 			return c.code, c.status
 		}

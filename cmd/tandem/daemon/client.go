@@ -37,20 +37,7 @@ func (e *APIError) Error() string { return e.Message }
 
 // Is lets callers branch on the volume's sentinels through the API.
 func (e *APIError) Is(target error) bool {
-	for _, c := range []struct {
-		code string
-		err  error
-	}{
-		{CodeUnknownResource, ErrUnknownResource}, {CodeResourceDown, ErrResourceDown},
-		{CodeShuttingDown, ErrShuttingDown}, {CodeNotPrimary, replicate.ErrNotPrimary},
-		{CodePeerPrimary, replicate.ErrPeerPrimary}, {CodeNotUpToDate, replicate.ErrNotUpToDate},
-		{CodeNotConnected, replicate.ErrNotConnected}, {CodeSplitBrain, replicate.ErrSplitBrain},
-		{CodeBusy, replicate.ErrBusy}, {CodeClosed, replicate.ErrClosed},
-		{CodeIsPrimary, replicate.ErrIsPrimary}, {CodeDiskFailed, replicate.ErrDiskFailed},
-		{CodePeerLost, replicate.ErrPeerLost}, {CodeStaleEpoch, replicate.ErrStaleEpoch},
-		{CodeIsSyncTarget, replicate.ErrIsSyncTarget},
-		{CodeConfigInvalid, ErrConfigInvalid}, {CodeNeedsRestart, ErrNeedsRestart},
-	} {
+	for _, c := range errorCodes() {
 		if e.Code == c.code && target == c.err {
 			return true
 		}
@@ -142,6 +129,12 @@ func (c *Client) Verify(ctx context.Context, resource string, repair bool) (repl
 	var out replicate.VerifyReport
 	err := c.do(ctx, http.MethodPost, opPath(resource, "verify"), VerifyRequest{Repair: repair}, &out)
 	return out, err
+}
+
+// AttachDisk gives the resource's volume the new disk at its configured
+// paths in place of the failed one (force: over other tandem metadata).
+func (c *Client) AttachDisk(ctx context.Context, resource string, force bool) error {
+	return c.do(ctx, http.MethodPost, opPath(resource, "attach-disk"), AttachDiskRequest{Force: force}, &Done{})
 }
 
 // Resolve ends a split brain, discarding this node's changes.

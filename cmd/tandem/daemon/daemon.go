@@ -360,9 +360,8 @@ func (d *Daemon) checkMetadata(r *resource, s *Storage) error {
 		return fmt.Errorf("resource %s: reading metadata: %w", name, err)
 	}
 	sb := info.Superblock
-	if sb.Cluster != d.cfg.Cluster || sb.Resource != name || sb.Node != d.node.Name || sb.Peer != r.peer.Node {
-		return fmt.Errorf("resource %s: the metadata belongs to cluster %q resource %q node %q (peer %q), not cluster %q resource %q node %q (peer %q): wrong device or meta path? (tandem create-md --force rewrites it, losing its state)",
-			name, sb.Cluster, sb.Resource, sb.Node, sb.Peer, d.cfg.Cluster, name, d.node.Name, r.peer.Node)
+	if err := foreign(sb, d.cfg.Cluster, r.cfg, d.node.Name, r.peer.Node); err != nil {
+		return fmt.Errorf("resource %s: %w: wrong device or meta path? (tandem create-md --force rewrites it, losing its state)", name, err)
 	}
 	if sb.DataSize != r.cfg.Size {
 		return fmt.Errorf("resource %s: the metadata is for %d bytes of data, the configuration says size %d", name, sb.DataSize, r.cfg.Size)

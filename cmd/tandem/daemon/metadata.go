@@ -79,12 +79,7 @@ func CreateMetadata(cfg *config.Config, res *config.Resource, node string, opts 
 	if opts.NewBlank && gen == 0 {
 		gen = md.NewGeneration()
 	}
-	sb := md.Superblock{
-		DataSize: res.Size, Granularity: res.BitmapGranularity, MaxHotExtents: res.ALExtents,
-		Cluster: cfg.Cluster, Resource: res.Name, Node: node, Peer: peer.Node,
-		Gen: md.Generations{Current: gen},
-	}
-	if err := md.Create(s.Meta, sb, md.CreateOptions{Force: opts.Force, NewBlank: opts.NewBlank}); err != nil {
+	if err := md.Create(s.Meta, newSuperblock(cfg.Cluster, res, node, peer.Node, gen), md.CreateOptions{Force: opts.Force, NewBlank: opts.NewBlank}); err != nil {
 		return Created{}, fmt.Errorf("resource %s: %w", res.Name, err)
 	}
 	info, err := md.Dump(s.Meta)
@@ -98,6 +93,25 @@ func CreateMetadata(cfg *config.Config, res *config.Resource, node string, opts 
 		}
 	}
 	return c, nil
+}
+
+// newSuperblock is the superblock of node's new metadata for res.
+func newSuperblock(cluster string, res *config.Resource, node, peer string, gen uint64) md.Superblock {
+	return md.Superblock{
+		DataSize: res.Size, Granularity: res.BitmapGranularity, MaxHotExtents: res.ALExtents,
+		Cluster: cluster, Resource: res.Name, Node: node, Peer: peer,
+		Gen: md.Generations{Current: gen},
+	}
+}
+
+// foreign says whose metadata sb is when it is not node's replica of res
+// in cluster (nil when it is).
+func foreign(sb *md.Superblock, cluster string, res *config.Resource, node, peer string) error {
+	if sb.Cluster != cluster || sb.Resource != res.Name || sb.Node != node || sb.Peer != peer {
+		return fmt.Errorf("the metadata belongs to cluster %q resource %q node %q (peer %q), not cluster %q resource %q node %q (peer %q)",
+			sb.Cluster, sb.Resource, sb.Node, sb.Peer, cluster, res.Name, node, peer)
+	}
+	return nil
 }
 
 // holdsData reports whether a regular file has any allocated block in

@@ -5,6 +5,7 @@ import (
 
 	"github.com/tandem-ha/tandem/nbd"
 	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/replicate/disk"
 )
 
 // Volume is what the daemon needs of a replicated volume: the methods of
@@ -24,6 +25,9 @@ type Volume interface {
 	Verify(ctx context.Context, repair bool) (replicate.VerifyReport, error)
 	Resolve(ctx context.Context, discardMyData bool) error
 	PeerFenced(ctx context.Context) error
+	// AttachCheck and Attach replace a failed disk (attachdisk.go).
+	AttachCheck() error
+	Attach(ctx context.Context, data nbd.Device, meta disk.Disk) error
 	Close(ctx context.Context) error
 }
 

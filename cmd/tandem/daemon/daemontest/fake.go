@@ -6,11 +6,14 @@ package daemontest
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 
+	"github.com/tandem-ha/tandem/nbd"
 	"github.com/tandem-ha/tandem/nbd/backend"
 	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/replicate/disk"
 )
 
 // Volume stands in for replicate.Volume: a memory device with a role,
@@ -120,6 +123,30 @@ func (f *Volume) SetLink(ctx context.Context, s replicate.LinkSettings) (bool, e
 	f.links = append(f.links, s)
 	f.Cfg.Protocol, f.Cfg.Compression, f.Cfg.TLS = s.Protocol, s.Compression, s.TLS
 	return true, nil
+}
+
+// AttachCheck refuses as replicate does when the disk has not failed.
+func (f *Volume) AttachCheck() error {
+	if err := f.call("attach-check"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.Disk != replicate.Failed && f.Disk != replicate.Diskless {
+		return fmt.Errorf("fake: %w", replicate.ErrDiskAttached)
+	}
+	return nil
+}
+
+// Attach takes the new disk as Inconsistent.
+func (f *Volume) Attach(ctx context.Context, data nbd.Device, meta disk.Disk) error {
+	if err := f.call("attach"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Disk = replicate.Inconsistent
+	return nil
 }
 
 func (f *Volume) ResumeSync(ctx context.Context) error { return f.call("resume-sync") }
