@@ -155,6 +155,12 @@ type Config struct {
 	// "discard-least-changes", "discard-node-" + Node or + Peer.
 	SplitBrain string
 
+	// Grow gives the local disk made larger for Resize (on the primary,
+	// and on the secondary when the primary asks): the caller checks its
+	// configuration allows size and opens the grown device. nil: the
+	// volume cannot grow.
+	Grow func(ctx context.Context, size int64) (GrowTarget, error)
+
 	// OnDegraded runs before the first write acknowledged without the
 	// peer (each time the peer goes away): the cluster layer marks the
 	// peer Outdated durably there. An error fails that write.

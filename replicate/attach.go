@@ -76,7 +76,7 @@ func (v *Volume) Attach(ctx context.Context, data nbd.Device, meta disk.Disk) er
 	if err != nil {
 		return err
 	}
-	old := v.disk.Swap(&localDisk{data: data, meta: m, bm: m.Bitmap()})
+	old := v.disk.Swap(&localDisk{data: data, meta: m, bm: m.Bitmap(), size: v.Size()})
 	// The failed disk's metadata is not closed: that would write to it.
 	_ = old
 	if !primary {
@@ -152,10 +152,10 @@ func (v *Volume) openNewDisk(data nbd.Device, meta disk.Disk, primary bool) (*md
 		}
 	}
 	switch {
-	case sb.DataSize != v.size || sb.Granularity != v.gran:
-		return fail(fmt.Errorf("the new metadata describes %d bytes at bitmap granularity %d, this volume has %d at %d", sb.DataSize, sb.Granularity, v.size, v.gran))
-	case data.Size() < v.size:
-		return fail(fmt.Errorf("the new data area has %d bytes, the volume %d", data.Size(), v.size))
+	case sb.DataSize != v.Size() || sb.Granularity != v.gran:
+		return fail(fmt.Errorf("the new metadata describes %d bytes at bitmap granularity %d, this volume has %d at %d", sb.DataSize, sb.Granularity, v.Size(), v.gran))
+	case data.Size() < v.Size():
+		return fail(fmt.Errorf("the new data area has %d bytes, the volume %d", data.Size(), v.Size()))
 	}
 	epoch := v.epoch.Load()
 	old := v.meta().Superblock()
@@ -170,7 +170,7 @@ func (v *Volume) openNewDisk(data nbd.Device, meta disk.Disk, primary bool) (*md
 	if err != nil {
 		return fail(err)
 	}
-	m.Bitmap().Set(0, v.size)
+	m.Bitmap().Set(0, v.Size())
 	if err := m.Bitmap().FlushAll(); err != nil {
 		return fail(err)
 	}
@@ -183,7 +183,7 @@ func (v *Volume) openNewDisk(data nbd.Device, meta disk.Disk, primary bool) (*md
 // write sent before).
 func (l *link) startAttach() error {
 	v := l.v
-	p := newProgress(true, v.tunables().Resync.Checksum, v.size, v.now())
+	p := newProgress(true, v.tunables().Resync.Checksum, v.Size(), v.now())
 	v.mu.Lock()
 	if v.sess != l || !l.active.Load() {
 		v.mu.Unlock()
@@ -191,18 +191,10 @@ func (l *link) startAttach() error {
 	}
 	v.conn, v.resync = SyncTarget, p
 	v.mu.Unlock()
-	v.bm().Set(0, v.size)
+	v.bm().Set(0, v.Size())
 	l.attachOn.Store(true)
 	v.attaching.Store(true)
-	v.sending.Add(1)
-	v.seqMu.Lock()
-	v.nextSeq++
-	_, ok := l.queueLocked(wire.Frame{Type: wire.State, Offset: stateAttach, Seq: v.nextSeq}, 0, -1, 0)
-	v.seqMu.Unlock()
-	if v.sending.Add(-1) == 0 {
-		l.flush()
-	}
-	if !ok {
+	if _, ok := l.sendOrdered(wire.Frame{Type: wire.State, Offset: stateAttach}, 0); !ok {
 		return fmt.Errorf("replicate: %s: attach: %w (the sync starts again at the next session)", v.cfg.Resource, ErrPeerLost)
 	}
 	v.announce()
@@ -284,7 +276,7 @@ func (l *link) beginAttachSource(seq uint64) error {
 	if l.peerAttach.Swap(true) {
 		return fmt.Errorf("%w: the peer attaches a disk twice in one session", errProtocol)
 	}
-	v.bm().Set(0, v.size)
+	v.bm().Set(0, v.Size())
 	if err := v.bm().FlushAll(); err != nil {
 		return fmt.Errorf("replicate: recording the peer's new disk: %w", err)
 	}
@@ -300,7 +292,7 @@ func (l *link) attachSource(seq uint64) {
 	// Every write sent before the request is applied, and so either in
 	// the data the passes read or marked by its applier.
 	l.rord.waitBefore(seq, 0, math.MaxInt64)
-	p := newProgress(true, v.tunables().Resync.Checksum, v.size, v.now())
+	p := newProgress(true, v.tunables().Resync.Checksum, v.Size(), v.now())
 	l.sourceRun(p, func() error {
 		for pass := 0; pass < attachPasses; pass++ {
 			if err := l.runResync(p, true); err != nil {

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -62,6 +63,8 @@ type testNode struct {
 	degraded atomic.Int32 // OnDegraded calls
 	// onDegraded, when set, runs inside OnDegraded.
 	onDegraded atomic.Pointer[func()]
+	// grow, when set, is Config.Grow.
+	grow atomic.Pointer[func(ctx context.Context, size int64) (GrowTarget, error)]
 }
 
 type pair struct {
@@ -168,6 +171,12 @@ func (n *testNode) config() Config {
 				(*f)()
 			}
 			return nil
+		},
+		Grow: func(ctx context.Context, size int64) (GrowTarget, error) {
+			if f := n.grow.Load(); f != nil {
+				return (*f)(ctx, size)
+			}
+			return GrowTarget{}, errors.New("test: no grow hook")
 		},
 		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("node", n.name),
 		PingInterval: 50 * time.Millisecond, PingTimeout: cmp.Or(o.pingTimeout, time.Second), AckTimeout: o.ackTimeout, ConnectTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond,

@@ -328,7 +328,7 @@ func (l *link) teardown() {
 	if l.peerAttach.Load() {
 		// The primary's new disk is not synced: all of it is out of sync
 		// again, as setupDiskless expects of a diskless primary's peer.
-		v.bm().Set(0, v.size)
+		v.bm().Set(0, v.Size())
 		if err := v.bm().FlushAll(); err != nil {
 			v.log.Error("replicate: writing the bitmap after losing the peer", "err", err)
 		}
@@ -465,8 +465,8 @@ func (l *link) downstream(f wire.Frame) error {
 		go l.applyFlush(f.Seq)
 		return nil
 	}
-	if n <= 0 || off < 0 || off > v.size-n {
-		return fmt.Errorf("%w: %s of %d bytes at %d on %d bytes", errProtocol, f.Type, n, off, v.size)
+	if n <= 0 || off < 0 || off > v.Size()-n {
+		return fmt.Errorf("%w: %s of %d bytes at %d on %d bytes", errProtocol, f.Type, n, off, v.Size())
 	}
 	if (f.Type == wire.Write || f.Type == wire.ResyncData) && int64(len(f.Payload)) != n {
 		return fmt.Errorf("%w: %s announces %d bytes and carries %d", errProtocol, f.Type, n, len(f.Payload))
@@ -705,6 +705,10 @@ func (l *link) onState(f wire.Frame) error {
 		return err
 	case stateAttach, stateAttachReady, stateAttachFinal:
 		return l.onAttachState(f)
+	case stateResize:
+		return l.onResize(f)
+	case stateResized:
+		l.deliver(f)
 	case stateVerifyAsk:
 		if len(f.Payload) != 1 || f.Payload[0] > 1 {
 			return fmt.Errorf("%w: a verify request with a %d-byte payload", errProtocol, len(f.Payload))
@@ -725,7 +729,7 @@ func (l *link) onState(f wire.Frame) error {
 		v.mu.Lock()
 		if v.sess == l && (v.conn == Connected || v.conn == VerifyTarget) {
 			if f.Offset == stateVerifyBegin {
-				p := newProgress(true, true, v.size, v.now())
+				p := newProgress(true, true, v.Size(), v.now())
 				v.conn, v.verify = VerifyTarget, p
 				l.vtarget.Store(p)
 			} else {
@@ -750,7 +754,7 @@ func (l *link) peerDiskLost() error {
 	if v.diskState(v.meta().Superblock()) != UpToDate {
 		return nil // not a replica to stand in: the primary fails its I/O
 	}
-	v.bm().Set(0, v.size)
+	v.bm().Set(0, v.Size())
 	if err := v.bm().FlushAll(); err != nil {
 		return fmt.Errorf("replicate: recording that the primary's disk failed: %w", err)
 	}
@@ -808,7 +812,7 @@ func (l *link) finishTarget(src peerState) error {
 	if err := v.data().Flush(v.ctx); err != nil {
 		return fmt.Errorf("replicate: finishing resync: %w", err)
 	}
-	v.bm().Clear(0, v.size)
+	v.bm().Clear(0, v.Size())
 	// What was pending is covered by the sync above; a later resync in
 	// this session must not clear its ranges again.
 	l.rsMu.Lock()
@@ -1123,8 +1127,13 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	}
 	var standalone bool = true
 	switch {
-	case peer.Size != local.Size || peer.Gran != local.Gran:
-		refuse("the peer's data area is %d bytes at bitmap granularity %d, this node's %d at %d", peer.Size, peer.Gran, local.Size, local.Gran)
+	case peer.Gran != local.Gran:
+		refuse("the peer's bitmap granularity is %d, this node's %d", peer.Gran, local.Gran)
+	case peer.Size != local.Size:
+		// The smaller side waits for the admin's resize; the larger
+		// goes on connecting until it is done.
+		standalone = peer.Size > local.Size
+		refuse("%s", v.sizeMismatch(peer.Size, local.Size))
 	case peer.Role == Primary && local.Role == Primary:
 		refuse("both nodes are primary (split brain); demote one, then resolve")
 	// A deposed primary is refused, except by the victim of a resolved
@@ -1158,7 +1167,7 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 	}
 	switch d {
 	case SourceFull, TargetFull:
-		v.bm().Set(0, v.size)
+		v.bm().Set(0, v.Size())
 		if err := v.bm().FlushAll(); err != nil {
 			return 0, err
 		}
@@ -1273,8 +1282,12 @@ func (l *link) setupDiskless(local, peer peerState) (Sync, error) {
 		}
 	}
 	switch {
-	case peer.Size != local.Size || peer.Gran != local.Gran:
-		refuse(true, "the peer's data area is %d bytes at bitmap granularity %d, this node's %d at %d", peer.Size, peer.Gran, local.Size, local.Gran)
+	case peer.Gran != local.Gran:
+		refuse(true, "the peer's bitmap granularity is %d, this node's %d", peer.Gran, local.Gran)
+	case peer.Size < local.Size || peer.Size > local.Size && !local.disklessPrimary():
+		// A diskless primary whose grow failed after its peer's (resize.go)
+		// is served by the larger disk.
+		refuse(true, "%s", v.sizeMismatch(peer.Size, local.Size))
 	case local.Role == Primary && peer.Role == Primary:
 		refuse(true, "both nodes are primary (split brain); demote one, then resolve")
 	case local.disklessPrimary():
@@ -1293,8 +1306,8 @@ func (l *link) setupDiskless(local, peer peerState) (Sync, error) {
 			refuse(false, "%v: the peer is a diskless primary at epoch %d, this node knows epoch %d (a deposed primary)", ErrStaleEpoch, peer.Epoch, local.Epoch)
 		case local.Disk != UpToDate:
 			refuse(false, "this node's disk is %s: it cannot serve a diskless primary", local.Disk)
-		case v.bm().OutOfSyncBytes() < v.size:
-			refuse(false, "this node has not recorded the primary's disk failure (%d of %d bytes out of sync for it): it cannot serve it", v.bm().OutOfSyncBytes(), v.size)
+		case v.bm().OutOfSyncBytes() < v.Size():
+			refuse(false, "this node has not recorded the primary's disk failure (%d of %d bytes out of sync for it): it cannot serve it", v.bm().OutOfSyncBytes(), v.Size())
 		}
 	}
 	d := ServeDiskless

@@ -119,7 +119,7 @@ func TestStaleEpochRefused(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "beta Connecting", func() bool { return p.b.v.Status().Conn == Connecting })
 	sb := p.b.v.meta().Superblock()
-	st := peerState{Role: Primary, Disk: UpToDate, Flags: md.Consistent, Epoch: 3, Size: p.b.v.size, Gran: p.b.v.gran, Gen: genFromMD(sb.Gen), Proto: 'C'}
+	st := peerState{Role: Primary, Disk: UpToDate, Flags: md.Consistent, Epoch: 3, Size: p.b.v.Size(), Gran: p.b.v.gran, Gen: genFromMD(sb.Gen), Proto: 'C'}
 
 	c, _, dec := fakeSession(t, p.b.addr, st)
 	if len(dec) == 0 || dec[0] != 255 || !strings.Contains(string(dec), "older epoch") {
@@ -175,7 +175,7 @@ func TestSizeMismatchRefused(t *testing.T) {
 	p.a.kill(false, 0)
 	waitFor(t, 5*time.Second, "beta Connecting", func() bool { return p.b.v.Status().Conn == Connecting })
 	sb := p.b.v.meta().Superblock()
-	st := peerState{Role: Secondary, Disk: UpToDate, Flags: md.Consistent, Size: p.b.v.size * 2, Gran: p.b.v.gran, Gen: genFromMD(sb.Gen), Proto: 'C'}
+	st := peerState{Role: Secondary, Disk: UpToDate, Flags: md.Consistent, Size: p.b.v.Size() * 2, Gran: p.b.v.gran, Gen: genFromMD(sb.Gen), Proto: 'C'}
 	c, _, dec := fakeSession(t, p.b.addr, st)
 	defer c.Close()
 	if len(dec) == 0 || dec[0] != 255 || !strings.Contains(string(dec), "bytes") {
@@ -225,7 +225,7 @@ func TestDisconnectDuringBitmapExchange(t *testing.T) {
 	// A primary that wrote on alone: a bitmap resync from it.
 	gen := genFromMD(sb.Gen)
 	gen.Bitmap, gen.Current = gen.Current, gen.Current+1
-	st := peerState{Role: Primary, Disk: UpToDate, Flags: md.Consistent, Epoch: sb.Epoch + 1, Size: p.b.v.size, Gran: p.b.v.gran, Gen: gen, Proto: 'C'}
+	st := peerState{Role: Primary, Disk: UpToDate, Flags: md.Consistent, Epoch: sb.Epoch + 1, Size: p.b.v.Size(), Gran: p.b.v.gran, Gen: gen, Proto: 'C'}
 	c, _, dec := fakeSession(t, p.b.addr, st)
 	if !bytes.Equal(dec, []byte{byte(TargetBitmap)}) {
 		t.Fatalf("beta's decision: %q, want TargetBitmap", dec)

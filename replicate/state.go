@@ -50,6 +50,13 @@ const (
 	stateAttach      uint64 = 12
 	stateAttachReady uint64 = 13
 	stateAttachFinal uint64 = 14
+	// stateResize: the primary grows the volume (payload: the new size,
+	// 8 bytes, and 1 to assume the new range clean); its Seq orders it
+	// after every write sent before. stateResized: the answer, same Seq
+	// (payload: 0, or 1 and why not). Sent only to a peer announcing
+	// wire.FeatureResize (replicate/resize.go).
+	stateResize  uint64 = 15
+	stateResized uint64 = 16
 )
 
 // Wishes an admin expressed on this side for the next session.

@@ -29,6 +29,9 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyReport, error) 
 	if v.failed.Load() {
 		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: this node's disk is gone (replace it, then verify): %w", v.cfg.Resource, ErrDiskFailed)
 	}
+	if v.resizing.Load() {
+		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: a resize runs: %w", v.cfg.Resource, ErrBusy)
+	}
 	v.mu.Lock()
 	l, conn, peer := v.sess, v.conn, v.peer
 	var p *progress
@@ -43,7 +46,7 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyReport, error) 
 		v.mu.Unlock()
 		return VerifyReport{}, fmt.Errorf("replicate: %s: verify: the link is %s: %w", v.cfg.Resource, conn, ErrBusy)
 	}
-	p = newProgress(true, true, v.size, v.now())
+	p = newProgress(true, true, v.Size(), v.now())
 	v.verify, v.conn = p, VerifySource
 	v.mu.Unlock()
 	end := func() {
@@ -118,8 +121,8 @@ func (l *link) verify(ctx context.Context, p *progress) (VerifyReport, error) {
 	// keep their share.
 	tn := v.tunables()
 	ctl := newRateController(tn.Resync, v.now())
-	for off := int64(0); off < v.size; off += verifyChunk {
-		n := min(int64(verifyChunk), v.size-off)
+	for off := int64(0); off < v.Size(); off += verifyChunk {
+		n := min(int64(verifyChunk), v.Size()-off)
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}

@@ -149,6 +149,10 @@ func (l *link) verifyOnPeer(ctx context.Context, repair bool) (VerifyReport, err
 // is called by the receive loop, so the teardown waits for it.
 func (l *link) verifyForPeer(repair bool) {
 	v := l.v
+	if v.resizing.Load() {
+		l.answer(VerifyReport{}, fmt.Errorf("a resize runs: %w", ErrBusy))
+		return
+	}
 	ctx, cancel := context.WithCancel(v.ctx)
 	l.pendMu.Lock()
 	if l.askCancel != nil {

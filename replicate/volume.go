@@ -46,7 +46,6 @@ type Volume struct {
 	// disk is the local data area and its metadata; Attach replaces
 	// them with a new disk after the old one failed.
 	disk atomic.Pointer[localDisk]
-	size int64
 	gran int64
 	// linkset is the link's settings for the next session (SetLink);
 	// a running session keeps those of its setup.
@@ -68,6 +67,11 @@ type Volume struct {
 	// to an UpToDate secondary, which now holds the only copy: reads,
 	// writes and flushes go to it (DRBD's on-io-error detach).
 	diskless atomic.Bool
+	// resizing: a Resize runs (resize.go); verify and resync wait.
+	// peerSize is the peer's size when the last setup refused it for
+	// differing (0: none), which a Resize to that size completes alone.
+	resizing atomic.Bool
+	peerSize atomic.Int64
 	// detached is made with the first failure of a disk and closed once
 	// it has been handled (detachDisk): whoever meets the failure
 	// meanwhile waits for it, then sees whether the peer serves. nil
@@ -177,10 +181,10 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	}
 	v := &Volume{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now,
-		size: sb.DataSize, gran: sb.Granularity,
+		gran: sb.Granularity,
 		kick: make(chan struct{}, 1), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
-	v.disk.Store(&localDisk{data: cfg.Data, meta: meta, bm: meta.Bitmap()})
+	v.disk.Store(&localDisk{data: cfg.Data, meta: meta, bm: meta.Bitmap(), size: sb.DataSize})
 	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain})
 	v.linkset.Store(&LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS})
 	v.epoch.Store(sb.Epoch)
@@ -268,14 +272,16 @@ type localDisk struct {
 	data nbd.Device
 	meta *md.Meta
 	bm   *md.Bitmap
+	// size is the data area's: it changes with the disk (Resize).
+	size int64
 }
 
 func (v *Volume) data() nbd.Device { return v.disk.Load().data }
 func (v *Volume) meta() *md.Meta   { return v.disk.Load().meta }
 func (v *Volume) bm() *md.Bitmap   { return v.disk.Load().bm }
 
-// Size is the size of the data area.
-func (v *Volume) Size() int64 { return v.size }
+// Size is the size of the data area (larger after a Resize).
+func (v *Volume) Size() int64 { return v.disk.Load().size }
 
 // Features are the data area's, minus what the volume does not replicate
 // (fast zero, extents, cache); writes are always possible at the NBD
@@ -854,7 +860,7 @@ func (v *Volume) localState() peerState {
 	v.mu.Unlock()
 	st := peerState{
 		Role: v.role(), Disk: v.diskState(sb), Want: want, Flags: sb.Flags, Epoch: v.epoch.Load(),
-		Size: v.size, Gran: v.gran, Gen: genFromMD(sb.Gen), DirtyBits: v.bm().Count(), PromotedAt: sb.PromotedAt,
+		Size: v.Size(), Gran: v.gran, Gen: genFromMD(sb.Gen), DirtyBits: v.bm().Count(), PromotedAt: sb.PromotedAt,
 		Proto: v.linkset.Load().Protocol[0],
 	}
 	if v.attaching.Load() {
@@ -881,7 +887,7 @@ func (v *Volume) Status() Status {
 	st := Status{
 		Resource: v.cfg.Resource, Node: v.cfg.Node, Peer: v.cfg.Peer,
 		Role: v.role(), Disk: v.diskState(sb), Protocol: v.linkset.Load().Protocol, Compression: v.linkset.Load().Compression,
-		Epoch: v.epoch.Load(), Generations: genFromMD(sb.Gen), OutOfSync: v.bm().OutOfSyncBytes(), Size: v.size,
+		Epoch: v.epoch.Load(), Generations: genFromMD(sb.Gen), OutOfSync: v.bm().OutOfSyncBytes(), Size: v.Size(),
 		PeerRole: RoleUnknown, PeerDisk: DiskUnknown,
 	}
 	v.mu.Lock()
@@ -1261,7 +1267,7 @@ func (v *Volume) Resync(ctx context.Context, full bool) error {
 	want := wantTargetBitmap
 	if full {
 		want = wantTargetFull
-		v.bm().Set(0, v.size)
+		v.bm().Set(0, v.Size())
 		if err := v.bm().FlushAll(); err != nil {
 			return fmt.Errorf("replicate: %s: resync: %w", v.cfg.Resource, err)
 		}

@@ -157,6 +157,17 @@ func (m *Mem) Sync() error {
 
 // Close makes further reads, writes and syncs fail with ErrClosed. Crash
 // and Bytes still work: a power cut can follow a close.
+// Grow makes the Mem size bytes long, the new bytes zero and durable (a
+// volume or file made larger: lvextend, truncate); never smaller.
+func (m *Mem) Grow(size int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n := size - int64(len(m.data)); n > 0 {
+		m.data = append(m.data, make([]byte, n)...)
+		m.durable = append(m.durable, make([]byte, n)...)
+	}
+}
+
 func (m *Mem) Close() error {
 	m.mu.Lock()
 	m.closed = true

@@ -364,7 +364,12 @@ func (a *activityLog) write(seq uint64, exts []uint32, evicted []*alExtent, data
 // close empties the activity log for a shutdown: it syncs the data, writes
 // the whole bitmap and then a transaction with nothing hot. Every Begin
 // must have been released.
-func (a *activityLog) close() error {
+func (a *activityLog) close() error { return a.empty(true) }
+
+// empty is close; without closing, the log stays usable (Grow, which
+// needs nothing hot before the metadata moves, and gives the log up only
+// once the new copy is written).
+func (a *activityLog) empty(closing bool) error {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -378,8 +383,10 @@ func (a *activityLog) close() error {
 		a.mu.Unlock()
 		return fmt.Errorf("md: activity log: %d writes still in flight", busy)
 	}
-	a.closed = true
-	a.broadcastLocked() // Begins waiting for room fail with ErrClosed
+	if closing {
+		a.closed = true
+		a.broadcastLocked() // Begins waiting for room fail with ErrClosed
+	}
 	for a.writing {
 		_ = a.waitLocked(context.Background())
 	}
@@ -413,6 +420,13 @@ func (a *activityLog) close() error {
 	a.nextSeq++
 	a.commits++
 	return nil
+}
+
+// nextSequence is the sequence number of the next transaction.
+func (a *activityLog) nextSequence() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.nextSeq
 }
 
 // ALStats describe the activity log's work.

@@ -35,10 +35,14 @@ const (
 	// under a diskless primary while it serves that primary's I/O
 	// (attach-disk; replicate/attach.go).
 	FeatureAttach uint32 = 1 << 17
+	// FeatureResize: the peer, as secondary, grows its disk when the
+	// primary resizes the volume (State kinds 15 and 16;
+	// replicate/resize.go).
+	FeatureResize uint32 = 1 << 18
 )
 
 // features is what this build announces.
-const features = FeatureTargetPause | FeatureAttach
+const features = FeatureTargetPause | FeatureAttach | FeatureResize
 
 // ParseCodec reads the configuration spelling: "off" (or empty), "s2",
 // "zstd".
