@@ -67,6 +67,8 @@ func hint(code, resource string) string {
 		return fmt.Sprintf("the local disk returned an I/O error and is detached; replace it and run tandem attach-disk %s (a full resync from the peer follows; a Primary needs its peer connected, else demote it and promote the peer first)", resource)
 	case daemon.CodeDiskAttached:
 		return "the local disk has not failed: attach-disk replaces a failed disk only (tandem down and tandem up replace a healthy one)"
+	case daemon.CodeResizeRefused:
+		return fmt.Sprintf("the new size cannot be taken: grow both devices first and set the same size in the configuration file on both nodes (docs/operations.md, Growing a resource); tandem status %s says more", resource)
 	case daemon.CodeForeignDisk:
 		return "the disk at the configured path holds other tandem metadata: check the device and meta paths (tandem dump-md shows it), or pass --force to overwrite it"
 	case daemon.CodePeerLost:
@@ -288,6 +290,34 @@ disk).`,
 	})
 }
 
+func newResizeCmd(a *app) *cobra.Command {
+	var clean bool
+	return newDoneCmd(a, doneCmd{
+		use:   "resize RESOURCE [--assume-clean]",
+		short: "Grow a resource online to the size its configuration now says",
+		long: `Grow RESOURCE on both replicas without stopping it (DRBD's resize; grow
+only). First make both nodes' devices larger (lvextend, truncate: with
+internal metadata by at least the metadata's size, which moves behind the
+new end), set the resource's size in the configuration file on both nodes,
+then run this on the Primary, with the peer connected and UpToDate. The
+daemon reads the file for the new size, the peer's daemon checks its own
+file says the same and grows first, then this node; I/O waits for the
+moment of the switch. The new range is resynced to the peer (it shows in
+tandem status), unless --assume-clean says both devices hold the same
+bytes there (both zeroed). NBD clients connected before keep the old
+size until they reconnect. Resizing to the current size does nothing.`,
+		example: "  lvextend -L +10G vg/r0   # on both nodes, and size: in tandem.yaml on both\n  tandem resize r0",
+		flags: func(cmd *cobra.Command) {
+			cmd.Flags().BoolVar(&clean, "assume-clean", false, "do not resync the new range: both devices hold the same bytes there")
+		},
+		call: func(ctx context.Context, c *daemon.Client, res string) error {
+			_, err := c.Resize(ctx, res, clean)
+			return err
+		},
+		done: "%[1]s: grown to the configured size (tandem status %[1]s shows the resync of the new range)",
+	})
+}
+
 func newResolveCmd(a *app) *cobra.Command {
 	var discard bool
 	return newDoneCmd(a, doneCmd{
@@ -352,6 +382,7 @@ lasts until resume-sync or the daemon's restart; tandem status shows it.`,
 		newVerifyCmd(a),
 		newResolveCmd(a),
 		newAttachDiskCmd(a),
+		newResizeCmd(a),
 		newDoneCmd(a, doneCmd{use: "down RESOURCE", short: "Take one resource down on this node, releasing its devices",
 			long: `Close RESOURCE on this node (flushed, metadata marked clean), release its
 backing device and metadata, and stop serving its NBD export, while the

@@ -131,15 +131,9 @@ func (d *Daemon) linkUpdates(nc *config.Config, res *AdjustResult) ([]linkUpdate
 // dryRun), or says why not.
 func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) {
 	res := AdjustResult{Path: d.cfg.Path, Changes: []string{}}
-	if d.cfg.Path == "" {
-		return res, fmt.Errorf("%w: the daemon was not started from a file", ErrConfigInvalid)
-	}
-	nc, err := config.Load(d.cfg.Path)
-	if err == nil {
-		err = nc.Validate(d.node.Name)
-	}
+	nc, err := d.loadFile() // resize.go
 	if err != nil {
-		return res, fmt.Errorf("%w: %w", ErrConfigInvalid, err)
+		return res, err
 	}
 	// One adjust at a time; cfgMu is held while the running settings
 	// are compared and changed.
@@ -157,8 +151,12 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		}
 	}
 	if len(restart) > 0 {
-		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs); nothing was changed",
-			ErrNeedsRestart, strings.Join(restart, ", "))
+		hint := ""
+		if slices.ContainsFunc(restart, func(c string) bool { return strings.HasSuffix(c, ".Size") }) {
+			hint = "; a larger size is applied by tandem resize RESOURCE on the primary, not by adjust"
+		}
+		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
+			ErrNeedsRestart, strings.Join(restart, ", "), hint)
 	}
 	for _, u := range links {
 		if v := u.r.volume(); v != nil {

@@ -63,6 +63,12 @@ func (d *Daemon) handler() http.Handler {
 			return Done{true}, d.attachDisk(ctx, r, body.Force) // attachdisk.go
 		})
 	})
+	mux.HandleFunc("POST /v1/resources/{name}/resize", func(w http.ResponseWriter, req *http.Request) {
+		var body ResizeRequest
+		d.op(w, req, &body, func(ctx context.Context, r *resource, v Volume) (any, error) {
+			return d.resize(ctx, r, body.AssumeClean) // resize.go
+		})
+	})
 	// up and down reach a resource whatever its state (lifecycle.go).
 	mux.HandleFunc("POST /v1/resources/{name}/up", func(w http.ResponseWriter, req *http.Request) {
 		d.opAny(w, req, func(ctx context.Context, r *resource) (any, error) { return Done{true}, d.up(ctx, r) })

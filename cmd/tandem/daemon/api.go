@@ -27,6 +27,7 @@ import (
 //	POST /v1/resources/NAME/verify          VerifyRequest -> replicate.VerifyReport
 //	POST /v1/resources/NAME/resolve         ResolveRequest -> Done
 //	POST /v1/resources/NAME/attach-disk     AttachDiskRequest -> Done (replace a failed disk)
+//	POST /v1/resources/NAME/resize          ResizeRequest -> ResizeResult (grow to the file's size)
 //	POST /v1/adjust                         AdjustRequest -> AdjustResult (re-read the configuration file)
 //	POST /v1/fence-log                      FenceLogRequest -> Done (audit of a hand-run fence)
 //
@@ -119,6 +120,19 @@ type AttachDiskRequest struct {
 	Force bool `json:"force"`
 }
 
+// ResizeRequest is the body of resize.
+type ResizeRequest struct {
+	// AssumeClean: both grown devices hold the same bytes in the new
+	// range (e.g. both zeroed), so it is not resynced.
+	AssumeClean bool `json:"assume_clean"`
+}
+
+// ResizeResult is the reply of resize.
+type ResizeResult struct {
+	From int64 `json:"from_bytes"`
+	To   int64 `json:"to_bytes"`
+}
+
 // Done is the reply of an operation that returns nothing else.
 type Done struct {
 	OK bool `json:"ok"`
@@ -153,6 +167,7 @@ const (
 	CodeLinkInUse       = "link_in_use"
 	CodeDiskAttached    = "disk_attached"
 	CodeForeignDisk     = "foreign_disk"
+	CodeResizeRefused   = "resize_refused"
 	CodeInternal        = "internal"
 )
 
@@ -195,6 +210,7 @@ func errorCodes() []errorCode {
 		{replicate.ErrLinkInUse, CodeLinkInUse, http.StatusConflict},
 		{replicate.ErrDiskAttached, CodeDiskAttached, http.StatusConflict},
 		{ErrForeignDisk, CodeForeignDisk, http.StatusConflict},
+		{replicate.ErrResizeRefused, CodeResizeRefused, http.StatusConflict},
 	}
 }
 

@@ -137,6 +137,13 @@ func (c *Client) AttachDisk(ctx context.Context, resource string, force bool) er
 	return c.do(ctx, http.MethodPost, opPath(resource, "attach-disk"), AttachDiskRequest{Force: force}, &Done{})
 }
 
+// Resize grows the resource to the size its configuration file says now.
+func (c *Client) Resize(ctx context.Context, resource string, assumeClean bool) (ResizeResult, error) {
+	var out ResizeResult
+	err := c.do(ctx, http.MethodPost, opPath(resource, "resize"), ResizeRequest{AssumeClean: assumeClean}, &out)
+	return out, err
+}
+
 // Resolve ends a split brain, discarding this node's changes.
 func (c *Client) Resolve(ctx context.Context, resource string, discardMyData bool) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "resolve"), ResolveRequest{DiscardMyData: discardMyData}, &Done{})

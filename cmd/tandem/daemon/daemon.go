@@ -393,6 +393,7 @@ func (d *Daemon) volumeConfig(r *resource, s *Storage, log *slog.Logger) (replic
 	if d.cfg.ClusterLayer() {
 		c.OnDegraded = d.degradedHook(r.cfg.Name)
 	}
+	c.Grow = d.growHook(r) // resize.go
 	ls, sum, err := d.linkFor(r.cfg, r.peer.Node)
 	if err != nil {
 		return c, err

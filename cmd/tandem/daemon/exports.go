@@ -23,7 +23,7 @@ import (
 type gate struct {
 	resource string
 	node     string
-	size     int64
+	size     atomic.Int64 // while down; an open volume says its own (a resize grows it)
 	log      *slog.Logger
 
 	vol     atomic.Pointer[volumeRef] // nil while the resource is down
@@ -45,7 +45,9 @@ var (
 )
 
 func newGate(resource, node string, size int64, log *slog.Logger) *gate {
-	return &gate{resource: resource, node: node, size: size, log: log}
+	g := &gate{resource: resource, node: node, log: log}
+	g.size.Store(size)
+	return g
 }
 
 func (g *gate) setVolume(v Volume) {
@@ -128,7 +130,14 @@ func (g *gate) noteRefusal(why string) {
 	g.log.Warn("nbd request refused", "resource", g.resource, "why", why, "refused", n)
 }
 
-func (g *gate) Size() int64 { return g.size }
+// Size is what a new NBD connection is told: the volume's size (larger
+// after tandem resize), or the configured one while the resource is down.
+func (g *gate) Size() int64 {
+	if ref := g.vol.Load(); ref != nil {
+		return ref.Size()
+	}
+	return g.size.Load()
+}
 
 func (g *gate) Features() nbd.Features {
 	ref := g.vol.Load()

@@ -38,6 +38,9 @@ type Storage struct {
 	file     *backend.File
 	metaFile *disk.File
 	locks    []*fileLock
+	// retired are the files of the size before a resize (resize.go),
+	// closed with the rest.
+	retired []interface{ Close() error }
 }
 
 // OpenOptions qualify OpenStorage.
@@ -150,6 +153,10 @@ func (s *Storage) Close() error {
 		errs = append(errs, s.metaFile.Close())
 		s.metaFile = nil
 	}
+	for _, f := range s.retired {
+		errs = append(errs, f.Close())
+	}
+	s.retired = nil
 	for _, l := range s.locks {
 		l.release()
 	}

@@ -138,6 +138,11 @@ func (f *Volume) AttachCheck() error {
 	return nil
 }
 
+// Resize records the call; the memory device keeps its size.
+func (f *Volume) Resize(ctx context.Context, size int64, assumeClean bool) error {
+	return f.call("resize")
+}
+
 // Attach takes the new disk as Inconsistent.
 func (f *Volume) Attach(ctx context.Context, data nbd.Device, meta disk.Disk) error {
 	if err := f.call("attach"); err != nil {
