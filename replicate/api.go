@@ -168,6 +168,10 @@ type Config struct {
 
 	Logger *slog.Logger
 	Now    func() time.Time // nil: time.Now
+
+	// dropFeatures: wire feature bits this volume does not announce, as
+	// an older build would not (tests of mixed versions).
+	dropFeatures uint32
 }
 
 // ResyncConfig tunes resync.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/tandem-ha/tandem/replicate/disk"
 	"github.com/tandem-ha/tandem/replicate/md"
+	"github.com/tandem-ha/tandem/replicate/wire"
 )
 
 // newDisk makes a replacement disk for n, with metadata created for
@@ -69,7 +71,12 @@ func attachUnderWay(t *testing.T) *pair {
 // application writes to land all through an attach's sync.
 func disklessSlowPair(t *testing.T, protocol string, checksum bool) *pair {
 	t.Helper()
-	p := newPair(t, pairOpts{blank: true, protocol: protocol, resync: ResyncConfig{MaxRate: 6 << 20, Checksum: checksum}})
+	return disklessPairOf(t, pairOpts{blank: true, protocol: protocol, resync: ResyncConfig{MaxRate: 6 << 20, Checksum: checksum}})
+}
+
+func disklessPairOf(t *testing.T, o pairOpts) *pair {
+	t.Helper()
+	p := newPair(t, o)
 	p.waitConnected(10 * time.Second)
 	mustPromote(t, p.a, false)
 	failDisks(p.a)
@@ -346,5 +353,24 @@ func TestAttachDiskNewDiskFails(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if s := p.a.v.Status(); s.Disk != Diskless || s.Resync != nil {
 		t.Fatalf("the failed new disk syncs again: %+v", s)
+	}
+}
+
+// A peer whose tandem predates attach (it does not announce
+// wire.FeatureAttach) is not asked: the attach is refused with the
+// reason, and the diskless primary goes on through it.
+func TestAttachDiskOldPeer(t *testing.T) {
+	p := disklessPairOf(t, pairOpts{blank: true, betaDrops: wire.FeatureAttach})
+	if err := p.a.v.AttachCheck(); !errors.Is(err, ErrNotConnected) || !strings.Contains(err.Error(), "predates") {
+		t.Fatalf("attach check with an old peer: %v, want refused naming it", err)
+	}
+	if err := attachNew(t, p.a); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("attach with an old peer: %v, want ErrNotConnected", err)
+	}
+	if s := p.a.v.Status(); s.Disk != Diskless || s.Conn != Connected {
+		t.Fatalf("after the refusal: %s %s, want Diskless and served", s.Disk, s.Conn)
+	}
+	if err := p.a.v.WriteAt(context.Background(), block('o', 0, 1), 0, false); err != nil {
+		t.Fatalf("write after the refusal: %v", err)
 	}
 }

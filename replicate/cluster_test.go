@@ -47,6 +47,8 @@ type pairOpts struct {
 	// pingTimeout overrides the test default of one second, ackTimeout
 	// the volume's default.
 	pingTimeout, ackTimeout time.Duration
+	// betaDrops: wire features beta does not announce (an older build).
+	betaDrops uint32
 }
 
 type testNode struct {
@@ -160,6 +162,10 @@ func (n *testNode) config() Config {
 	if os.Getenv("REPLICATE_DEBUG") != "" {
 		lvl = slog.LevelDebug
 	}
+	drops := uint32(0)
+	if n.name == "beta" {
+		drops = o.betaDrops
+	}
 	return Config{
 		Cluster: "testcluster", Resource: "r0", Node: n.name, Peer: n.peer.name, Secret: []byte(testSecret),
 		Protocol: o.protocol, Compression: o.compression, PeerAddress: n.dialAddr, TLS: o.tls,
@@ -180,6 +186,7 @@ func (n *testNode) config() Config {
 		},
 		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("node", n.name),
 		PingInterval: 50 * time.Millisecond, PingTimeout: cmp.Or(o.pingTimeout, time.Second), AckTimeout: o.ackTimeout, ConnectTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond,
+		dropFeatures: drops,
 	}
 }
 

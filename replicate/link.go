@@ -392,7 +392,8 @@ var errPeerDisconnected = errors.New("the peer disconnected")
 // PingTimeout.
 func (l *link) pinger() {
 	v := l.v
-	t := time.NewTicker(v.cfg.PingInterval)
+	every := v.tunables().Timing.PingInterval
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -400,14 +401,19 @@ func (l *link) pinger() {
 			return
 		case <-t.C:
 		}
-		if idle := time.Duration(l.since() - l.lastRecv.Load()); idle > v.cfg.PingTimeout {
+		tm := v.tunables().Timing // Tune changes it while the session runs
+		if tm.PingInterval != every {
+			every = tm.PingInterval
+			t.Reset(every)
+		}
+		if idle := time.Duration(l.since() - l.lastRecv.Load()); idle > tm.PingTimeout {
 			l.end(fmt.Sprintf("the peer did not answer for %s", idle.Round(time.Millisecond)), false)
 			return
 		}
 		l.pendMu.Lock()
 		waiting := len(l.pending)
 		l.pendMu.Unlock()
-		if stuck := time.Duration(l.since() - l.lastAck.Load()); waiting > 0 && stuck > v.cfg.AckTimeout {
+		if stuck := time.Duration(l.since() - l.lastAck.Load()); waiting > 0 && stuck > tm.AckTimeout {
 			l.end(fmt.Sprintf("the peer answers pings but acknowledged none of %d waiting requests for %s (ack timeout)", waiting, stuck.Round(time.Millisecond)), false)
 			return
 		}
@@ -860,7 +866,7 @@ func (v *Volume) wireConfig(dialer bool) (wire.Config, *LinkSettings) {
 	return wire.Config{
 		Cluster: v.cfg.Cluster, Resource: v.cfg.Resource, LocalNode: v.cfg.Node, PeerNode: v.cfg.Peer,
 		Secret: v.cfg.Secret, AcceptSecrets: v.cfg.AcceptSecrets, TLS: ls.TLS, Dialer: dialer, Compression: ls.Compression,
-		Timeout: v.cfg.ConnectTimeout, Logger: v.log,
+		Timeout: v.cfg.ConnectTimeout, Logger: v.log, DropFeatures: v.cfg.dropFeatures,
 	}, ls
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/replicate/md"
+	"github.com/tandem-ha/tandem/replicate/wire"
 )
 
 // growable gives n a grow hook over its Mems: the data and the external
@@ -193,5 +194,21 @@ func TestResizeAnswerLost(t *testing.T) {
 	})
 	if !bytes.Equal(p.a.data.Bytes(), p.b.data.Bytes()) {
 		t.Fatal("the replicas differ")
+	}
+}
+
+// A peer whose tandem predates resize is not asked: refused with the
+// reason, nothing grown.
+func TestResizeOldPeer(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true, betaDrops: wire.FeatureResize})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	growable(p.a)
+	growable(p.b)
+	if err := p.a.v.Resize(context.Background(), 16<<20, false); !errors.Is(err, ErrNotConnected) || !strings.Contains(err.Error(), "predates") {
+		t.Fatalf("resize with an old peer: %v, want refused naming it", err)
+	}
+	if a, b := p.a.v.Size(), p.b.v.Size(); a != 8<<20 || b != 8<<20 {
+		t.Fatalf("sizes after the refusal: %d, %d", a, b)
 	}
 }

@@ -185,7 +185,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 		kick: make(chan struct{}, 1), ord: newOrder(), conn: Connecting, live: map[*link]struct{}{},
 	}
 	v.disk.Store(&localDisk{data: cfg.Data, meta: meta, bm: meta.Bitmap(), size: sb.DataSize})
-	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain})
+	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain, Timing: LinkTiming{cfg.PingInterval, cfg.PingTimeout, cfg.AckTimeout}})
 	v.linkset.Store(&LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS})
 	v.epoch.Store(sb.Epoch)
 	meta.SetDataSync(v.syncData)
@@ -217,9 +217,11 @@ func checkConfig(cfg *Config) error {
 	ls := LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS}
 	errs = append(errs, ls.check()...)
 	cfg.Protocol, cfg.Compression = ls.Protocol, ls.Compression
-	t := Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain}
+	t := Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain, Timing: LinkTiming{cfg.PingInterval, cfg.PingTimeout, cfg.AckTimeout}.orDefaults(
+		LinkTiming{DefaultPingInterval, DefaultPingTimeout, DefaultAckTimeout})}
 	errs = append(errs, t.check(cfg.Node, cfg.Peer)...)
 	cfg.SplitBrain = t.SplitBrain
+	cfg.PingInterval, cfg.PingTimeout, cfg.AckTimeout = t.Timing.PingInterval, t.Timing.PingTimeout, t.Timing.AckTimeout
 	if cfg.Data == nil || cfg.Meta == nil {
 		errs = append(errs, "data and metadata areas are required")
 	}
@@ -250,9 +252,6 @@ func checkConfig(cfg *Config) error {
 			*d = v
 		}
 	}
-	def(&cfg.PingInterval, DefaultPingInterval)
-	def(&cfg.PingTimeout, DefaultPingTimeout)
-	def(&cfg.AckTimeout, DefaultAckTimeout)
 	def(&cfg.ConnectTimeout, DefaultConnectTimeout)
 	def(&cfg.RetryMax, DefaultRetryMax)
 	return nil
@@ -918,7 +917,7 @@ func (v *Volume) Status() Status {
 		if !v.primary.Load() && v.peer != nil && v.peer.Role == Primary {
 			st.SessionProtocol = string(l.peer.Proto)
 		}
-		st.PeerHeard = time.Duration(l.since()-l.lastRecv.Load()) <= 3*v.cfg.PingInterval
+		st.PeerHeard = time.Duration(l.since()-l.lastRecv.Load()) <= 3*v.tunables().Timing.PingInterval
 	}
 	if v.resync != nil {
 		p := v.resync.snapshot(v.now(), v.bm().OutOfSyncBytes())

@@ -84,10 +84,13 @@ const maxReason = 512
 type Config struct {
 	// ProtocolVersion to announce; 0 means Version. Only tests set it.
 	ProtocolVersion uint32
-	Cluster         string
-	Resource        string
-	LocalNode       string
-	PeerNode        string
+	// DropFeatures are feature bits not to announce, as a build that
+	// predates them would not. Only tests set it.
+	DropFeatures uint32
+	Cluster      string
+	Resource     string
+	LocalNode    string
+	PeerNode     string
 	// Secret is the cluster's shared secret, at least MinSecretLen bytes.
 	Secret []byte
 	// AcceptSecrets are further secrets the peer may prove instead, while
@@ -372,7 +375,7 @@ func (h *handshake) run(ctx context.Context) (*Conn, error) {
 		Cluster:     h.cfg.Cluster,
 		Resource:    h.cfg.Resource,
 		Node:        h.cfg.LocalNode,
-		Codecs:      supportedCodecs | features,
+		Codecs:      supportedCodecs | features&^h.cfg.DropFeatures,
 		Compression: h.want,
 	}
 	if h.me.Version == 0 {
