@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon"
@@ -95,6 +96,21 @@ func TestAdjust(t *testing.T) {
 		t.Errorf("a second adjust of the same file: %q, links %+v", out, v.Links())
 	}
 
+	// The link's timing: every volume takes it, no session restarts.
+	edit("resources:\n", "timing:\n  ping-timeout: 9s\n  ack-timeout: 40s\nresources:\n")
+	if out := mustRun(t, args("adjust")...); !strings.Contains(out, "changed Timing.PingTimeout, Timing.AckTimeout") {
+		t.Errorf("adjust of the link timing: %q", out)
+	}
+	for _, r := range []string{"r0", "r1"} {
+		tu := fs.Get(r).Tunings()
+		if len(tu) == 0 || tu[len(tu)-1].Timing.PingTimeout != 9*time.Second || tu[len(tu)-1].Timing.AckTimeout != 40*time.Second {
+			t.Errorf("%s tuned with %+v, want the new timing", r, tu)
+		}
+	}
+	if len(v.Links()) != 1 {
+		t.Errorf("a timing change restarted the link: %+v", v.Links())
+	}
+
 	// What needs a restart: nothing is applied, the keys are named.
 	edit("    size: 1M\n", "    size: 1M\n    al-extents: 7\n")
 	edit("max-rate: 5M", "max-rate: 7M")
@@ -103,14 +119,14 @@ func TestAdjust(t *testing.T) {
 	if !strings.Contains(out, `"code": "needs_restart"`) {
 		t.Errorf("adjust --json refusal: %s", out)
 	}
-	if len(v.Tunings()) != 1 || len(v.Links()) != 1 {
+	if len(v.Tunings()) != 2 || len(v.Links()) != 1 {
 		t.Errorf("a refused adjust tuned the volume: %+v, %+v", v.Tunings(), v.Links())
 	}
 	// A file that does not parse changes nothing either (the CLI reads
 	// it first; the daemon's own check is TestAdjustRefusesAnInvalidFile).
 	daemontest.Write(t, lab.Path, strings.Replace(string(orig), "cluster: lab", "cluster: lab\ncolour: blue", 1), 0o644)
 	mustFail(t, `colour: unknown key "colour"`, args("adjust")...)
-	if len(v.Tunings()) != 1 || len(v.Links()) != 1 || v.Calls()[len(v.Calls())-1] != "set-link" {
+	if len(v.Tunings()) != 2 || len(v.Links()) != 1 || v.Calls()[len(v.Calls())-1] != "tune" {
 		t.Errorf("an invalid file tuned the volume: %+v", v.Tunings())
 	}
 }

@@ -50,7 +50,11 @@ type AdjustResult struct {
 // LiveChange reports whether a difference at path (as config.Diff names
 // it) can be applied while the daemon runs.
 func LiveChange(path string) bool {
-	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") || path == "Timing.FailbackAfter" {
+	switch path {
+	case "Timing.FailbackAfter", "Timing.PingInterval", "Timing.PingTimeout", "Timing.AckTimeout":
+		return true
+	}
+	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") {
 		return true
 	}
 	if rest, ok := strings.CutPrefix(path, "Nodes["); ok {
@@ -155,7 +159,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		if slices.ContainsFunc(restart, func(c string) bool { return strings.HasSuffix(c, ".Size") }) {
 			hint = "; a larger size is applied by tandem resize RESOURCE on the primary, not by adjust"
 		}
-		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
+		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after, ping-interval, ping-timeout, ack-timeout and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
 			ErrNeedsRestart, strings.Join(restart, ", "), hint)
 	}
 	for _, u := range links {
@@ -174,18 +178,18 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 	var undo []func()
 	for _, r := range d.resources {
 		n := nc.Resource(r.cfg.Name)
-		if n.Resync == r.cfg.Resync && n.SplitBrain == r.cfg.SplitBrain {
+		if tunables(n, nc.Timing) == tunables(r.cfg, d.cfg.Timing) {
 			continue
 		}
 		tuned[r] = *n
 		if v := r.volume(); v != nil {
-			if err := v.Tune(tunables(n)); err != nil {
+			if err := v.Tune(tunables(n, nc.Timing)); err != nil {
 				for _, u := range undo {
 					u()
 				}
 				return res, fmt.Errorf("%w: %w; nothing was changed", ErrConfigInvalid, err)
 			}
-			old := tunables(r.cfg)
+			old := tunables(r.cfg, d.cfg.Timing)
 			undo = append(undo, func() { _ = v.Tune(old) })
 		}
 	}
@@ -222,6 +226,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		}
 	}
 	d.cfg.Timing.FailbackAfter = nc.Timing.FailbackAfter
+	d.cfg.Timing.PingInterval, d.cfg.Timing.PingTimeout, d.cfg.Timing.AckTimeout = nc.Timing.PingInterval, nc.Timing.PingTimeout, nc.Timing.AckTimeout
 	// The next fencing attempt builds its fencer from these.
 	for i := range d.cfg.Nodes {
 		if n, err := nc.Node(d.cfg.Nodes[i].Name); err == nil {
@@ -275,9 +280,10 @@ func (d *Daemon) AdjustOnSignal() {
 type signalKey struct{}
 
 // tunables is what a resource's configuration sets of a running volume.
-func tunables(r *config.Resource) replicate.Tunables {
+func tunables(r *config.Resource, t config.Timing) replicate.Tunables {
 	return replicate.Tunables{
 		Resync:     replicate.ResyncConfig{MaxRate: r.Resync.MaxRate, AppShare: r.Resync.AppShare, Checksum: r.Resync.Checksum},
 		SplitBrain: string(r.SplitBrain),
+		Timing:     replicate.LinkTiming{PingInterval: t.PingInterval, PingTimeout: t.PingTimeout, AckTimeout: t.AckTimeout},
 	}
 }

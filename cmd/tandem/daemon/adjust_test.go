@@ -117,7 +117,7 @@ func TestLiveChange(t *testing.T) {
 		"Timing.FailbackAfter": true, "Timing.Lease": false, "Resources[r0].VIP.Address": false,
 		"Nodes[beta].Fencing": true, "Nodes[beta].Fencing[0].PasswordFile": true, "Nodes[beta].FencingX": false,
 		"Resources[r0].ALExtents": false, "Resources[r0].Size": false, "Resources[r0].Replicas[alpha].Address": false,
-		"Resources[r0].TLSX": false, "Nodes[alpha].Address": false, "Timing.PingTimeout": false, "Cluster": false,
+		"Resources[r0].TLSX": false, "Nodes[alpha].Address": false, "Timing.PingTimeout": true, "Timing.PingInterval": true, "Timing.AckTimeout": true, "Timing.ProbeInterval": false, "Cluster": false,
 	} {
 		if got := LiveChange(path); got != want {
 			t.Errorf("LiveChange(%q) = %v, want %v", path, got, want)

@@ -326,10 +326,11 @@ func (d *Daemon) openResource(ctx context.Context, r *resource) error {
 	// An adjust between volumeConfig and now changed r.cfg but found no
 	// volume to tune (adjust.go).
 	d.cfgMu.RLock()
-	t := tunables(r.cfg)
+	t := tunables(r.cfg, d.cfg.Timing)
 	ls := r.link
 	d.cfgMu.RUnlock()
-	if t != (replicate.Tunables{Resync: vcfg.Resync, SplitBrain: vcfg.SplitBrain}) {
+	if t != (replicate.Tunables{Resync: vcfg.Resync, SplitBrain: vcfg.SplitBrain,
+		Timing: replicate.LinkTiming{PingInterval: vcfg.PingInterval, PingTimeout: vcfg.PingTimeout, AckTimeout: vcfg.AckTimeout}}) {
 		if err := v.Tune(t); err != nil {
 			log.Warn("resource: the adjusted settings were refused", "err", err)
 		}
@@ -352,6 +353,10 @@ func (d *Daemon) checkMetadata(r *resource, s *Storage) error {
 	name := r.cfg.Name
 	info, err := md.Dump(s.Meta)
 	switch {
+	case errors.Is(err, md.ErrNoMetadata) && r.rp.InternalMeta():
+		// Internal metadata sits right behind size bytes: a size edited
+		// in the file (instead of tandem resize) looks for it elsewhere.
+		return fmt.Errorf("resource %s: %w at byte %d of %s: if size was changed in the file, set it back first (the metadata is behind the old size; tandem resize grows a running resource); for a new disk run tandem create-md %s --node %s, then tandem up %s", name, md.ErrNoMetadata, r.cfg.Size, r.rp.Device, name, d.node.Name, name)
 	case errors.Is(err, md.ErrNoMetadata):
 		return fmt.Errorf("resource %s: %w: run tandem create-md %s --node %s, then tandem up %s", name, md.ErrNoMetadata, name, d.node.Name, name)
 	case errors.Is(err, md.ErrCorrupt), errors.Is(err, md.ErrVersion):
@@ -364,7 +369,7 @@ func (d *Daemon) checkMetadata(r *resource, s *Storage) error {
 		return fmt.Errorf("resource %s: %w: wrong device or meta path? (tandem create-md --force rewrites it, losing its state)", name, err)
 	}
 	if sb.DataSize != r.cfg.Size {
-		return fmt.Errorf("resource %s: the metadata is for %d bytes of data, the configuration says size %d", name, sb.DataSize, r.cfg.Size)
+		return fmt.Errorf("resource %s: the metadata is for %d bytes of data, the configuration says size %d: set size back to %d (tandem resize grows a running resource, both nodes at once)", name, sb.DataSize, r.cfg.Size, sb.DataSize)
 	}
 	return nil
 }
@@ -381,15 +386,13 @@ func (d *Daemon) volumeConfig(r *resource, s *Storage, log *slog.Logger) (replic
 		PeerAddress:   r.peer.Address,
 		Data:          s.Data,
 		Meta:          s.Meta,
-		PingInterval:  d.cfg.Timing.PingInterval,
-		PingTimeout:   d.cfg.Timing.PingTimeout,
-		AckTimeout:    d.cfg.Timing.AckTimeout,
 		Logger:        log,
 	}
 	d.cfgMu.RLock()
-	t := tunables(r.cfg) // adjust.go
+	t := tunables(r.cfg, d.cfg.Timing) // adjust.go
 	d.cfgMu.RUnlock()
 	c.Resync, c.SplitBrain = t.Resync, t.SplitBrain
+	c.PingInterval, c.PingTimeout, c.AckTimeout = t.Timing.PingInterval, t.Timing.PingTimeout, t.Timing.AckTimeout
 	if d.cfg.ClusterLayer() {
 		c.OnDegraded = d.degradedHook(r.cfg.Name)
 	}
