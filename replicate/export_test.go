@@ -7,7 +7,7 @@ import "net"
 func (v *Volume) kill() {
 	v.closed.Store(true)
 	v.cancel()
-	_ = v.ln.Close()
+	_ = v.ln.Load().Close()
 	v.mu.Lock()
 	v.standalone = true
 	l := v.sess

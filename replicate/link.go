@@ -873,10 +873,14 @@ func (v *Volume) wireConfig(dialer bool) (wire.Config, *LinkSettings) {
 func (v *Volume) acceptLoop() {
 	defer v.wg.Done()
 	for {
-		nc, err := v.ln.Accept()
+		ln := v.ln.Load()
+		nc, err := ln.Accept()
 		if err != nil {
 			if v.ctx.Err() != nil {
 				return
+			}
+			if v.ln.Load() != ln {
+				continue // replaced for a new listen address
 			}
 			v.log.Warn("replicate: accepting the peer", "err", err)
 			select {
@@ -923,7 +927,7 @@ func (v *Volume) dialLoop() {
 			continue
 		}
 		wc, ls := v.wireConfig(true)
-		c, err := wire.Dial(v.ctx, v.cfg.PeerAddress, wc)
+		c, err := wire.Dial(v.ctx, ls.PeerAddress, wc)
 		if err == nil && v.adopt(c, ls) {
 			backoff = first
 			continue

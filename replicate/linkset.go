@@ -1,10 +1,12 @@
 package replicate
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/tandem-ha/tandem/replicate/wire"
@@ -20,6 +22,11 @@ type LinkSettings struct {
 	Protocol    string      // "A", "B" or "C"
 	Compression string      // "off", "s2" or "zstd"
 	TLS         *tls.Config // nil: plain TCP
+	// Listen and PeerAddress are where this side accepts the link and
+	// where it dials the peer (Config's); empty in SetLink: unchanged.
+	// A new Listen is bound before anything else changes.
+	Listen      string
+	PeerAddress string
 }
 
 // ErrLinkInUse: the link cannot be restarted now (a diskless primary
@@ -60,14 +67,30 @@ func (v *Volume) SetLink(ctx context.Context, s LinkSettings) (changed bool, err
 	if v.closed.Load() {
 		return false, ErrClosed
 	}
-	v.mu.Lock()
+	v.lsMu.Lock() // one SetLink at a time: each may bind a listener
+	defer v.lsMu.Unlock()
 	old := v.linkset.Load()
+	s.Listen, s.PeerAddress = cmp.Or(s.Listen, old.Listen), cmp.Or(s.PeerAddress, old.PeerAddress)
 	if *old == s {
-		v.mu.Unlock()
 		return false, nil
 	}
-	if v.diskless.Load() {
+	var ln net.Listener
+	if s.Listen != old.Listen && !v.diskless.Load() {
+		var lc net.ListenConfig
+		var err error
+		if ln, err = lc.Listen(ctx, "tcp", s.Listen); err != nil {
+			return false, fmt.Errorf("replicate: %s: link settings: listening on %s: %w; nothing was changed", v.cfg.Resource, s.Listen, err)
+		}
+	}
+	v.mu.Lock()
+	if v.diskless.Load() || v.closed.Load() {
 		v.mu.Unlock()
+		if ln != nil {
+			ln.Close()
+		}
+		if v.closed.Load() {
+			return false, ErrClosed
+		}
 		return false, fmt.Errorf("%w: %s: this primary is diskless and serves through the peer; fail over first", ErrLinkInUse, v.cfg.Resource)
 	}
 	// Under mu, with the session read: a connection whose handshake used
@@ -75,7 +98,14 @@ func (v *Volume) SetLink(ctx context.Context, s LinkSettings) (changed bool, err
 	// adopted, and then adopt refuses it.
 	v.linkset.Store(&s)
 	l := v.sess
+	var oldLn *listener
+	if ln != nil {
+		oldLn = v.ln.Swap(&listener{ln})
+	}
 	v.mu.Unlock()
+	if oldLn != nil {
+		oldLn.Close() // its accept loop turns to the new one
+	}
 	what := linkChange(*old, s)
 	v.log.Info("replicate: link settings changed; reconnecting", "changes", what)
 	if l == nil {
@@ -107,6 +137,12 @@ func linkChange(a, b LinkSettings) string {
 		out = append(out, "TLS off")
 	case a.TLS != b.TLS:
 		out = append(out, "new TLS certificates")
+	}
+	if a.Listen != b.Listen {
+		out = append(out, "listen "+a.Listen+" to "+b.Listen)
+	}
+	if a.PeerAddress != b.PeerAddress {
+		out = append(out, "peer address "+a.PeerAddress+" to "+b.PeerAddress)
 	}
 	return strings.Join(out, ", ")
 }

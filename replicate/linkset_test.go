@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -201,4 +202,54 @@ func TestSetLinkUnderLoad(t *testing.T) {
 	p.waitConnected(20 * time.Second)
 	p.identical()
 	t.Logf("%d writes over %d setting changes", ld.writes.Load(), len(steps))
+}
+
+// The link moves to new addresses while the volume runs: alpha's new
+// listen address is bound before anything changes and its old one is
+// closed; with alpha dialing nowhere, only beta dialing the new address
+// can bring the session back, and it does; the writes of the gap are
+// resynced. A listen address in use is refused and changes nothing.
+func TestSetLinkAddresses(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	before := p.a.v.Status().Session
+	busy := listen(t, "127.0.0.1:0")
+	defer busy.Close()
+	if changed, err := p.a.v.SetLink(ctx, LinkSettings{Listen: busy.Addr().String()}); err == nil || changed || !strings.Contains(err.Error(), "nothing was changed") {
+		t.Fatalf("SetLink to a listen address in use: changed %v, %v", changed, err)
+	}
+	if s := p.a.v.Status(); s.Session != before || s.Conn != Connected {
+		t.Fatalf("the refused address changed something: %+v", s)
+	}
+	free := listen(t, "127.0.0.1:0")
+	newAddr := free.Addr().String()
+	free.Close()
+	nowhere := listen(t, "127.0.0.1:0")
+	nowhereAddr := nowhere.Addr().String()
+	nowhere.Close()
+	if _, err := p.b.v.SetLink(ctx, LinkSettings{PeerAddress: newAddr}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.a.v.SetLink(ctx, LinkSettings{Listen: newAddr, PeerAddress: nowhereAddr}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := p.a.v.WriteAt(ctx, block(byte(i), int64(i)*4096, 1), int64(i)*4096, false); err != nil {
+			t.Fatalf("write while the link moves: %v", err)
+		}
+	}
+	waitFor(t, 10*time.Second, "a session over the new address, in sync", func() bool {
+		s := p.a.v.Status()
+		return s.Conn == Connected && s.Session > before && s.OutOfSync == 0
+	})
+	if c, err := net.DialTimeout("tcp", p.a.addr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("alpha's old listen address %s still accepts", p.a.addr)
+	}
+	if s := p.a.v.Status(); s.Protocol != "C" {
+		t.Fatalf("the other settings moved: %+v", s)
+	}
+	p.identical()
 }

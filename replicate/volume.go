@@ -53,7 +53,8 @@ type Volume struct {
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
-	ln     net.Listener
+	ln     atomic.Pointer[listener] // SetLink replaces it for a new Listen
+	lsMu   sync.Mutex               // serialises SetLink
 	wg     sync.WaitGroup
 	kick   chan struct{} // wakes the dialer
 
@@ -186,7 +187,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	}
 	v.disk.Store(&localDisk{data: cfg.Data, meta: meta, bm: meta.Bitmap(), size: sb.DataSize})
 	v.tune.Store(&Tunables{Resync: cfg.Resync, SplitBrain: cfg.SplitBrain, Timing: LinkTiming{cfg.PingInterval, cfg.PingTimeout, cfg.AckTimeout}})
-	v.linkset.Store(&LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS})
+	v.linkset.Store(&LinkSettings{Protocol: cfg.Protocol, Compression: cfg.Compression, TLS: cfg.TLS, Listen: cfg.Listen, PeerAddress: cfg.PeerAddress})
 	v.epoch.Store(sb.Epoch)
 	meta.SetDataSync(v.syncData)
 	// A primary that went down without Close may have written what it
@@ -204,7 +205,12 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 			return fail(fmt.Errorf("replicate: %s: listening for the peer: %w", cfg.Resource, err))
 		}
 	}
-	v.ln = ln
+	v.ln.Store(&listener{ln})
+	if cfg.Listen == "" { // a listener given (tests): its address
+		ls := *v.linkset.Load()
+		ls.Listen = ln.Addr().String()
+		v.linkset.Store(&ls)
+	}
 	v.ctx, v.cancel = context.WithCancel(context.Background())
 	v.wg.Add(2)
 	go v.acceptLoop()
@@ -267,6 +273,9 @@ func eio(what string, err error) error {
 
 // localDisk is a volume's local replica: the data area, its metadata and
 // the metadata's bitmap, which always belong together.
+// listener holds the link's listener, which SetLink may replace.
+type listener struct{ net.Listener }
+
 type localDisk struct {
 	data nbd.Device
 	meta *md.Meta
@@ -1328,7 +1337,7 @@ func (v *Volume) Close(ctx context.Context) error {
 	l := v.sess
 	v.mu.Unlock()
 	v.cancel()
-	_ = v.ln.Close()
+	_ = v.ln.Load().Close()
 	if l != nil {
 		l.end("closing", true)
 		<-l.done
