@@ -1,6 +1,8 @@
 package e2e_test
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,4 +181,48 @@ func TestAdjustChangesClusterPoliciesLive(t *testing.T) {
 	if _, stderr, err := p.tandemErr("beta", "adjust"); err == nil || !strings.Contains(stderr, "ALExtents") {
 		t.Fatalf("adjust with al-extents: %v\n%s", err, stderr)
 	}
+}
+
+// The replication link moves to new ports under two real daemons: the
+// file edited, alpha adjusts (it listens on its new port at once and
+// closes the old one; beta, not adjusted yet, cannot reach it) and
+// writes on alone, then beta adjusts; they connect over the new ports,
+// the gap resyncs, and the replicas are identical.
+func TestAdjustMovesTheLink(t *testing.T) {
+	testenv.RequireTool(t, "qemu-io")
+	p := newPair(t, pairOptions{size: 16 * mib})
+	p.initialSync()
+	before := p.status("alpha")
+	res := p.cfg.Resource("r0")
+	oldA, oldB := res.Replica("alpha").Address, res.Replica("beta").Address
+	newA, newB := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	b, err := os.ReadFile(p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(b), "address: "+oldA+"\n", "address: "+newA+"\n", 1)
+	s = strings.Replace(s, "address: "+oldB+"\n", "address: "+newB+"\n", 1)
+	if s == string(b) {
+		t.Fatal("the replicas' addresses are not in the file")
+	}
+	writeFile(t, p.path, s, 0o644)
+	out := p.tandem("alpha", "adjust")
+	if !strings.Contains(out, "Resources[r0].Replicas[alpha].Address") || !strings.Contains(out, "Resources[r0].Replicas[beta].Address") {
+		t.Fatalf("adjust on alpha: %s", out)
+	}
+	if c, err := net.DialTimeout("tcp", oldA, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("alpha still listens on its old address %s", oldA)
+	}
+	qemuIO(t, p.uri("alpha"), "write -P 0x6a 1M 1M", "flush")
+	p.tandem("beta", "adjust")
+	st := p.waitStatus("alpha", "connected over the new ports, in sync", func(st daemon.ResourceStatus) bool {
+		return inSync(st) && st.Session > before.Session
+	})
+	if out := p.tandem("alpha", "adjust", "--dry-run"); !strings.Contains(out, "nothing to change") {
+		t.Fatalf("adjust after the move still finds changes: %s (status %+v)", out, st)
+	}
+	p.waitStatus("beta", "beta in sync", inSync)
+	p.stopBoth()
+	p.sameData()
 }

@@ -67,7 +67,9 @@ func LiveChange(path string) bool {
 		return false
 	}
 	_, field, ok := strings.Cut(rest, "].")
-	return ok && (field == "SplitBrain" || strings.HasPrefix(field, "Resync.") ||
+	// A replica's link address: the volumes move their link (SetLink).
+	replicaAddress := strings.HasPrefix(field, "Replicas[") && strings.HasSuffix(field, "].Address")
+	return ok && (field == "SplitBrain" || strings.HasPrefix(field, "Resync.") || replicaAddress ||
 		field == "Protocol" || field == "Compression" || field == "TLS" || strings.HasPrefix(field, "TLS.") || field == tlsFilesChanged ||
 		clusterPolicy(field))
 }
@@ -105,6 +107,7 @@ func (d *Daemon) linkUpdates(nc *config.Config, res *AdjustResult) ([]linkUpdate
 	for _, r := range d.resources {
 		n := nc.Resource(r.cfg.Name)
 		ls := replicate.LinkSettings{Protocol: string(n.Protocol), Compression: string(n.Compression)}
+		ls.Listen, ls.PeerAddress = linkAddresses(n, d.node.Name)
 		var sum [32]byte
 		if n.TLS != nil {
 			tc, s, err := linkTLS(n.TLS, r.peer.Node)
@@ -159,7 +162,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		if slices.ContainsFunc(restart, func(c string) bool { return strings.HasSuffix(c, ".Size") }) {
 			hint = "; a larger size is applied by tandem resize RESOURCE on the primary, not by adjust"
 		}
-		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after, ping-interval, ping-timeout, ack-timeout and resources' resync, split-brain, protocol, compression, tls, on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
+		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after, ping-interval, ping-timeout, ack-timeout and resources' resync, split-brain, protocol, compression, tls, replica addresses, on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
 			ErrNeedsRestart, strings.Join(restart, ", "), hint)
 	}
 	for _, u := range links {
@@ -236,6 +239,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 	for _, u := range links {
 		n := nc.Resource(u.r.cfg.Name)
 		u.r.cfg.Protocol, u.r.cfg.Compression, u.r.cfg.TLS = n.Protocol, n.Compression, n.TLS
+		u.r.rp.Address, u.r.peer.Address = u.ls.Listen, u.ls.PeerAddress
 		u.r.link, u.r.tlsSum = u.ls, u.sum
 	}
 	if slices.ContainsFunc(res.Changes, func(c string) bool { return strings.HasPrefix(c, "Alerts") }) {

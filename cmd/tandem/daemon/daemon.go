@@ -335,7 +335,7 @@ func (d *Daemon) openResource(ctx context.Context, r *resource) error {
 			log.Warn("resource: the adjusted settings were refused", "err", err)
 		}
 	}
-	if ls != (replicate.LinkSettings{Protocol: vcfg.Protocol, Compression: vcfg.Compression, TLS: vcfg.TLS}) {
+	if ls != (replicate.LinkSettings{Protocol: vcfg.Protocol, Compression: vcfg.Compression, TLS: vcfg.TLS, Listen: vcfg.Listen, PeerAddress: vcfg.PeerAddress}) {
 		if _, err := v.SetLink(ctx, ls); err != nil {
 			log.Warn("resource: the adjusted link settings were refused", "err", err)
 		}

@@ -19,6 +19,7 @@ import (
 func (d *Daemon) linkFor(rc *config.Resource, peer string) (replicate.LinkSettings, [32]byte, error) {
 	d.cfgMu.RLock()
 	ls := replicate.LinkSettings{Protocol: string(rc.Protocol), Compression: string(rc.Compression)}
+	ls.Listen, ls.PeerAddress = linkAddresses(rc, d.node.Name)
 	t := rc.TLS
 	d.cfgMu.RUnlock()
 	if t == nil {
@@ -30,6 +31,18 @@ func (d *Daemon) linkFor(rc *config.Resource, peer string) (replicate.LinkSettin
 	}
 	ls.TLS = tc
 	return ls, sum, nil
+}
+
+// linkAddresses are where node's replica of rc listens for the link and
+// where it dials the peer's.
+func linkAddresses(rc *config.Resource, node string) (listen, peer string) {
+	if rp := rc.Replica(node); rp != nil {
+		listen = rp.Address
+	}
+	if pr := rc.Peer(node); pr != nil {
+		peer = pr.Address
+	}
+	return listen, peer
 }
 
 // linkTLS is mutual TLS 1.3 between the two replicas: both certificates
