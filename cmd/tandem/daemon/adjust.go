@@ -74,6 +74,29 @@ func LiveChange(path string) bool {
 		clusterPolicy(field))
 }
 
+// diskPathChange says whether the change path is a replica's device or
+// meta path, of which resource, and whether the replica is this node's.
+func (d *Daemon) diskPathChange(path string) (r *resource, mine, ok bool) {
+	rest, ok := strings.CutPrefix(path, "Resources[")
+	if !ok {
+		return nil, false, false
+	}
+	name, field, ok := strings.Cut(rest, "].Replicas[")
+	if !ok {
+		return nil, false, false
+	}
+	node, f, ok := strings.Cut(field, "].")
+	if !ok || f != "Device" && f != "Meta" {
+		return nil, false, false
+	}
+	for _, r := range d.resources {
+		if r.cfg.Name == name {
+			return r, node == d.node.Name, true
+		}
+	}
+	return nil, false, false
+}
+
 // clusterPolicy: a resource's field that the cluster machine takes over
 // while it runs (cluster.Reconfigure).
 func clusterPolicy(field string) bool {
@@ -152,17 +175,46 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		return res, err
 	}
 	var restart []string
-	for _, c := range res.Changes {
-		if !LiveChange(c) {
-			restart = append(restart, c)
+	disks, held := map[*resource]bool{}, []*resource{}
+	defer func() {
+		for _, r := range held {
+			r.roleMu.Unlock()
 		}
+	}()
+	for _, c := range res.Changes {
+		if LiveChange(c) {
+			continue
+		}
+		if r, mine, ok := d.diskPathChange(c); ok {
+			// The peer's paths mean nothing here; this node's take
+			// effect at the next up, so the resource must be down (held
+			// down meanwhile: an up waits for roleMu).
+			if !mine {
+				continue
+			}
+			if disks[r] {
+				continue
+			}
+			if r.roleMu.TryLock() {
+				if r.volume() == nil {
+					disks[r] = true
+					held = append(held, r)
+					continue
+				}
+				r.roleMu.Unlock()
+			}
+		}
+		restart = append(restart, c)
 	}
 	if len(restart) > 0 {
 		hint := ""
 		if slices.ContainsFunc(restart, func(c string) bool { return strings.HasSuffix(c, ".Size") }) {
-			hint = "; a larger size is applied by tandem resize RESOURCE on the primary, not by adjust"
+			hint += "; a larger size is applied by tandem resize RESOURCE on the primary, not by adjust"
 		}
-		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after, ping-interval, ping-timeout, ack-timeout and resources' resync, split-brain, protocol, compression, tls, replica addresses, on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
+		if slices.ContainsFunc(restart, func(c string) bool { _, mine, ok := d.diskPathChange(c); return ok && mine }) {
+			hint += "; a replica's device or meta path changes while its resource is down: tandem down RESOURCE, adjust, then tandem up RESOURCE"
+		}
+		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after, ping-interval, ping-timeout, ack-timeout and resources' resync, split-brain, protocol, compression, tls, replica addresses (and device paths while down), on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
 			ErrNeedsRestart, strings.Join(restart, ", "), hint)
 	}
 	for _, u := range links {
@@ -234,6 +286,18 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 	for i := range d.cfg.Nodes {
 		if n, err := nc.Node(d.cfg.Nodes[i].Name); err == nil {
 			d.cfg.Nodes[i].Fencing = n.Fencing
+		}
+	}
+	for r := range disks {
+		n := nc.Resource(r.cfg.Name)
+		if nrp := n.Replica(d.node.Name); nrp != nil {
+			r.rp.Device, r.rp.Meta = nrp.Device, nrp.Meta
+		}
+	}
+	for _, r := range d.resources {
+		// The peer's paths are only recorded (its daemon uses them).
+		if np := nc.Resource(r.cfg.Name).Peer(d.node.Name); np != nil {
+			r.peer.Device, r.peer.Meta = np.Device, np.Meta
 		}
 	}
 	for _, u := range links {

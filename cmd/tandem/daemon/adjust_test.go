@@ -16,6 +16,7 @@ import (
 	"github.com/tandem-ha/tandem/cmd/tandem/config"
 	"github.com/tandem-ha/tandem/cmd/tandem/daemon/daemontest"
 	"github.com/tandem-ha/tandem/replicate"
+	"github.com/tandem-ha/tandem/replicate/disk"
 )
 
 // editLab rewrites the lab's file with old replaced by new.
@@ -180,5 +181,54 @@ func TestAdjustChangesFencingLive(t *testing.T) {
 	}
 	if _, err := d.fencerOf("beta"); err == nil || !strings.Contains(err.Error(), "the first manual for 9s") {
 		t.Fatalf("after the adjust: %v", err)
+	}
+}
+
+// A replica's device and meta paths change while its resource is down:
+// refused while it is up (naming down and up), applied once it is down;
+// create-md and up then use the new paths. The peer's paths are only
+// recorded.
+func TestAdjustMovesADownResourcesDisk(t *testing.T) {
+	l := newLab(t)
+	l.createMD(t, "alpha")
+	_, fs, _ := l.start(t, "alpha")
+	c := l.client("alpha")
+	ctx := t.Context()
+	newDev, newMeta := filepath.Join(l.dir, "alpha-r1-new.img"), filepath.Join(l.dir, "alpha-r1-new.md")
+	truncate(t, newDev, labSize)
+	yaml, err := os.ReadFile(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(yaml), l.dir+"/alpha-r1.img", newDev, 1)
+	edited = strings.Replace(edited, l.dir+"/alpha-r1.md", newMeta, 1)
+	edited = strings.Replace(edited, l.dir+"/beta-r1.md", l.dir+"/beta-r1-new.md", 1)
+	write(t, l.cfg.Path, edited, 0o644)
+	if _, err := c.Adjust(ctx, false); !errors.Is(err, ErrNeedsRestart) || !strings.Contains(err.Error(), "tandem down RESOURCE, adjust, then tandem up") {
+		t.Fatalf("adjust of an up resource's device: %v, want needs_restart naming down and up", err)
+	}
+	if err := c.Down(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Adjust(ctx, false)
+	if err != nil || !res.Applied || !slices.Contains(res.Changes, "Resources[r1].Replicas[alpha].Device") ||
+		!slices.Contains(res.Changes, "Resources[r1].Replicas[beta].Meta") {
+		t.Fatalf("adjust of a down resource's device: %+v %v", res, err)
+	}
+	nc, err := config.Load(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CreateMetadata(nc, nc.Resource("r1"), "alpha", CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Up(ctx, "r1"); err != nil {
+		t.Fatalf("up on the new paths: %v", err)
+	}
+	if f, ok := fs.Get("r1").Cfg.Meta.(*disk.File); !ok || f.Path() != newMeta {
+		t.Fatalf("r1 opened metadata %T %v, want %s", fs.Get("r1").Cfg.Meta, fs.Get("r1").Cfg.Meta, newMeta)
+	}
+	if res, err := c.Adjust(ctx, true); err != nil || len(res.Changes) != 0 {
+		t.Fatalf("adjust after the move: %+v %v, want nothing to change", res, err)
 	}
 }
