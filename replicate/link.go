@@ -1136,10 +1136,19 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		}
 	}
 	var standalone bool = true
+	growHere, growThere := growsAtSetup(local, peer, l.c.PeerHas(wire.FeatureResize))
+	if (growHere || growThere) && d == InSync {
+		// Same histories, but what the grown devices hold past the old
+		// end differs: the primary resyncs it.
+		d = TargetBitmap
+		if growThere {
+			d = SourceBitmap
+		}
+	}
 	switch {
 	case peer.Gran != local.Gran:
 		refuse("the peer's bitmap granularity is %d, this node's %d", peer.Gran, local.Gran)
-	case peer.Size != local.Size:
+	case peer.Size != local.Size && !growThere && !growHere:
 		// The smaller side waits for the admin's resize; the larger
 		// goes on connecting until it is done.
 		standalone = peer.Size > local.Size
@@ -1158,6 +1167,13 @@ func (l *link) setup(first *wire.Frame) (Sync, error) {
 		refuse("this node is primary but would be the sync target (its data is older than the peer's); demote it")
 	case peer.Role == Primary && d.IsSource():
 		refuse("the peer is primary but would be the sync target")
+	}
+	if growHere && why == "" {
+		if err := v.growToPeer(peer.Size); err != nil {
+			// The primary goes on connecting; this node waits for its
+			// admin.
+			refuse("the primary's data area is %d bytes, this node's %d, and this node cannot grow to it: %v; fix that, then tandem connect %s", peer.Size, local.Size, err, errRetry)
+		}
 	}
 	if why != "" && (d != SplitBrain && d != Unrelated && d != NeedAdmin) {
 		d = NeedAdmin

@@ -65,6 +65,19 @@ func (t GrowTarget) release() {
 	}
 }
 
+// ResizeOptions qualify Resize.
+type ResizeOptions struct {
+	// AssumeClean: both devices hold the same bytes in the new range, so
+	// it is not resynced (DRBD's --assume-clean).
+	AssumeClean bool
+	// AssumePeerHasSpace: with no session (the peer down or
+	// disconnected), grow this node alone; the peer grows when it next
+	// connects, if its file says the same size and its device holds it
+	// (else it stays StandAlone saying why). The new range is resynced
+	// then. DRBD's --assume-peer-has-space.
+	AssumePeerHasSpace bool
+}
+
 // Resize grows the volume to size bytes on both replicas: run on the
 // primary, connected to an UpToDate peer that announces
 // wire.FeatureResize, with no resync or verify running. On a node (either
@@ -73,7 +86,8 @@ func (t GrowTarget) release() {
 // Config.Grow must give a disk of that size. The new range is resynced
 // to the peer unless assumeClean. Resize to the current size does
 // nothing; a smaller one is refused (shrinking is not supported).
-func (v *Volume) Resize(ctx context.Context, size int64, assumeClean bool) error {
+func (v *Volume) Resize(ctx context.Context, size int64, opts ResizeOptions) error {
+	assumeClean := opts.AssumeClean
 	if v.closed.Load() {
 		return ErrClosed
 	}
@@ -101,7 +115,13 @@ func (v *Volume) Resize(ctx context.Context, size int64, assumeClean bool) error
 	}
 	defer v.resizing.Store(false)
 	if alone {
-		return v.growAlone(ctx, size)
+		return v.growAlone(ctx, size, true)
+	}
+	v.mu.Lock()
+	noSession := v.sess == nil || !v.sess.active.Load()
+	v.mu.Unlock()
+	if noSession && opts.AssumePeerHasSpace && v.primary.Load() {
+		return v.growAlone(ctx, size, false)
 	}
 	l, err := v.resizeLink()
 	if err != nil {
@@ -180,11 +200,12 @@ func (v *Volume) sizeMismatch(peer, local int64) string {
 	return fmt.Sprintf("the peer's data area is %d bytes, this node's %d: the peer missed the end of a resize (the link dropped); run the resize again on the peer (tandem resize there grows it alone to this node's size)", peer, local)
 }
 
-// growAlone finishes a resize that the peer finished and this node
-// missed: with the peer refused at the last setup for having exactly
-// size bytes, this node grows alone (the new range out of sync, so the
-// next session resyncs it) and connects again.
-func (v *Volume) growAlone(ctx context.Context, size int64) error {
+// growAlone grows this node without its peer (the new range out of sync,
+// so the next session resyncs it): to finish a resize that the peer
+// finished and this node missed (the peer refused at the last setup for
+// having exactly size bytes; then it connects again), or, with
+// AssumePeerHasSpace, ahead of a peer that grows when it connects.
+func (v *Volume) growAlone(ctx context.Context, size int64, connect bool) error {
 	res := v.cfg.Resource
 	tgt, err := v.cfg.Grow(ctx, size)
 	if err != nil {
@@ -209,8 +230,12 @@ func (v *Volume) growAlone(ctx context.Context, size int64) error {
 		return fmt.Errorf("replicate: %s: resize: %w", res, v.diskFailed("growing the metadata", err))
 	}
 	v.peerSize.Store(0)
-	v.log.Info("replicate: resized alone to the peer's size; connecting", "to", size)
 	v.announce()
+	if !connect {
+		v.log.Info("replicate: resized alone; the peer grows when it connects", "to", size)
+		return nil
+	}
+	v.log.Info("replicate: resized alone to the peer's size; connecting", "to", size)
 	return v.Connect(ctx)
 }
 
@@ -328,4 +353,42 @@ func (l *link) sendOrdered(f wire.Frame, need wire.MsgType) (*waiter, bool) {
 		l.flush()
 	}
 	return w, ok
+}
+
+// growsAtSetup says whether a setup mends a size difference itself: a
+// secondary smaller than its primary grows to it (growHere on the
+// secondary, growThere on the primary), as after a resize the secondary
+// missed (Resize with AssumePeerHasSpace, or the secondary down). Both
+// sides compute it from the two Hellos, so they agree.
+func growsAtSetup(local, peer peerState, peerCanResize bool) (growHere, growThere bool) {
+	if local.Gran != peer.Gran || !peerCanResize {
+		return false, false
+	}
+	growHere = local.Role != Primary && peer.Role == Primary && peer.Size > local.Size
+	growThere = local.Role == Primary && peer.Role != Primary && peer.Size < local.Size
+	return growHere, growThere
+}
+
+// growToPeer (secondary, in a setup: ioMu held) grows this replica to the
+// primary's size, the new range out of sync.
+func (v *Volume) growToPeer(size int64) error {
+	if v.cfg.Grow == nil {
+		return fmt.Errorf("%w: this volume has no way to grow its disk", ErrResizeRefused)
+	}
+	if v.failed.Load() {
+		return fmt.Errorf("%w: this node's disk failed", ErrResizeRefused)
+	}
+	tgt, err := v.cfg.Grow(v.ctx, size)
+	if err != nil {
+		return err
+	}
+	if tgt.Data.Size() < size {
+		tgt.release()
+		return fmt.Errorf("%w: the grown data area has %d bytes, not %d", ErrResizeRefused, tgt.Data.Size(), size)
+	}
+	if err := v.growLocal(tgt, size, false); err != nil {
+		return v.diskFailed("growing the metadata", err)
+	}
+	v.log.Info("replicate: grown to the primary's size at connect", "to", size)
+	return nil
 }

@@ -58,7 +58,7 @@ func TestResizeGrowsBoth(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if err := p.a.v.Resize(ctx, grown, clean); err != nil {
+			if err := p.a.v.Resize(ctx, grown, ResizeOptions{AssumeClean: clean}); err != nil {
 				t.Fatal(err)
 			}
 			if a, b := p.a.v.Size(), p.b.v.Size(); a != grown || b != grown {
@@ -104,20 +104,20 @@ func TestResizeRefused(t *testing.T) {
 	ctx := context.Background()
 	const old = 8 << 20
 	growable(p.a)
-	if err := p.b.v.Resize(ctx, 16<<20, false); !errors.Is(err, ErrNotPrimary) {
+	if err := p.b.v.Resize(ctx, 16<<20, ResizeOptions{}); !errors.Is(err, ErrNotPrimary) {
 		t.Fatalf("resize on the secondary: %v, want ErrNotPrimary", err)
 	}
-	if err := p.a.v.Resize(ctx, 4<<20, false); !errors.Is(err, ErrResizeRefused) {
+	if err := p.a.v.Resize(ctx, 4<<20, ResizeOptions{}); !errors.Is(err, ErrResizeRefused) {
 		t.Fatalf("shrink: %v, want ErrResizeRefused", err)
 	}
-	if err := p.a.v.Resize(ctx, 16<<20+512, false); !errors.Is(err, ErrResizeRefused) {
+	if err := p.a.v.Resize(ctx, 16<<20+512, ResizeOptions{}); !errors.Is(err, ErrResizeRefused) {
 		t.Fatalf("unaligned: %v, want ErrResizeRefused", err)
 	}
-	if err := p.a.v.Resize(ctx, old, false); err != nil {
+	if err := p.a.v.Resize(ctx, old, ResizeOptions{}); err != nil {
 		t.Fatalf("resize to the size it has: %v, want nothing to do", err)
 	}
 	// beta has no room (its hook refuses).
-	if err := p.a.v.Resize(ctx, 16<<20, false); !errors.Is(err, ErrResizeRefused) {
+	if err := p.a.v.Resize(ctx, 16<<20, ResizeOptions{}); !errors.Is(err, ErrResizeRefused) {
 		t.Fatalf("resize the peer cannot follow: %v, want ErrResizeRefused", err)
 	} else if !bytes.Contains([]byte(err.Error()), []byte("no grow hook")) {
 		t.Fatalf("the refusal does not say the peer's reason: %v", err)
@@ -134,7 +134,7 @@ func TestResizeRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	growable(p.b)
-	if err := p.a.v.Resize(ctx, 16<<20, false); !errors.Is(err, ErrNotConnected) {
+	if err := p.a.v.Resize(ctx, 16<<20, ResizeOptions{}); !errors.Is(err, ErrNotConnected) {
 		t.Fatalf("resize without the peer: %v, want ErrNotConnected", err)
 	}
 	if s := p.a.v.Status(); s.Size != old {
@@ -166,7 +166,7 @@ func TestResizeAnswerLost(t *testing.T) {
 		return tgt, err
 	}
 	p.b.grow.Store(&cut)
-	if err := p.a.v.Resize(ctx, grown, false); err == nil {
+	if err := p.a.v.Resize(ctx, grown, ResizeOptions{}); err == nil {
 		t.Fatal("resize whose answer was lost: no error")
 	}
 	if a, b := p.a.v.Size(), p.b.v.Size(); a != old || b != grown {
@@ -182,7 +182,7 @@ func TestResizeAnswerLost(t *testing.T) {
 	if err := p.a.v.WriteAt(ctx, block('d', 4096, 1), 4096, false); err != nil {
 		t.Fatalf("alpha's write while apart: %v", err)
 	}
-	if err := p.a.v.Resize(ctx, grown, false); err != nil {
+	if err := p.a.v.Resize(ctx, grown, ResizeOptions{}); err != nil {
 		t.Fatalf("the resize run again: %v", err)
 	}
 	if err := p.a.v.WriteAt(ctx, block('e', grown-4096, 1), grown-4096, false); err != nil {
@@ -205,10 +205,55 @@ func TestResizeOldPeer(t *testing.T) {
 	mustPromote(t, p.a, false)
 	growable(p.a)
 	growable(p.b)
-	if err := p.a.v.Resize(context.Background(), 16<<20, false); !errors.Is(err, ErrNotConnected) || !strings.Contains(err.Error(), "predates") {
+	if err := p.a.v.Resize(context.Background(), 16<<20, ResizeOptions{}); !errors.Is(err, ErrNotConnected) || !strings.Contains(err.Error(), "predates") {
 		t.Fatalf("resize with an old peer: %v, want refused naming it", err)
 	}
 	if a, b := p.a.v.Size(), p.b.v.Size(); a != 8<<20 || b != 8<<20 {
 		t.Fatalf("sizes after the refusal: %d, %d", a, b)
+	}
+}
+
+// With the peer down, a resize is refused unless the peer is assumed to
+// have the space: the primary grows alone and writes past the old end;
+// the peer, back, grows at connect (after its hook first refused: it
+// stays StandAlone saying why while the primary goes on connecting) and
+// the new range resyncs.
+func TestResizePeerAway(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	const grown = 16 << 20
+	growable(p.a)
+	p.b.kill(false, 0)
+	waitFor(t, 10*time.Second, "alpha without beta", func() bool { return p.a.v.Status().Conn != Connected })
+	if err := p.a.v.Resize(ctx, grown, ResizeOptions{}); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("resize with the peer down: %v, want ErrNotConnected", err)
+	}
+	if err := p.a.v.Resize(ctx, grown, ResizeOptions{AssumePeerHasSpace: true}); err != nil {
+		t.Fatalf("resize assuming the peer has space: %v", err)
+	}
+	if err := p.a.v.WriteAt(ctx, block('p', grown-8192, 2), grown-8192, false); err != nil {
+		t.Fatalf("write past the old end: %v", err)
+	}
+	// beta back without a way to grow (its hook refuses).
+	p.b.restart()
+	waitFor(t, 10*time.Second, "beta StandAlone, saying why", func() bool {
+		s := p.b.v.Status()
+		return s.Conn == StandAlone && strings.Contains(s.Reason, "cannot grow")
+	})
+	if s := p.a.v.Status(); s.Conn == StandAlone {
+		t.Fatalf("alpha gave up connecting: %+v", s)
+	}
+	growable(p.b)
+	if err := p.b.v.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "beta grown and in sync", func() bool {
+		a, b := p.a.v.Status(), p.b.v.Status()
+		return a.Conn == Connected && a.OutOfSync == 0 && b.Disk == UpToDate && b.Size == grown
+	})
+	if !bytes.Equal(p.a.data.Bytes(), p.b.data.Bytes()) {
+		t.Fatal("the replicas differ")
 	}
 }
