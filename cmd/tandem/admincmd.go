@@ -291,9 +291,9 @@ disk).`,
 }
 
 func newResizeCmd(a *app) *cobra.Command {
-	var clean bool
+	var clean, alone bool
 	return newDoneCmd(a, doneCmd{
-		use:   "resize RESOURCE [--assume-clean]",
+		use:   "resize RESOURCE [--assume-clean] [--assume-peer-has-space]",
 		short: "Grow a resource online to the size its configuration now says",
 		long: `Grow RESOURCE on both replicas without stopping it (DRBD's resize; grow
 only). First make both nodes' devices larger (lvextend, truncate: with
@@ -304,14 +304,19 @@ daemon reads the file for the new size, the peer's daemon checks its own
 file says the same and grows first, then this node; I/O waits for the
 moment of the switch. The new range is resynced to the peer (it shows in
 tandem status), unless --assume-clean says both devices hold the same
-bytes there (both zeroed). NBD clients connected before keep the old
-size until they reconnect. Resizing to the current size does nothing.`,
+bytes there (both zeroed). With the peer down or disconnected it is
+refused, unless --assume-peer-has-space: this node grows alone and the
+peer grows when it connects (its file must say the same size and its
+device hold it, or it stays StandAlone saying why), then the new range
+resyncs. NBD clients connected before keep the old size until they
+reconnect. Resizing to the current size does nothing.`,
 		example: "  lvextend -L +10G vg/r0   # on both nodes, and size: in tandem.yaml on both\n  tandem resize r0",
 		flags: func(cmd *cobra.Command) {
 			cmd.Flags().BoolVar(&clean, "assume-clean", false, "do not resync the new range: both devices hold the same bytes there")
+			cmd.Flags().BoolVar(&alone, "assume-peer-has-space", false, "with the peer not connected, grow this node alone; the peer grows when it connects")
 		},
 		call: func(ctx context.Context, c *daemon.Client, res string) error {
-			_, err := c.Resize(ctx, res, clean)
+			_, err := c.Resize(ctx, res, daemon.ResizeRequest{AssumeClean: clean, AssumePeerHasSpace: alone})
 			return err
 		},
 		done: "%[1]s: grown to the configured size (tandem status %[1]s shows the resync of the new range)",

@@ -38,19 +38,7 @@ func TestResizeRealDaemons(t *testing.T) {
 	if _, stderr, err := p.tandemErr("alpha", "resize", "r0"); err == nil || !strings.Contains(stderr, "too small for size") {
 		t.Fatalf("resize before the devices grew: %v %s, want refused", err, stderr)
 	}
-	cfg, err := config.Load(p.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	layout, err := daemon.Layout(cfg.Resource("r0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{"alpha", "beta"} {
-		if err := os.Truncate(p.nodes[n].device, grown+layout.MetaSize()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	growDevices(t, p, grown)
 	if _, stderr, err := p.tandemErr("beta", "resize", "r0"); err == nil || !strings.Contains(stderr, "not_primary") && !strings.Contains(stderr, "Primary") {
 		t.Fatalf("resize on beta: %v %s, want refused (the primary grows both)", err, stderr)
 	}
@@ -89,4 +77,71 @@ func TestResizeRealDaemons(t *testing.T) {
 		t.Fatalf("a full sync after restarting the grown pair: %+v", st.LastResync)
 	}
 	p.stopBoth()
+}
+
+// The secondary's daemon is stopped during the resize: refused without
+// --assume-peer-has-space, with it alpha grows alone and serves the new
+// size. beta starts again with its old file and refuses to grow (its file
+// says the old size: StandAlone, saying so); its file and device grown,
+// tandem connect grows it at the setup and the new range resyncs.
+func TestResizePeerAwayRealDaemons(t *testing.T) {
+	testenv.RequireTool(t, "qemu-io")
+	const old, grown = 16 * mib, 40 * mib
+	p := newPair(t, pairOptions{size: old})
+	p.initialSync()
+	qemuIO(t, p.uri("alpha"), "write -P 0x51 0 1M", "flush")
+	betaPath := p.path + ".beta"
+	yaml, err := os.ReadFile(p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, betaPath, string(yaml), 0o644)
+	p.nodes["beta"].cfgPath = betaPath
+	p.stop("beta")
+
+	grownYAML := strings.Replace(string(yaml), fmt.Sprintf("size: %d\n", old), fmt.Sprintf("size: %d\n", grown), 1)
+	writeFile(t, p.path, grownYAML, 0o644)
+	growDevices(t, p, grown)
+	if _, stderr, err := p.tandemErr("alpha", "resize", "r0"); err == nil || !strings.Contains(stderr, "not_connected") && !strings.Contains(stderr, "connect the peer first") {
+		t.Fatalf("resize with beta down: %v %s, want refused", err, stderr)
+	}
+	p.tandem("alpha", "resize", "r0", "--assume-peer-has-space")
+	if st := p.status("alpha"); st.Size != grown {
+		t.Fatalf("alpha's size: %d", st.Size)
+	}
+	qemuIO(t, p.uri("alpha"), "write -P 0x52 30M 1M", "flush")
+
+	p.start("beta") // its file still says the old size
+	p.waitStatus("beta", "beta StandAlone, saying it cannot grow", func(st daemon.ResourceStatus) bool {
+		return st.Conn == "StandAlone" && strings.Contains(st.Reason, "cannot grow")
+	})
+	writeFile(t, betaPath, grownYAML, 0o644)
+	p.tandem("beta", "connect", "r0")
+	p.waitStatus("alpha", "alpha in sync at the new size", func(st daemon.ResourceStatus) bool { return inSync(st) && st.Size == grown })
+	p.waitStatus("beta", "beta grown and in sync", func(st daemon.ResourceStatus) bool { return inSync(st) && st.Size == grown })
+	p.stopBoth()
+	p.size = grown
+	p.sameData()
+	if !bytes.Equal(p.fileRange("beta", 30*mib, mib), bytes.Repeat([]byte{0x52}, mib)) {
+		t.Fatal("beta lacks the write made past the old end while it was away")
+	}
+}
+
+// growDevices makes both replicas' devices hold size bytes of data and
+// their internal metadata (p.path must say that size already).
+func growDevices(t *testing.T, p *pair, size int64) {
+	t.Helper()
+	cfg, err := config.Load(p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout, err := daemon.Layout(cfg.Resource("r0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"alpha", "beta"} {
+		if err := os.Truncate(p.nodes[n].device, size+layout.MetaSize()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -66,7 +66,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/resources/{name}/resize", func(w http.ResponseWriter, req *http.Request) {
 		var body ResizeRequest
 		d.op(w, req, &body, func(ctx context.Context, r *resource, v Volume) (any, error) {
-			return d.resize(ctx, r, body.AssumeClean) // resize.go
+			return d.resize(ctx, r, replicate.ResizeOptions{AssumeClean: body.AssumeClean, AssumePeerHasSpace: body.AssumePeerHasSpace}) // resize.go
 		})
 	})
 	// up and down reach a resource whatever its state (lifecycle.go).

@@ -125,6 +125,9 @@ type ResizeRequest struct {
 	// AssumeClean: both grown devices hold the same bytes in the new
 	// range (e.g. both zeroed), so it is not resynced.
 	AssumeClean bool `json:"assume_clean"`
+	// AssumePeerHasSpace: with the peer not connected, grow this node
+	// alone; the peer grows when it connects.
+	AssumePeerHasSpace bool `json:"assume_peer_has_space"`
 }
 
 // ResizeResult is the reply of resize.

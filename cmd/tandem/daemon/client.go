@@ -138,9 +138,9 @@ func (c *Client) AttachDisk(ctx context.Context, resource string, force bool) er
 }
 
 // Resize grows the resource to the size its configuration file says now.
-func (c *Client) Resize(ctx context.Context, resource string, assumeClean bool) (ResizeResult, error) {
+func (c *Client) Resize(ctx context.Context, resource string, req ResizeRequest) (ResizeResult, error) {
 	var out ResizeResult
-	err := c.do(ctx, http.MethodPost, opPath(resource, "resize"), ResizeRequest{AssumeClean: assumeClean}, &out)
+	err := c.do(ctx, http.MethodPost, opPath(resource, "resize"), req, &out)
 	return out, err
 }
 

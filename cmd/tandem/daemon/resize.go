@@ -19,7 +19,7 @@ import (
 // device (growHook), grows there, then here, and resyncs the new range.
 
 // resize is POST /v1/resources/NAME/resize.
-func (d *Daemon) resize(ctx context.Context, r *resource, assumeClean bool) (ResizeResult, error) {
+func (d *Daemon) resize(ctx context.Context, r *resource, opts replicate.ResizeOptions) (ResizeResult, error) {
 	r.roleMu.Lock()
 	defer r.roleMu.Unlock()
 	v, err := r.upVolume()
@@ -31,7 +31,7 @@ func (d *Daemon) resize(ctx context.Context, r *resource, assumeClean bool) (Res
 		return ResizeResult{}, err
 	}
 	res := ResizeResult{From: v.Size(), To: n.Size}
-	if err := v.Resize(ctx, n.Size, assumeClean); err != nil {
+	if err := v.Resize(ctx, n.Size, opts); err != nil {
 		return res, fmt.Errorf("%s: resize: %w", r.cfg.Name, err)
 	}
 	if res.From != res.To {

@@ -27,7 +27,7 @@ type Volume interface {
 	PeerFenced(ctx context.Context) error
 	// AttachCheck and Attach replace a failed disk (attachdisk.go).
 	AttachCheck() error
-	Resize(ctx context.Context, size int64, assumeClean bool) error
+	Resize(ctx context.Context, size int64, opts replicate.ResizeOptions) error
 	Attach(ctx context.Context, data nbd.Device, meta disk.Disk) error
 	Close(ctx context.Context) error
 }

@@ -139,7 +139,7 @@ func (f *Volume) AttachCheck() error {
 }
 
 // Resize records the call; the memory device keeps its size.
-func (f *Volume) Resize(ctx context.Context, size int64, assumeClean bool) error {
+func (f *Volume) Resize(ctx context.Context, size int64, opts replicate.ResizeOptions) error {
 	return f.call("resize")
 }
 
