@@ -1062,3 +1062,39 @@ func TestResyncPausedByTheTarget(t *testing.T) {
 	p.waitConnected(20 * time.Second)
 	p.identical()
 }
+
+// An admin outdates a disconnected secondary: it is not promoted without
+// force; connected again with nothing changed, it is UpToDate. Refused
+// on the primary and on a secondary connected to it.
+func TestOutdateByHand(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	ctx := context.Background()
+	if err := p.a.v.Outdate(ctx); !errors.Is(err, ErrIsPrimary) {
+		t.Fatalf("outdate on the primary: %v, want ErrIsPrimary", err)
+	}
+	waitFor(t, 5*time.Second, "beta sees alpha Primary", func() bool { return p.b.v.Status().PeerRole == Primary })
+	if err := p.b.v.Outdate(ctx); !errors.Is(err, ErrBusy) {
+		t.Fatalf("outdate on a secondary connected to the primary: %v, want ErrBusy", err)
+	}
+	if err := p.b.v.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.v.Outdate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.b.v.Status(); s.Disk != Outdated {
+		t.Fatalf("after outdate: %s", s.Disk)
+	}
+	if _, err := p.b.v.Promote(ctx, false); !errors.Is(err, ErrNotUpToDate) {
+		t.Fatalf("promote of the outdated secondary: %v, want ErrNotUpToDate", err)
+	}
+	if err := p.b.v.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "beta UpToDate again", func() bool {
+		s := p.b.v.Status()
+		return s.Conn == Connected && s.Disk == UpToDate
+	})
+}

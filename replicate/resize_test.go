@@ -257,3 +257,49 @@ func TestResizePeerAway(t *testing.T) {
 		t.Fatal("the replicas differ")
 	}
 }
+
+func synced(s Status) bool {
+	return s.Conn == Connected && s.Resync == nil && !s.SyncPaused && s.OutOfSync == 0
+}
+
+// Two resizes while writers keep going, some of them past each old end
+// as soon as the volume has grown: no write fails, and the replicas end
+// identical at the last size.
+func TestResizeUnderLoad(t *testing.T) {
+	p := newPair(t, pairOpts{blank: true})
+	p.waitConnected(10 * time.Second)
+	mustPromote(t, p.a, false)
+	growable(p.a)
+	growable(p.b)
+	errc := make(chan error, 1)
+	go func() {
+		ctx := context.Background()
+		for _, size := range []int64{16 << 20, 32 << 20} {
+			time.Sleep(30 * time.Millisecond)
+			if err := p.a.v.Resize(ctx, size, ResizeOptions{}); err != nil {
+				errc <- err
+				return
+			}
+			for deadline := time.Now().Add(20 * time.Second); !synced(p.a.v.Status()); time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					errc <- errors.New("the grown range did not sync")
+					return
+				}
+			}
+		}
+		errc <- nil
+	}()
+	workload(t, p.a.v, 4, 3000, 7)
+	if err := <-errc; err != nil {
+		t.Fatalf("resize under load: %v", err)
+	}
+	// Writes landed past 16 MiB: the last resize came while they ran.
+	if bytes.Count(p.a.data.Bytes()[16<<20:], []byte{0}) == 16<<20 {
+		t.Fatal("no write past 16 MiB: the workload ended before the last resize")
+	}
+	waitFor(t, 20*time.Second, "in sync at 32 MiB", func() bool {
+		a, b := p.a.v.Status(), p.b.v.Status()
+		return a.Conn == Connected && a.OutOfSync == 0 && b.Disk == UpToDate && b.Size == 32<<20
+	})
+	p.identical()
+}

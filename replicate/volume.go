@@ -1149,14 +1149,27 @@ func (v *Volume) Demote(ctx context.Context) error {
 	return nil
 }
 
-// Outdate marks the local data Outdated (the cluster layer does it when
-// the authority record says the peer wrote without this node). Refused on
-// the primary.
+// Outdate marks the local data Outdated (DRBD's outdate): it is not
+// promoted without force until a session with the peer says it is
+// current again. Refused on the primary, and while connected to a
+// primary (whose writes keep it current); Inconsistent data stays so.
 func (v *Volume) Outdate(ctx context.Context) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
 	v.ioMu.Lock()
 	defer v.ioMu.Unlock()
 	if v.primary.Load() {
 		return fmt.Errorf("replicate: %s: outdate: %w", v.cfg.Resource, ErrIsPrimary)
+	}
+	if v.failed.Load() {
+		return fmt.Errorf("replicate: %s: outdate: %w", v.cfg.Resource, ErrDiskFailed)
+	}
+	v.mu.Lock()
+	l, peer := v.sess, v.peer
+	v.mu.Unlock()
+	if l != nil && l.active.Load() && peer != nil && peer.Role == Primary {
+		return fmt.Errorf("replicate: %s: outdate: %w: connected to the primary, whose writes keep this replica current; disconnect first", v.cfg.Resource, ErrBusy)
 	}
 	if err := v.meta().Update(func(s *md.Superblock) {
 		if s.Flags.Has(md.Consistent) {
