@@ -370,6 +370,16 @@ generations and resync what differs.`,
 A Primary keeps serving and records its writes in the out-of-sync bitmap.`,
 			call: func(ctx context.Context, c *daemon.Client, res string) error { return c.Disconnect(ctx, res) }, done: "%s: StandAlone"}),
 		newResyncCmd(a),
+		newDoneCmd(a, doneCmd{use: "outdate RESOURCE", short: "Mark this node's replica Outdated",
+			long: `Mark this node's replica of RESOURCE Outdated (DRBD's outdate), durably: it
+is not promoted without --force until a session with the peer finds it
+current again (in sync, or after a resync). For maintenance, or a fencing
+script that keeps a node from taking over. Refused on the Primary and on a
+Secondary connected to the Primary, whose writes keep it current
+(disconnect it first); Inconsistent data stays Inconsistent.`,
+			example: "  tandem disconnect r0 && tandem outdate r0",
+			call:    func(ctx context.Context, c *daemon.Client, res string) error { return c.Outdate(ctx, res) },
+			done:    "%s: Outdated"}),
 		newDoneCmd(a, doneCmd{use: "pause-sync RESOURCE", short: "Pause the resyncs this node is the source of",
 			long: `Hold RESOURCE's resync from this node (drbdadm pause-sync): the running one
 stops before its next chunk, and a later one (another session) waits too,

@@ -203,13 +203,13 @@ func TestAdminCommands(t *testing.T) {
 	v.Refuse("connect", replicate.ErrSplitBrain)
 	fail("resolve r0 --discard-my-data", "connect", "r0")
 	for _, args := range [][]string{{"demote", "r0"}, {"disconnect", "r0"}, {"resync", "r0", "--full"}, {"resolve", "r0", "--discard-my-data"},
-		{"pause-sync", "r0"}, {"resume-sync", "r0"}, {"resize", "r0", "--assume-clean"}} {
+		{"pause-sync", "r0"}, {"resume-sync", "r0"}, {"resize", "r0", "--assume-clean"}, {"outdate", "r0"}} {
 		run(args...)
 	}
 	if out := run("demote", "r0", "--json"); strings.TrimSpace(out) != "{\n  \"ok\": true\n}" {
 		t.Errorf("demote --json: %q", out)
 	}
-	if calls := strings.Join(v.Calls(), " "); calls != "promote promote promote-force verify verify-repair verify-repair pause-sync attach-check connect demote disconnect resync-full resolve pause-sync resume-sync resize demote" {
+	if calls := strings.Join(v.Calls(), " "); calls != "promote promote promote-force verify verify-repair verify-repair pause-sync attach-check connect demote disconnect resync-full resolve pause-sync resume-sync resize outdate demote" {
 		t.Errorf("volume calls: %s", calls)
 	}
 }

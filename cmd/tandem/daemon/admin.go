@@ -29,6 +29,9 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/resources/{name}/disconnect", func(w http.ResponseWriter, req *http.Request) {
 		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.Disconnect(ctx) })
 	})
+	mux.HandleFunc("POST /v1/resources/{name}/outdate", func(w http.ResponseWriter, req *http.Request) {
+		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.Outdate(ctx) })
+	})
 	mux.HandleFunc("POST /v1/resources/{name}/peer-fenced", func(w http.ResponseWriter, req *http.Request) {
 		d.op(w, req, nil, func(ctx context.Context, r *resource, v Volume) (any, error) { return Done{true}, v.PeerFenced(ctx) })
 	})

@@ -21,6 +21,7 @@ import (
 //	POST /v1/resources/NAME/connect         {} -> Done
 //	POST /v1/resources/NAME/disconnect      {} -> Done
 //	POST /v1/resources/NAME/peer-fenced     {} -> Done (the peer is confirmed off)
+//	POST /v1/resources/NAME/outdate         {} -> Done (mark this replica Outdated)
 //	POST /v1/resources/NAME/resync          ResyncRequest -> Done
 //	POST /v1/resources/NAME/pause-sync      {} -> Done
 //	POST /v1/resources/NAME/resume-sync     {} -> Done

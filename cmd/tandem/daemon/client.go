@@ -144,6 +144,11 @@ func (c *Client) Resize(ctx context.Context, resource string, req ResizeRequest)
 	return out, err
 }
 
+// Outdate marks this node's replica Outdated.
+func (c *Client) Outdate(ctx context.Context, resource string) error {
+	return c.do(ctx, http.MethodPost, opPath(resource, "outdate"), nil, &Done{})
+}
+
 // Resolve ends a split brain, discarding this node's changes.
 func (c *Client) Resolve(ctx context.Context, resource string, discardMyData bool) error {
 	return c.do(ctx, http.MethodPost, opPath(resource, "resolve"), ResolveRequest{DiscardMyData: discardMyData}, &Done{})

@@ -25,6 +25,7 @@ type Volume interface {
 	Verify(ctx context.Context, repair bool) (replicate.VerifyReport, error)
 	Resolve(ctx context.Context, discardMyData bool) error
 	PeerFenced(ctx context.Context) error
+	Outdate(ctx context.Context) error
 	// AttachCheck and Attach replace a failed disk (attachdisk.go).
 	AttachCheck() error
 	Resize(ctx context.Context, size int64, opts replicate.ResizeOptions) error

@@ -99,6 +99,7 @@ func (f *Volume) Demote(ctx context.Context) error {
 func (f *Volume) Connect(ctx context.Context) error    { return f.call("connect") }
 func (f *Volume) Disconnect(ctx context.Context) error { return f.call("disconnect") }
 func (f *Volume) PeerFenced(ctx context.Context) error { return f.call("peer-fenced") }
+func (f *Volume) Outdate(ctx context.Context) error    { return f.call("outdate") }
 func (f *Volume) PauseSync(ctx context.Context) error  { return f.call("pause-sync") }
 
 // Tune records the settings it was given (Tuned).
