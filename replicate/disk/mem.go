@@ -80,7 +80,11 @@ func (m *Mem) hook(op string, off, n int64) error {
 }
 
 // Size is the size in bytes.
-func (m *Mem) Size() int64 { return int64(len(m.data)) }
+func (m *Mem) Size() int64 {
+	m.mu.Lock() // Grow changes it
+	defer m.mu.Unlock()
+	return int64(len(m.data))
+}
 
 // ReadAt reads what the last writes left, synced or not.
 func (m *Mem) ReadAt(p []byte, off int64) (int, error) {
