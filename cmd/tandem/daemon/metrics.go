@@ -114,6 +114,8 @@ var (
 		[]string{"resource"}, nil)
 	mEpoch = prometheus.NewDesc("tandem_resource_epoch", "The resource's epoch as this node knows it.",
 		[]string{"resource"}, nil)
+	mSize = prometheus.NewDesc("tandem_resource_size_bytes", "The resource's data area here (larger after tandem resize).",
+		[]string{"resource"}, nil)
 	mSessions = prometheus.NewDesc("tandem_resource_sessions_total", "Replication sessions established since the resource opened.",
 		[]string{"resource"}, nil)
 	mRead = prometheus.NewDesc("tandem_resource_read_bytes_total", "Bytes the application read from the resource here since it opened.",
@@ -150,7 +152,7 @@ var (
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mInfo, mUp, mRole, mDisk, mPeerDisk, mConn, mOOS, mEpoch, mSessions, mRead, mWritten, mSuspended,
+	for _, d := range []*prometheus.Desc{mInfo, mUp, mRole, mDisk, mPeerDisk, mConn, mOOS, mEpoch, mSize, mSessions, mRead, mWritten, mSuspended,
 		mServing, mSyncPaused, mResyncLeft, mResyncTotal, mResyncRate, mAlertRuns, mAlertFailures, mAlertLost, mEvents,
 		mQuorum, mMember} {
 		ch <- d
@@ -177,6 +179,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		oneOf(gauge, mConn, metricConns, rs.Conn, r)
 		gauge(mOOS, float64(rs.OutOfSync), r)
 		gauge(mEpoch, float64(rs.Epoch), r)
+		gauge(mSize, float64(rs.Size), r)
 		counter(mSessions, float64(rs.Session), r)
 		counter(mRead, float64(rs.ReadBytes), r)
 		counter(mWritten, float64(rs.WrittenBytes), r)

@@ -108,6 +108,7 @@ func TestMetricsFollowTheStatus(t *testing.T) {
 	check(fams, "tandem_resource_disk_state", map[string]string{"resource": "r0", "state": "UpToDate"}, 1)
 	check(fams, "tandem_resource_disk_state", map[string]string{"resource": "r0", "state": "Failed"}, 0)
 	check(fams, "tandem_resource_epoch", map[string]string{"resource": "r0"}, 7)
+	check(fams, "tandem_resource_size_bytes", map[string]string{"resource": "r0"}, labSize)
 	check(fams, "tandem_events_total", map[string]string{"kind": "daemon"}, 1)
 	if fams["go_goroutines"] == nil || fams["process_open_fds"] == nil {
 		t.Error("no Go or process metrics")
