@@ -75,7 +75,8 @@ func LiveChange(path string) bool {
 }
 
 // diskPathChange says whether the change path is a replica's device or
-// meta path, of which resource, and whether the replica is this node's.
+// meta path, of which resource (nil: not one this node holds), and
+// whether the replica is this node's.
 func (d *Daemon) diskPathChange(path string) (r *resource, mine, ok bool) {
 	rest, ok := strings.CutPrefix(path, "Resources[")
 	if !ok {
@@ -94,7 +95,7 @@ func (d *Daemon) diskPathChange(path string) (r *resource, mine, ok bool) {
 			return r, node == d.node.Name, true
 		}
 	}
-	return nil, false, false
+	return nil, false, true // no replica here (a witness): nothing to apply
 }
 
 // clusterPolicy: a resource's field that the cluster machine takes over
