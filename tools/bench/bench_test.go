@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"os"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
@@ -323,5 +324,31 @@ func TestParseProcStat(t *testing.T) {
 	// This process has used some CPU by now.
 	if v, err := procCPU(os.Getpid()); err != nil || v < 0 {
 		t.Errorf("procCPU(self) = %v, %v", v, err)
+	}
+}
+
+func TestIOPSLogWindows(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app_iops.1.log")
+	if err := os.WriteFile(path, []byte("100, 1000, 1, 4096, 0\n200, 3000, 1, 4096, 0\n300, 500, 1, 4096, 0\n400, 700, 1, 4096, 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := readIOPSLog(path)
+	if err != nil || len(l) != 4 {
+		t.Fatalf("readIOPSLog: %v %v", l, err)
+	}
+	if m := l.mean(100*time.Millisecond, 200*time.Millisecond); m != 2000 {
+		t.Errorf("mean of the first two: %v", m)
+	}
+	if m := l.mean(time.Second, 2*time.Second); m != 0 {
+		t.Errorf("mean of an empty window: %v", m)
+	}
+	if k := (appShareSample{Before: 1000, During: 300, After: 1000}).Kept(); k != 0.3 {
+		t.Errorf("kept %v", k)
+	}
+	if err := os.WriteFile(path, []byte("x, y\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readIOPSLog(path); err == nil {
+		t.Error("a bad line accepted")
 	}
 }

@@ -463,6 +463,8 @@ type linkResults struct {
 	// FullStreamPerGiB: the machine's busy CPU-seconds per GiB of the
 	// stream after each full sync.
 	FullStreamPerGiB []float64
+	// AppShare: what applications kept during a full sync (appshare.go).
+	AppShare []appShareSample
 }
 
 type verifyOutcome struct {
@@ -549,6 +551,22 @@ func measureLink(ctx context.Context, cfg config, repl *target, peer *netPeer, r
 			out.Bitmap, out.BitmapStream = append(out.Bitmap, s), append(out.BitmapStream, bps)
 		}
 	}
+	if err := syncAll(); err != nil {
+		return fails, err
+	}
+	a, err := measureAppShare(ctx, repl)
+	if err != nil {
+		if err := failed("applications during a full sync", err); err != nil {
+			return fails, err
+		}
+		if _, werr := repl.pair.Primary.admin.waitFor(ctx, replResource, "the pair back in sync", resyncLimit, 100*time.Millisecond, resStatus.inSync); werr != nil {
+			return fails, werr
+		}
+		return fails, nil
+	}
+	log.Info("applications during a full sync", "rep", rep+1, "iops before", fmt.Sprintf("%.0f", a.Before), "during", fmt.Sprintf("%.0f", a.During),
+		"after", fmt.Sprintf("%.0f", a.After), "kept", fmt.Sprintf("%.2f", a.Kept()), "sync s", fmt.Sprintf("%.2f", a.SyncSeconds))
+	out.AppShare = append(out.AppShare, a)
 	return fails, nil
 }
 

@@ -106,6 +106,14 @@ func replGoals(r report) []goal {
 			}
 			gs = append(gs, g)
 		}
+		g := goal{What: "4k randwrite QD32 IOPS during a full sync / before and after it (resync.app-share 0.5)", Measured: "not measured", Target: "≥ 0.50", Met: notRun}
+		if len(r.Link.AppShare) > 0 {
+			kept := median(column(r.Link.AppShare, appShareSample.Kept))
+			g.Measured = fmt.Sprintf("%.2f (%.0f / %.0f IOPS)", kept, median(column(r.Link.AppShare, func(s appShareSample) float64 { return s.During })),
+				median(column(r.Link.AppShare, func(s appShareSample) float64 { return (s.Before + s.After) / 2 })))
+			g.Met = met(kept >= 0.5)
+		}
+		gs = append(gs, g)
 	}
 	return gs
 }
@@ -213,6 +221,13 @@ func renderReplication(b *strings.Builder, r report) {
 			w("| ... the primary's own figure, `last_resync.rate_bytes_per_second` (MiB/s) | %s |\n", spread(vol, mibs))
 			w("| ... %s to both replicas in sync (s) | %s |\n", k.trigger, spread(toSync, secs))
 			w("| ... loopback TCP stream right after it, as long as the resync took (MiB/s) | %s |\n", spread(k.link, mibs))
+		}
+		if a := r.Link.AppShare; len(a) > 0 {
+			iops := func(v float64) string { return fmt.Sprintf("%.0f", v) }
+			w("| applications during a full sync (`%s`, the sync started %s into it): IOPS before the sync | %s |\n", shellJoin(appShareArgs([]string{"--ioengine=nbd", "--uri=URI"}, "LOG")), appSyncAfter, spread(column(a, func(s appShareSample) float64 { return s.Before }), iops))
+			w("| ... IOPS while the sync ran | %s |\n", spread(column(a, func(s appShareSample) float64 { return s.During }), iops))
+			w("| ... IOPS after it | %s |\n", spread(column(a, func(s appShareSample) float64 { return s.After }), iops))
+			w("| ... the full sync under that load (s) | %s |\n", spread(column(a, func(s appShareSample) float64 { return s.SyncSeconds }), secs))
 		}
 	}
 	if v := r.Verify; v != nil {
