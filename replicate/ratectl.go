@@ -16,13 +16,20 @@ const minResyncShare = 0.05
 // and of the times it is given (no clock of its own), so it is tested
 // with a synthetic clock.
 //
-// Two limits apply: MaxRate (a token bucket, burst one chunk), and, while
-// applications do I/O, a share of the capacity: the controller keeps the
-// highest total throughput (application plus resync) it measured in a
-// window as the capacity estimate (decaying slowly, so it follows a
-// slower disk), and caps resync at (1-AppShare) of it while applications
-// are active, leaving them at least AppShare. When applications are idle
-// resync runs at MaxRate.
+// Three limits apply: MaxRate (a token bucket, burst one chunk), and,
+// while applications do I/O, a share of the capacity and a feedback rate.
+// The capacity share: the controller keeps the highest total throughput
+// (application plus resync) it measured in a window as the capacity
+// estimate (decaying slowly, so it follows a slower disk), and caps
+// resync at (1-AppShare) of it. That share is of bytes; but small random
+// writes are worth far more than their bytes (a CPU-bound machine, a
+// seeking disk), so the feedback rate watches what the applications get:
+// it starts low when they become active, so their throughput with little
+// resync beside it is seen (the peak, measured again by a short probe
+// every few seconds), grows by a quarter per window while they keep a
+// little more than AppShare of that peak, and halves in a window where
+// they do not. When applications are idle resync
+// runs at MaxRate.
 type rateController struct {
 	maxRate  float64 // bytes/s; 0 unlimited
 	appShare float64
@@ -33,6 +40,16 @@ type rateController struct {
 	lastApp   int64 // the application byte counter at the last Observe
 	appActive bool
 	capacity  float64 // bytes/s
+	appPeak   float64 // bytes/s, the applications' throughput with little resync beside them
+	fbRate    float64 // bytes/s, the feedback limit (0: not started)
+	// probe counts down the windows of a probe (the resync held low so
+	// that appPeak is measured again); untilProbe counts up to the next.
+	probe, untilProbe int
+	probePeak         float64
+	// starting: the first window, before the controller knows whether
+	// applications are busy: the resync starts slowly rather than with a
+	// burst the probe would measure them under.
+	starting bool
 
 	tokens float64
 	last   time.Time
@@ -40,7 +57,7 @@ type rateController struct {
 
 func newRateController(cfg ResyncConfig, now time.Time) *rateController {
 	share := math.Min(math.Max(cfg.AppShare, 0), 1)
-	return &rateController{maxRate: float64(cfg.MaxRate), appShare: share, winStart: now, last: now}
+	return &rateController{maxRate: float64(cfg.MaxRate), appShare: share, winStart: now, last: now, starting: share > 0}
 }
 
 // limit is the current resync rate limit in bytes/s (+Inf: none).
@@ -49,11 +66,39 @@ func (c *rateController) limit() float64 {
 	if c.maxRate > 0 {
 		l = c.maxRate
 	}
+	if c.starting {
+		return math.Min(l, startRate)
+	}
 	if c.appActive && c.appShare > 0 && c.capacity > 0 {
-		l = math.Min(l, c.capacity*math.Max(1-c.appShare, minResyncShare))
+		switch {
+		case c.probe > 0:
+			l = math.Min(l, c.capacity*feedbackStart)
+		case c.fbRate > 0:
+			// What the applications get decides, not the bytes: their
+			// small writes may be worth far more than the resync's.
+			l = math.Min(l, c.fbRate)
+		default:
+			l = math.Min(l, c.capacity*math.Max(1-c.appShare, minResyncShare))
+		}
 	}
 	return l
 }
+
+// startRate is the resync's rate in its first window.
+const startRate = 64 << 20
+
+// feedbackStart is where the feedback rate starts, its floor, and the
+// resync's rate during a probe, as a share of the capacity.
+const feedbackStart = 0.02
+
+// A probe of probeWindows windows every probeEvery windows measures what
+// the applications get with little resync beside them (their demand may
+// have changed); the first window of a probe is not counted, as the
+// queues of the resync before it drain.
+const (
+	probeWindows = 3
+	probeEvery   = 30
+)
 
 // observe takes the application byte counter (cumulative) at now and
 // closes measuring windows.
@@ -68,8 +113,37 @@ func (c *rateController) observe(now time.Time, appTotal int64) {
 	}
 	secs := el.Seconds()
 	total := float64(c.winApp+c.winSync) / secs
+	app := float64(c.winApp) / secs
 	c.capacity = math.Max(total, c.capacity*0.99)
-	c.appActive = c.winApp > 0
+	active := c.winApp > 0
+	c.starting = false
+	switch {
+	case !active:
+		c.fbRate, c.probe = 0, 0 // next time applications start, probe first
+	case c.fbRate == 0 || !c.appActive:
+		c.fbRate = c.capacity * feedbackStart
+		c.probe, c.probePeak, c.untilProbe = probeWindows, 0, 0
+	case c.probe > 0:
+		if c.probe < probeWindows {
+			c.probePeak = math.Max(c.probePeak, app)
+		}
+		if c.probe--; c.probe == 0 {
+			c.appPeak = c.probePeak
+		}
+	default:
+		// Aim a little above the share, so that its oscillation
+		// around the aim stays above the share on average.
+		if app < math.Min(c.appShare*1.2, 1)*c.appPeak {
+			c.fbRate *= 0.5
+		} else {
+			c.fbRate *= 1.25
+		}
+		c.fbRate = math.Min(math.Max(c.fbRate, c.capacity*feedbackStart), c.capacity)
+		if c.untilProbe++; c.untilProbe >= probeEvery {
+			c.probe, c.probePeak, c.untilProbe = probeWindows, 0, 0
+		}
+	}
+	c.appActive = active
 	c.winStart, c.winApp, c.winSync = now, 0, 0
 }
 

@@ -170,11 +170,12 @@ func TestRateControllerYieldsToApplications(t *testing.T) {
 	if share < 0.74 || resync == 0 {
 		t.Fatalf("application share %.3f, resync %d bytes; want >= 0.75 and some resync", share, resync)
 	}
-	// Idle applications: resync is not limited at all.
+	// Idle applications: resync is not limited at all once the first
+	// window (a slow start, before it is known) is over.
 	idle := newRateController(ResyncConfig{AppShare: 0.75}, now)
-	for range 100 {
+	for i := range 100 {
 		now = now.Add(step)
-		if d := idle.delay(now, 1<<20, appTotal); d != 0 {
+		if d := idle.delay(now, 1<<20, appTotal); d != 0 && i > int(rateWindow/step) {
 			t.Fatalf("delay %s with idle applications and no MaxRate", d)
 		}
 		idle.sent(now, 1<<20)
@@ -221,4 +222,41 @@ func TestCheckConfigSplitBrainPolicies(t *testing.T) {
 			t.Errorf("policy %q: %v", policy, err)
 		}
 	}
+}
+
+// Applications whose throughput the resync costs far more than its bytes
+// (a CPU-bound machine: 40 MB/s of small writes alone, halved by a resync
+// of 300 MB/s, a third at 600): the byte share would let the resync take
+// half of the 1 GB/s capacity; the feedback keeps the applications at
+// least AppShare of what they get alone, and the resync still runs.
+func TestRateControllerKeepsApplicationThroughput(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := newRateController(ResyncConfig{AppShare: 0.5}, now)
+	const alone, resyncAlone, halves = 40e6, 1000e6, 300e6 // bytes/s
+	step := 10 * time.Millisecond
+	var appTotal, app, resync int64
+	for i := range 6000 {
+		var r int64
+		for float64(r) < resyncAlone*step.Seconds() {
+			if c.delay(now, 64<<10, appTotal) > 0 {
+				break
+			}
+			c.sent(now, 64<<10)
+			r += 64 << 10
+		}
+		rrate := float64(r) / step.Seconds()
+		a := int64(alone / (1 + rrate/halves) * step.Seconds())
+		appTotal += a
+		if i >= 1000 {
+			app += a
+			resync += r
+		}
+		now = now.Add(step)
+	}
+	secs := 5000 * step.Seconds()
+	kept := float64(app) / secs / alone
+	if kept < 0.5 || resync == 0 {
+		t.Fatalf("applications kept %.2f of their throughput alone, resync %.0f MB/s; want >= 0.50 and some resync", kept, float64(resync)/secs/1e6)
+	}
+	t.Logf("applications kept %.2f, resync %.0f MB/s", kept, float64(resync)/secs/1e6)
 }
