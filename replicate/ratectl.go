@@ -38,6 +38,7 @@ type rateController struct {
 	winApp    int64
 	winSync   int64
 	lastApp   int64 // the application byte counter at the last Observe
+	primed    bool  // lastApp holds a reading (the counter counts from the volume's start)
 	appActive bool
 	capacity  float64 // bytes/s
 	appPeak   float64 // bytes/s, the applications' throughput with little resync beside them
@@ -103,9 +104,13 @@ const (
 // observe takes the application byte counter (cumulative) at now and
 // closes measuring windows.
 func (c *rateController) observe(now time.Time, appTotal int64) {
-	if d := appTotal - c.lastApp; d > 0 {
+	// The first reading only sets the start: the counter holds all the
+	// volume's application bytes so far, which taken for one window's
+	// made the capacity (and every limit from it) absurd.
+	if d := appTotal - c.lastApp; d > 0 && c.primed {
 		c.winApp += d
 	}
+	c.primed = true
 	c.lastApp = appTotal
 	el := now.Sub(c.winStart)
 	if el < rateWindow {

@@ -260,3 +260,25 @@ func TestRateControllerKeepsApplicationThroughput(t *testing.T) {
 	}
 	t.Logf("applications kept %.2f, resync %.0f MB/s", kept, float64(resync)/secs/1e6)
 }
+
+// The application counter holds what the volume served since it opened:
+// a controller started late takes its first reading as the start, not as
+// one window's traffic (which made the capacity, and so every limit, far
+// too large).
+func TestRateControllerStartsFromTheCounter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := newRateController(ResyncConfig{AppShare: 0.5}, now)
+	const before = 50 << 30 // 50 GiB since the volume opened
+	appTotal := int64(before)
+	step := 10 * time.Millisecond
+	for range 20 {
+		if c.delay(now, 64<<10, appTotal) == 0 {
+			c.sent(now, 64<<10)
+		}
+		appTotal += 400 << 10 // 40 MB/s
+		now = now.Add(step)
+	}
+	if c.capacity > 1e9 {
+		t.Fatalf("capacity %.0f MB/s after a start at a counter of 50 GiB; the start was taken for traffic", c.capacity/1e6)
+	}
+}

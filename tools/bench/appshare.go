@@ -23,7 +23,7 @@ import (
 
 const (
 	appSyncAfter = 3 * time.Second
-	appRuntime   = 14 * time.Second
+	appRuntime   = 30 * time.Second
 	// appMargin is left out at each edge of a window: the times of fio's
 	// log and of the status polls line up only to some tens of ms.
 	appMargin = 250 * time.Millisecond
