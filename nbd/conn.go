@@ -33,6 +33,7 @@ type serverConn struct {
 	nc           net.Conn
 	transmitting bool
 	shutdown     bool
+	export       string // the export of the transmission phase
 
 	// transmission phase
 	dev    Device
@@ -98,6 +99,12 @@ func (c *serverConn) abort() {
 	c.mu.Unlock()
 }
 
+func (c *serverConn) usesExport(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.transmitting && c.export == name
+}
+
 func (c *serverConn) isShutdown() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -129,16 +136,23 @@ func (c *serverConn) serve() {
 	// Clear the deadline before publishing the phase, so that a shutdown
 	// racing with us sets a deadline nobody overwrites.
 	nc.SetDeadline(time.Time{})
+	e := sess.export
 	c.mu.Lock()
 	c.nc = nc
 	c.transmitting = true
+	c.export = e.Name
 	stop := c.shutdown
 	c.mu.Unlock()
 	if stop {
 		return
 	}
+	// After c.export is set: RemoveExport either finds it or has
+	// replaced the list already (exports.go).
+	if !c.srv.exported(e.Name) {
+		c.log.Info("nbd: export removed during the handshake", "export", e.Name)
+		return
+	}
 
-	e := sess.export
 	c.dev = e.Device
 	c.limits = limits{
 		flags:      c.srv.transmissionFlags(e, sess),

@@ -124,8 +124,9 @@ func (n *negotiator) option(ctx context.Context, opt uint32, data []byte) (*sess
 		if len(data) != 0 {
 			return nil, n.reply(opt, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 		}
-		for i := range n.srv.opts.Exports {
-			e := &n.srv.opts.Exports[i]
+		exports := n.srv.exportsNow()
+		for i := range exports {
+			e := &exports[i]
 			if e.TLSOnly && !n.tls {
 				continue
 			}

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -78,7 +80,10 @@ var ErrServerClosed = errors.New("nbd: server closed")
 
 // Server speaks NBD on any number of listeners.
 type Server struct {
-	opts      Options
+	opts Options
+	// exports is replaced, never changed in place, by AddExport and
+	// RemoveExport (exports.go): a session keeps the *Export it found.
+	exports   atomic.Pointer[[]Export]
 	log       *slog.Logger
 	tlsConfig *tls.Config
 	pool      bufPool
@@ -98,19 +103,8 @@ func NewServer(opts Options) (*Server, error) {
 	}
 	seen := map[string]bool{}
 	for i, e := range opts.Exports {
-		switch {
-		case e.Device == nil:
-			return nil, fmt.Errorf("nbd: export %q has no device", e.Name)
-		case seen[e.Name]:
-			return nil, fmt.Errorf("nbd: export %q configured twice", e.Name)
-		case len(e.Name) > maxStringLen || strings.IndexByte(e.Name, 0) >= 0:
-			return nil, fmt.Errorf("nbd: export %d: invalid name", i)
-		case len(e.Description) > maxStringLen:
-			return nil, fmt.Errorf("nbd: export %q: description longer than %d bytes", e.Name, maxStringLen)
-		case e.Device.Size() < 0:
-			return nil, fmt.Errorf("nbd: export %q: negative size", e.Name)
-		case e.TLSOnly && opts.TLSConfig == nil:
-			return nil, fmt.Errorf("nbd: export %q requires TLS but no TLS configuration is given", e.Name)
+		if err := checkExport(i, e, opts.TLSConfig != nil, seen); err != nil {
+			return nil, err
 		}
 		seen[e.Name] = true
 	}
@@ -138,6 +132,8 @@ func NewServer(opts Options) (*Server, error) {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},
 	}
+	exports := slices.Clone(opts.Exports)
+	s.exports.Store(&exports)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -149,19 +145,6 @@ func NewServer(opts Options) (*Server, error) {
 		s.tlsConfig = c
 	}
 	return s, nil
-}
-
-// lookup finds an export by name; "" is the default export.
-func (s *Server) lookup(name string) *Export {
-	for i := range s.opts.Exports {
-		if s.opts.Exports[i].Name == name {
-			return &s.opts.Exports[i]
-		}
-	}
-	if name == "" {
-		return &s.opts.Exports[0]
-	}
-	return nil
 }
 
 // transmissionFlags advertises exactly what the device does.
@@ -311,8 +294,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("nbd: shutdown: %w", ctx.Err())
 	}
 	var errs []error
-	for i := range s.opts.Exports {
-		e := &s.opts.Exports[i]
+	exports := s.exportsNow()
+	for i := range exports {
+		e := &exports[i]
 		if f := e.Device.Features(); f.Flush && !f.ReadOnly {
 			if err := e.Device.Flush(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("nbd: shutdown: flushing export %q: %w", e.Name, err))
