@@ -225,6 +225,10 @@ func (m *Machine) Step(ev Event) Ready {
 		m.admin(e)
 	case Reconfigure:
 		m.reconfigure(e.Resource)
+	case AddResource:
+		m.addResource(e.Resource) // resources.go
+	case RemoveResource:
+		m.removeResource(e.Resource)
 	}
 	m.expireProposals()
 	for _, r := range m.res {

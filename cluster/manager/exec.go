@@ -150,11 +150,11 @@ func (m *Manager) fence(a cluster.FenceNode) {
 // gone instead of waiting out the volume's ping timeout while the dead
 // peer still counts as Primary.
 func (m *Manager) peerFenced(ctx context.Context, node string) {
-	for _, rc := range m.cfg.Machine.Resources {
+	for _, rc := range m.machineResources() {
 		if rc.Replicas[0] != node && rc.Replicas[1] != node {
 			continue
 		}
-		r, ok := m.cfg.Resources[rc.Name]
+		r, ok := m.locals()[rc.Name]
 		if !ok {
 			continue
 		}
@@ -169,7 +169,7 @@ func (m *Manager) actionCtx() (context.Context, context.CancelFunc) {
 }
 
 func (m *Manager) promote(a cluster.Promote) {
-	r, ok := m.cfg.Resources[a.Resource]
+	r, ok := m.locals()[a.Resource]
 	if !ok {
 		return
 	}
@@ -207,7 +207,7 @@ func (m *Manager) promote(a cluster.Promote) {
 }
 
 func (m *Manager) demote(resource string) {
-	r, ok := m.cfg.Resources[resource]
+	r, ok := m.locals()[resource]
 	if !ok {
 		return
 	}
@@ -226,7 +226,7 @@ func (m *Manager) demote(resource string) {
 }
 
 func (m *Manager) setIO(resource string, mode IOMode, what string) {
-	r, ok := m.cfg.Resources[resource]
+	r, ok := m.locals()[resource]
 	if !ok {
 		return
 	}
@@ -283,7 +283,7 @@ func (m *Manager) releaseVIP(resource string) {
 }
 
 func (m *Manager) resync(resource string) {
-	r, ok := m.cfg.Resources[resource]
+	r, ok := m.locals()[resource]
 	if !ok {
 		return
 	}

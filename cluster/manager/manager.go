@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -98,6 +99,12 @@ type Manager struct {
 	degraded map[string][]chan error
 	seq      uint64
 	boot     string
+	// res and mres: the local replicas and the machine's resources
+	// (resources.go); adding holds the replicas AddResource gave until
+	// the loop takes them over. Guarded by mu.
+	res    atomic.Pointer[map[string]Resource]
+	mres   atomic.Pointer[[]cluster.ResourceConfig]
+	adding map[string]Resource
 }
 
 // New checks cfg; nothing runs until Run.
@@ -138,15 +145,19 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("manager: %w", err)
 	}
-	return &Manager{
+	mgr := &Manager{
 		cfg: cfg, clock: cfg.Clock, machine: m, in: newInbox(), done: make(chan struct{}),
 		log:      cfg.Logger.With("component", "manager", "node", mc.Node),
 		vols:     map[string]cluster.VolumeState{},
 		volKnown: map[string]bool{}, fenceFrom: map[string]time.Time{}, fenceCancel: map[string]context.CancelFunc{},
 		record: cluster.NewRecord(), tl: map[string]*timeline{}, retry: map[string]cluster.Promote{},
 		last: map[string]*Failover{}, admin: map[string]chan cluster.AdminReply{},
-		degraded: map[string][]chan error{}, boot: mc.Boot,
-	}, nil
+		degraded: map[string][]chan error{}, boot: mc.Boot, adding: map[string]Resource{},
+	}
+	res, mres := maps.Clone(cfg.Resources), slices.Clone(mc.Resources)
+	mgr.res.Store(&res)
+	mgr.mres.Store(&mres)
+	return mgr, nil
 }
 
 // Commit takes one applied log entry (the authority's OnCommit). It never
@@ -170,7 +181,7 @@ func (m *Manager) DegradedHook(resource string) func(ctx context.Context) error 
 		// Read now, after the write found the peer gone: no session can
 		// be set up while it waits here (setup excludes writes).
 		var session uint64
-		if r, ok := m.cfg.Resources[resource]; ok {
+		if r, ok := m.locals()[resource]; ok {
 			session = r.Volume.Status().Session
 		}
 		m.in.push(cluster.DegradedRequest{At: m.clock.Now(), Resource: resource, Session: session})
@@ -282,7 +293,9 @@ const maxRounds = 4
 func (m *Manager) step(ev cluster.Event) {
 	m.cfg.Hooks.event(ev)
 	m.observe(ev)
+	m.changeResources(ev, false) // resources.go
 	m.execute(m.machine.Step(ev))
+	m.changeResources(ev, true)
 	if _, tick := ev.(cluster.Tick); tick {
 		m.retryPromotions()
 	}
@@ -306,7 +319,7 @@ func (m *Manager) step(ev cluster.Event) {
 // renewLeases hands each gate that enforces leases the machine's lease for
 // its resource: the deadline while primary, the zero time otherwise.
 func (m *Manager) renewLeases(st cluster.Status) {
-	for name, r := range m.cfg.Resources {
+	for name, r := range m.locals() {
 		lg, ok := r.Gate.(LeaseGate)
 		if !ok {
 			continue
@@ -325,8 +338,8 @@ func (m *Manager) renewLeases(st cluster.Status) {
 // changed since the last.
 func (m *Manager) pollVolumes() []cluster.Event {
 	var out []cluster.Event
-	for _, name := range slices.Sorted(mapsKeys(m.cfg.Resources)) {
-		st := volumeState(m.cfg.Resources[name].Volume.Status())
+	for _, name := range slices.Sorted(mapsKeys(m.locals())) {
+		st := volumeState(m.locals()[name].Volume.Status())
 		if m.volKnown[name] && m.vols[name] == st {
 			continue
 		}

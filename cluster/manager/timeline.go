@@ -81,7 +81,7 @@ func (m *Manager) observe(ev cluster.Event) {
 	case cluster.MemberChange:
 		switch e.State {
 		case cluster.MemberDead:
-			for _, name := range slices.Sorted(maps.Keys(m.cfg.Resources)) {
+			for _, name := range slices.Sorted(maps.Keys(m.locals())) {
 				res := m.record.Resource(name)
 				if res == nil || res.Primary != e.Node || e.Node == me || m.tl[name] != nil {
 					continue
