@@ -63,14 +63,17 @@ func newConfigDiffCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			changes := config.Diff(cur, other)
+			changes := daemon.ConfigDiff(cur, other)
 			if len(changes) == 0 {
 				fmt.Fprintf(a.stdout, "%s and %s: no difference\n", cur.Path, other.Path)
 				return nil
 			}
 			for _, c := range changes {
 				how := "needs a daemon restart"
-				if daemon.LiveChange(c) {
+				switch _, removed := strings.CutSuffix(c, "(removed)"); {
+				case removed && daemon.LiveChange(c):
+					how = "tandem adjust applies it once the resource is down (tandem down)"
+				case daemon.LiveChange(c):
 					how = "tandem adjust applies it"
 				}
 				fmt.Fprintf(a.stdout, "%s\t%s\n", c, how)

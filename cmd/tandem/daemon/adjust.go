@@ -23,7 +23,8 @@ import (
 // resource's replication session) and cluster policies (on-no-quorum,
 // preferred-primary, failback, timing.failback-after: the cluster
 // machine takes them over) and the nodes' fencing levels (read at the next
-// fencing attempt). Anything else that differs needs a restart; then nothing is
+// fencing attempt), and resources added or removed (addremove.go).
+// Anything else that differs needs a restart; then nothing is
 // applied at all, so that the daemon always runs one file's settings,
 // and its configuration hash (gossiped, compared between nodes) is that
 // file's.
@@ -45,6 +46,9 @@ type AdjustResult struct {
 	Path    string   `json:"path"`
 	Changes []string `json:"changes"`
 	Applied bool     `json:"applied"`
+	// Notes say how the resources the adjust added came up (or why they
+	// stay down).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // LiveChange reports whether a difference at path (as config.Diff names
@@ -56,6 +60,9 @@ func LiveChange(path string) bool {
 	}
 	if path == "Alerts" || strings.HasPrefix(path, "Alerts[") {
 		return true
+	}
+	if _, _, ok := addedOrRemoved(path); ok || path == resourcesOrder {
+		return true // addremove.go: a removed resource must be down first
 	}
 	if rest, ok := strings.CutPrefix(path, "Nodes["); ok {
 		// Fencing levels are read at each fencing attempt (Options.Fencer).
@@ -90,7 +97,7 @@ func (d *Daemon) diskPathChange(path string) (r *resource, mine, ok bool) {
 	if !ok || f != "Device" && f != "Meta" {
 		return nil, false, false
 	}
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		if r.cfg.Name == name {
 			return r, node == d.node.Name, true
 		}
@@ -128,8 +135,11 @@ type linkUpdate struct {
 // cfgMu held.
 func (d *Daemon) linkUpdates(nc *config.Config, res *AdjustResult) ([]linkUpdate, error) {
 	var out []linkUpdate
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		n := nc.Resource(r.cfg.Name)
+		if n == nil {
+			continue // removed (addremove.go)
+		}
 		ls := replicate.LinkSettings{Protocol: string(n.Protocol), Compression: string(n.Compression)}
 		ls.Listen, ls.PeerAddress = linkAddresses(n, d.node.Name)
 		var sum [32]byte
@@ -161,25 +171,47 @@ func (d *Daemon) linkUpdates(nc *config.Config, res *AdjustResult) ([]linkUpdate
 // Adjust reads the configuration file again and applies it (not with
 // dryRun), or says why not.
 func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) {
+	res, added, err := d.adjust(ctx, dryRun)
+	if err == nil && len(added) > 0 {
+		// After cfgMu is released: opening a volume reads the settings.
+		res.Notes = d.openAdded(ctx, added) // addremove.go
+	}
+	return res, err
+}
+
+// adjust is Adjust but for opening the resources it added, which it
+// returns.
+func (d *Daemon) adjust(ctx context.Context, dryRun bool) (AdjustResult, []*resource, error) {
 	res := AdjustResult{Path: d.cfg.Path, Changes: []string{}}
+	if d.isStopping() {
+		return res, nil, ErrShuttingDown // no server or resource may start now
+	}
 	nc, err := d.loadFile() // resize.go
 	if err != nil {
-		return res, err
+		return res, nil, err
 	}
 	// One adjust at a time; cfgMu is held while the running settings
 	// are compared and changed.
 	d.cfgMu.Lock()
 	defer d.cfgMu.Unlock()
-	res.Changes = append(res.Changes, config.Diff(d.cfg, nc)...)
+	changes, added, removed := resourceDiff(d.cfg, nc) // addremove.go
+	res.Changes = append(res.Changes, changes...)
 	links, err := d.linkUpdates(nc, &res)
 	if err != nil {
-		return res, err
+		return res, nil, err
 	}
 	var restart []string
 	disks, held := map[*resource]bool{}, []*resource{}
 	defer func() {
 		for _, r := range held {
 			r.roleMu.Unlock()
+		}
+	}()
+	plan, why := d.planResources(nc, added, removed, &held)
+	applied := false
+	defer func() {
+		if !applied {
+			plan.close()
 		}
 	}()
 	for _, c := range res.Changes {
@@ -207,6 +239,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		}
 		restart = append(restart, c)
 	}
+	restart = append(restart, why...)
 	if len(restart) > 0 {
 		hint := ""
 		if slices.ContainsFunc(restart, func(c string) bool { return strings.HasSuffix(c, ".Size") }) {
@@ -215,25 +248,28 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		if slices.ContainsFunc(restart, func(c string) bool { _, mine, ok := d.diskPathChange(c); return ok && mine }) {
 			hint += "; a replica's device or meta path changes while its resource is down: tandem down RESOURCE, adjust, then tandem up RESOURCE"
 		}
-		return res, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after, ping-interval, ping-timeout, ack-timeout and resources' resync, split-brain, protocol, compression, tls, replica addresses (and device paths while down), on-no-quorum, preferred-primary and failback change while it runs%s); nothing was changed",
+		return res, nil, fmt.Errorf("%w: %s (only alerts, nodes' fencing, timing.failback-after, ping-interval, ping-timeout, ack-timeout and resources' resync, split-brain, protocol, compression, tls, replica addresses (and device paths while down), on-no-quorum, preferred-primary and failback, and resources added or removed (a removed one once down), change while it runs%s); nothing was changed",
 			ErrNeedsRestart, strings.Join(restart, ", "), hint)
 	}
 	for _, u := range links {
 		if v := u.r.volume(); v != nil {
 			if st := v.Status(); st.Role == replicate.Primary && st.Disk == replicate.Diskless {
-				return res, fmt.Errorf("%w: resource %s: its primary is diskless and serves through the link, which a change of protocol, compression or tls restarts; fail over first; nothing was changed",
+				return res, nil, fmt.Errorf("%w: resource %s: its primary is diskless and serves through the link, which a change of protocol, compression or tls restarts; fail over first; nothing was changed",
 					replicate.ErrLinkInUse, u.r.cfg.Name)
 			}
 		}
 	}
 	if dryRun || len(res.Changes) == 0 {
-		return res, nil
+		return res, nil, nil
 	}
 	// The volumes first: a setting a volume refuses changes nothing.
 	tuned := map[*resource]config.Resource{}
 	var undo []func()
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		n := nc.Resource(r.cfg.Name)
+		if n == nil {
+			continue // removed
+		}
 		if tunables(n, nc.Timing) == tunables(r.cfg, d.cfg.Timing) {
 			continue
 		}
@@ -243,7 +279,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 				for _, u := range undo {
 					u()
 				}
-				return res, fmt.Errorf("%w: %w; nothing was changed", ErrConfigInvalid, err)
+				return res, nil, fmt.Errorf("%w: %w; nothing was changed", ErrConfigInvalid, err)
 			}
 			old := tunables(r.cfg, d.cfg.Timing)
 			undo = append(undo, func() { _ = v.Tune(old) })
@@ -260,7 +296,7 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 			for _, un := range undo {
 				un()
 			}
-			return res, fmt.Errorf("resource %s: %w; nothing was changed", u.r.cfg.Name, err)
+			return res, nil, fmt.Errorf("resource %s: %w; nothing was changed", u.r.cfg.Name, err)
 		}
 		old := u.r.link
 		undo = append(undo, func() { _, _ = v.SetLink(context.WithoutCancel(ctx), old) })
@@ -271,8 +307,11 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 	// The cluster machine's policies last: it takes them over in its
 	// next step and refuses nothing that Validate let through.
 	cl := d.cl.Load()
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		n := nc.Resource(r.cfg.Name)
+		if n == nil {
+			continue // removed
+		}
 		if !policyChanged(r.cfg, n, d.cfg.Timing, nc.Timing) {
 			continue
 		}
@@ -295,9 +334,11 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 			r.rp.Device, r.rp.Meta = nrp.Device, nrp.Meta
 		}
 	}
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		// The peer's paths are only recorded (its daemon uses them).
-		if np := nc.Resource(r.cfg.Name).Peer(d.node.Name); np != nil {
+		if n := nc.Resource(r.cfg.Name); n == nil {
+			continue // removed
+		} else if np := n.Peer(d.node.Name); np != nil {
 			r.peer.Device, r.peer.Meta = np.Device, np.Meta
 		}
 	}
@@ -311,9 +352,21 @@ func (d *Daemon) Adjust(ctx context.Context, dryRun bool) (AdjustResult, error) 
 		d.cfg.Alerts = nc.Alerts
 		d.replaceAlerts(nc.Alerts)
 	}
+	d.applyResources(ctx, nc, plan) // addremove.go
+	applied = true
+	// The file's resources, in its order: what the next adjust compares
+	// with and what the configuration hash covers (each resource holds
+	// its own copy, changed above).
+	d.cfg.Resources = nc.Resources
+	for _, r := range plan.remove {
+		d.events.publish(Event{Kind: KindVolume, Resource: r.cfg.Name, Text: "resource removed (tandem adjust)"})
+	}
+	for _, r := range plan.add {
+		d.events.publish(Event{Kind: KindVolume, Resource: r.cfg.Name, Text: "resource added (tandem adjust)"})
+	}
 	res.Applied = true
 	d.log.Info("configuration adjusted", "path", d.cfg.Path, "changes", res.Changes)
-	return res, nil
+	return res, plan.add, nil
 }
 
 func (d *Daemon) handleAdjust(w http.ResponseWriter, req *http.Request) {

@@ -122,6 +122,7 @@ func TestLiveChange(t *testing.T) {
 		"Nodes[beta].Fencing": true, "Nodes[beta].Fencing[0].PasswordFile": true, "Nodes[beta].FencingX": false,
 		"Resources[r0].ALExtents": false, "Resources[r0].Size": false, "Resources[r0].Replicas[alpha].Address": true, "Resources[r0].Replicas[alpha].NBDListen": false,
 		"Resources[r0].TLSX": false, "Nodes[alpha].Address": false, "Timing.PingTimeout": true, "Timing.PingInterval": true, "Timing.AckTimeout": true, "Timing.ProbeInterval": false, "Cluster": false,
+		"Resources[r9] (added)": true, "Resources[r0] (removed)": true, "Resources (order)": true, "Resources": false,
 	} {
 		if got := LiveChange(path); got != want {
 			t.Errorf("LiveChange(%q) = %v, want %v", path, got, want)
@@ -230,5 +231,141 @@ func TestAdjustMovesADownResourcesDisk(t *testing.T) {
 	}
 	if res, err := c.Adjust(ctx, true); err != nil || len(res.Changes) != 0 {
 		t.Fatalf("adjust after the move: %+v %v, want nothing to change", res, err)
+	}
+}
+
+// labResource is a resource of the lab's file on alpha and beta, with
+// its devices in dir; port is alpha's link port (beta's is the next).
+func labResource(dir, name string, port int, nbdAlpha string) string {
+	return fmt.Sprintf(`  - name: %[2]s
+    size: 1M
+    replicas:
+      alpha:
+        device: %[1]s/alpha-%[2]s.img
+        meta: %[1]s/alpha-%[2]s.md
+        address: 127.0.0.1:%[3]d
+        nbd-listen: %[4]s
+      beta:
+        device: %[1]s/beta-%[2]s.img
+        meta: %[1]s/beta-%[2]s.md
+        address: 127.0.0.1:%[5]d
+        nbd-listen: unix:%[1]s/beta.nbd
+`, dir, name, port, nbdAlpha, port+1)
+}
+
+// TestAdjustAddsAndRemovesResources: resources added to the file come up
+// (on the node's NBD server, or on a new listener), a removed one must be
+// down first, and the others are not touched.
+func TestAdjustAddsAndRemovesResources(t *testing.T) {
+	l := newLab(t)
+	l.createMD(t, "alpha")
+	d, fs, _ := l.start(t, "alpha")
+	c := l.client("alpha")
+	ctx := t.Context()
+	r0 := fs.Get("r0")
+	shared, own := "unix:"+l.dir+"/alpha.nbd", "unix:"+l.dir+"/alpha2.nbd"
+	for _, n := range []string{"r2", "r3"} {
+		truncate(t, filepath.Join(l.dir, "alpha-"+n+".img"), labSize)
+	}
+	b, err := os.ReadFile(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, l.cfg.Path, string(b)+labResource(l.dir, "r2", 17793, own)+labResource(l.dir, "r3", 17795, shared), 0o644)
+	nc, err := config.Load(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CreateMetadata(nc, nc.Resource("r3"), "alpha", CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := c.Adjust(ctx, true)
+	if err != nil || res.Applied || !slices.Equal(res.Changes, []string{"Resources[r2] (added)", "Resources[r3] (added)"}) {
+		t.Fatalf("dry run: %+v %v", res, err)
+	}
+	if len(d.resourceList()) != 2 || d.server(own) != nil {
+		t.Fatal("the dry run changed the daemon")
+	}
+	res, err = c.Adjust(ctx, false)
+	if err != nil || !res.Applied || len(res.Notes) != 2 {
+		t.Fatalf("adjust adding r2 and r3: %+v %v", res, err)
+	}
+	contains(t, "r2's note", res.Notes[0], "resource r2 added but down")
+	contains(t, "r2's note", res.Notes[0], "tandem create-md r2")
+	contains(t, "r3's note", res.Notes[1], "resource r3 added and up")
+	if got := d.server(shared).srv.Exports(); !slices.Equal(got, []string{"r0", "r1", "r3"}) {
+		t.Errorf("exports on %s: %v", shared, got)
+	}
+	if s := d.server(own); s == nil || !slices.Equal(s.srv.Exports(), []string{"r2"}) {
+		t.Fatalf("no NBD server for r2 on %s", own)
+	}
+	if !slices.Contains(d.NBDAddrs(), own) {
+		t.Errorf("NBDAddrs %v lacks %s", d.NBDAddrs(), own)
+	}
+	st, err := c.Status(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, rs := range st.Resources {
+		names = append(names, rs.Resource)
+	}
+	if !slices.Equal(names, []string{"r0", "r1", "r2", "r3"}) {
+		t.Fatalf("status lists %v", names)
+	}
+	if _, err := CreateMetadata(nc, nc.Resource("r2"), "alpha", CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Up(ctx, "r2"); err != nil {
+		t.Fatalf("up r2 after create-md: %v", err)
+	}
+	if fs.Get("r0") != r0 {
+		t.Error("adding resources reopened r0")
+	}
+	if res, err := c.Adjust(ctx, true); err != nil || len(res.Changes) != 0 {
+		t.Fatalf("adjust again: %+v %v, want nothing to change", res, err)
+	}
+
+	// Removing r1 (up) is refused and changes nothing; once down it goes,
+	// and with r2 its own listener.
+	b, _ = os.ReadFile(l.cfg.Path)
+	full := string(b)
+	r1 := full[strings.Index(full, "  - name: r1\n"):strings.Index(full, "  - name: r2\n")]
+	r2 := labResource(l.dir, "r2", 17793, own)
+	write(t, l.cfg.Path, strings.Replace(strings.Replace(full, r1, "", 1), r2, "", 1), 0o644)
+	if _, err := c.Adjust(ctx, false); !errors.Is(err, ErrNeedsRestart) || !strings.Contains(err.Error(), "tandem down r1 first") {
+		t.Fatalf("removing an up resource: %v", err)
+	}
+	if len(d.resourceList()) != 4 {
+		t.Fatal("the refused adjust changed the resources")
+	}
+	for _, n := range []string{"r1", "r2"} {
+		if err := c.Down(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err = c.Adjust(ctx, false)
+	if err != nil || !res.Applied || !slices.Equal(res.Changes, []string{"Resources[r1] (removed)", "Resources[r2] (removed)"}) {
+		t.Fatalf("removing r1 and r2: %+v %v", res, err)
+	}
+	if got := d.server(shared).srv.Exports(); !slices.Equal(got, []string{"r0", "r3"}) {
+		t.Errorf("exports on %s after the removal: %v", shared, got)
+	}
+	if d.server(own) != nil || slices.Contains(d.NBDAddrs(), own) {
+		t.Error("r2's NBD server still runs")
+	}
+	if err := c.Up(ctx, "r1"); !errors.Is(err, ErrUnknownResource) {
+		t.Errorf("up of a removed resource: %v", err)
+	}
+	fresh, err := config.Load(l.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Status().Nodes["alpha"].ConfigHash; got != fresh.Hash() {
+		t.Errorf("configuration hash %s, the file's is %s", got, fresh.Hash())
+	}
+	if fs.Get("r0") != r0 || r0.Status().Role != replicate.Secondary {
+		t.Error("the removals touched r0")
 	}
 }

@@ -89,7 +89,7 @@ var errBadRequest = errors.New("bad request")
 
 // Status is the node's status, as GET /v1/status returns it.
 func (d *Daemon) Status() NodeStatus {
-	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resources) == 0,
+	ns := NodeStatus{Cluster: d.cfg.Cluster, Node: d.node.Name, Witness: len(d.resourceList()) == 0,
 		Version: d.opts.Version, PID: os.Getpid(), Resources: []ResourceStatus{}, ClusterLayer: d.clusterStatus(),
 		Authority: d.authorityStatus()}
 	ns.Nodes = d.softStates()
@@ -97,7 +97,7 @@ func (d *Daemon) Status() NodeStatus {
 	for _, a := range d.alertRunners() {
 		ns.Alerts = append(ns.Alerts, a.status())
 	}
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		ns.Resources = append(ns.Resources, r.status(d.node.Name))
 	}
 	return ns
@@ -147,7 +147,7 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, req *http.Request) {
 
 func (d *Daemon) unknown(name string) error {
 	var names []string
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		names = append(names, r.cfg.Name)
 	}
 	return fmt.Errorf("%w %q on node %s (resources here: %v)", ErrUnknownResource, name, d.node.Name, names)
@@ -158,7 +158,7 @@ func (d *Daemon) find(name string) (*resource, error) {
 	if d.isStopping() {
 		return nil, ErrShuttingDown
 	}
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		if r.cfg.Name == name {
 			return r, nil
 		}

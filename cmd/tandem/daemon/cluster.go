@@ -181,7 +181,7 @@ func (d *Daemon) startCluster(secret []byte) (err error) {
 		return fmt.Errorf("daemon: cluster layer: %w", err)
 	}
 	res := map[string]manager.Resource{}
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		res[r.cfg.Name] = manager.Resource{Volume: liveVolume{r}, Gate: r.gate}
 	}
 	fencer := d.fencerOf

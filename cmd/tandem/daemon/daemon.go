@@ -59,12 +59,16 @@ type Daemon struct {
 	node *config.Node
 	log  *slog.Logger
 
-	resources []*resource // in configuration order
+	// res is the node's resources in configuration order; tandem adjust
+	// replaces the list (never changes it in place) when resources are
+	// added or removed (addremove.go). Read it with resourceList.
+	res atomic.Pointer[[]*resource]
 	// secret and acceptSecrets: the secret-file's and the
 	// accept-secret-files' contents, read at start (and used again by
 	// tandem up).
 	secret        []byte
 	acceptSecrets [][]byte
+	srvMu         sync.Mutex // guards servers: adjust adds and stops servers
 	servers       []*nbdServer
 	admin         *adminListener
 	http          *http.Server
@@ -114,6 +118,9 @@ type resource struct {
 	downErr error  // why it is down
 
 	roleMu sync.Mutex // promote, demote, reconcile, up and down
+	// removed: tandem adjust took the resource out of the daemon
+	// (addremove.go); guarded by roleMu.
+	removed bool
 
 	// link is the link settings last given to the volume, tlsSum the
 	// digest of the TLS files they were read from (linktls.go); guarded
@@ -160,17 +167,13 @@ func New(opts Options) (*Daemon, error) {
 	d := &Daemon{opts: opts, cfg: opts.Config, node: node, log: opts.Logger.With("node", node.Name)}
 	d.events = newEvents(node.Name, eventRing, opts.Now)
 	d.alertsCtx, d.alertsCancel = context.WithCancel(context.Background())
+	var list []*resource
 	for i := range d.cfg.Resources {
-		res := &d.cfg.Resources[i]
-		rp := res.Replica(node.Name)
-		if rp == nil {
-			continue
+		if r := d.newResource(&d.cfg.Resources[i]); r != nil {
+			list = append(list, r)
 		}
-		d.resources = append(d.resources, &resource{
-			cfg: res, rp: rp, peer: res.Peer(node.Name),
-			gate: newGate(res.Name, node.Name, res.Size, d.log),
-		})
 	}
+	d.res.Store(&list)
 	return d, nil
 }
 
@@ -183,6 +186,8 @@ func (d *Daemon) AdminSocket() string { return d.node.AdminSocket }
 // NBDAddrs are the addresses the NBD servers listen on, once started.
 func (d *Daemon) NBDAddrs() []string {
 	var out []string
+	d.srvMu.Lock()
+	defer d.srvMu.Unlock()
 	for _, s := range d.servers {
 		if s.l.Addr().Network() == "unix" {
 			out = append(out, "unix:"+s.l.Addr().String())
@@ -220,11 +225,11 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 	}
 
 	layer := d.cfg.ClusterLayer()
-	if len(d.resources) == 0 && !layer {
+	if len(d.resourceList()) == 0 && !layer {
 		d.log.Info("witness node: no replica here; the admin API runs; with gossip and authority addresses it votes in the cluster layer")
 	}
 	var secret []byte
-	if len(d.resources) > 0 || layer {
+	if len(d.resourceList()) > 0 || layer {
 		if secret, err = readSecret(d.cfg.SecretFile); err != nil {
 			return fmt.Errorf("daemon: %w", err)
 		}
@@ -242,7 +247,7 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 	d.secret = secret
 	// Before anything publishes: the alerts see every event from the start.
 	d.startAlerts()
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		_ = d.openResource(ctx, r)
 	}
 	if err := d.startNBD(); err != nil {
@@ -269,8 +274,8 @@ func (d *Daemon) Start(ctx context.Context) (err error) {
 	}
 	d.bg.Add(1)
 	go d.watchVolumes()
-	d.events.publish(Event{Kind: KindDaemon, Text: fmt.Sprintf("daemon running (version %s, %d resources)", d.opts.Version, len(d.resources))})
-	d.log.Info("daemon running", "admin_socket", d.node.AdminSocket, "resources", len(d.resources), "nbd", d.NBDAddrs())
+	d.events.publish(Event{Kind: KindDaemon, Text: fmt.Sprintf("daemon running (version %s, %d resources)", d.opts.Version, len(d.resourceList()))})
+	d.log.Info("daemon running", "admin_socket", d.node.AdminSocket, "resources", len(d.resourceList()), "nbd", d.NBDAddrs())
 	return nil
 }
 
@@ -412,36 +417,54 @@ func (d *Daemon) volumeConfig(r *resource, s *Storage, log *slog.Logger) (replic
 // with an export per resource on it.
 func (d *Daemon) startNBD() error {
 	var addrs []string
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		if !slices.Contains(addrs, r.rp.NBDListen) {
 			addrs = append(addrs, r.rp.NBDListen)
 		}
 	}
 	for _, addr := range addrs {
-		opts := nbd.Options{Logger: d.log.With("nbd_listen", addr)}
-		for _, r := range d.resources {
+		var exports []nbd.Export
+		for _, r := range d.resourceList() {
 			if r.rp.NBDListen == addr {
-				opts.Exports = append(opts.Exports, nbd.Export{
-					Name:        r.cfg.Name,
-					Description: fmt.Sprintf("tandem %s/%s on %s", d.cfg.Cluster, r.cfg.Name, d.node.Name),
-					Device:      r.gate,
-					Available:   r.gate.available,
-				})
+				exports = append(exports, d.export(r)) // addremove.go
 			}
-		}
-		srv, err := nbd.NewServer(opts)
-		if err != nil {
-			return fmt.Errorf("daemon: nbd %s: %w", addr, err)
 		}
 		l, err := listenNBD(addr)
 		if err != nil {
 			return fmt.Errorf("daemon: nbd: listening on %s: %w", addr, err)
 		}
-		s := &nbdServer{addr: addr, srv: srv, l: l, done: make(chan error, 1)}
-		go func() { s.done <- srv.Serve(l) }()
-		d.servers = append(d.servers, s)
+		if err := d.serveNBD(addr, l, exports); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// serveNBD serves exports on l, which it owns from then on.
+func (d *Daemon) serveNBD(addr string, l net.Listener, exports []nbd.Export) error {
+	srv, err := nbd.NewServer(nbd.Options{Logger: d.log.With("nbd_listen", addr), Exports: exports})
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("daemon: nbd %s: %w", addr, err)
+	}
+	s := &nbdServer{addr: addr, srv: srv, l: l, done: make(chan error, 1)}
+	go func() { s.done <- srv.Serve(l) }()
+	d.srvMu.Lock()
+	d.servers = append(d.servers, s)
+	d.srvMu.Unlock()
+	return nil
+}
+
+// stopServer stops an NBD server whose last export was removed.
+func (d *Daemon) stopServer(ctx context.Context, s *nbdServer) {
+	d.srvMu.Lock()
+	d.servers = slices.DeleteFunc(d.servers, func(x *nbdServer) bool { return x == s })
+	d.srvMu.Unlock()
+	if err := s.srv.Shutdown(ctx); err != nil {
+		s.srv.Close()
+	}
+	<-s.done
+	d.log.Info("nbd server stopped: no export left on it", "addr", s.addr)
 }
 
 // reconcileLoop keeps each gate's primary bit equal to the volume's role,
@@ -456,7 +479,7 @@ func (d *Daemon) reconcileLoop() {
 			return
 		case <-t.C:
 		}
-		for _, r := range d.resources {
+		for _, r := range d.resourceList() {
 			r.roleMu.Lock()
 			v := r.volume()
 			if v == nil {
@@ -538,7 +561,10 @@ func (d *Daemon) shutdown(ctx context.Context) {
 				d.log.Warn("cluster layer: stopping", "err", err)
 			}
 		}
-		for _, s := range d.servers {
+		d.srvMu.Lock()
+		servers := slices.Clone(d.servers)
+		d.srvMu.Unlock()
+		for _, s := range servers {
 			if err := s.srv.Shutdown(ctx); err != nil {
 				d.log.Warn("nbd: graceful shutdown incomplete, closing", "addr", s.addr, "err", err)
 				s.srv.Close()
@@ -550,7 +576,7 @@ func (d *Daemon) shutdown(ctx context.Context) {
 			}
 		}
 		d.bg.Wait()
-		for _, r := range d.resources {
+		for _, r := range d.resourceList() {
 			// Under roleMu: an up still running finishes first, and one
 			// that comes after sees the daemon stopping.
 			r.roleMu.Lock()

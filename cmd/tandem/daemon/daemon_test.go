@@ -70,7 +70,7 @@ func TestAdminOperationsAndRefusals(t *testing.T) {
 	c := l.client("alpha")
 	ctx := t.Context()
 	v := fs.Get("r0")
-	gate := d.resources[0].gate
+	gate := d.resourceList()[0].gate
 
 	buf := make([]byte, 4096)
 	if err := gate.ReadAt(ctx, buf, 0); !errors.Is(err, syscall.EPERM) || !errors.Is(err, replicate.ErrNotPrimary) {
@@ -162,7 +162,7 @@ func TestReconcileFollowsTheVolumesRole(t *testing.T) {
 	l := newLab(t)
 	l.createMD(t, "alpha")
 	d, fs, _ := l.start(t, "alpha")
-	v, g := fs.Get("r1"), d.resources[1].gate
+	v, g := fs.Get("r1"), d.resourceList()[1].gate
 	v.Set(func(f *daemontest.Volume) { f.Role = replicate.Primary })
 	waitUntil(t, "the gate to open", func() bool { return g.primary.Load() })
 	v.Set(func(f *daemontest.Volume) { f.Role = replicate.Secondary })

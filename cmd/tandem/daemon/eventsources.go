@@ -82,7 +82,7 @@ func (d *Daemon) watchVolumes() {
 	t := time.NewTicker(d.opts.ReconcileInterval)
 	defer t.Stop()
 	for {
-		for _, r := range d.resources {
+		for _, r := range d.resourceList() {
 			v := r.volume()
 			if v == nil {
 				continue

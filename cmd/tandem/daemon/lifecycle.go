@@ -23,6 +23,9 @@ func (d *Daemon) up(ctx context.Context, r *resource) error {
 	if d.isStopping() {
 		return ErrShuttingDown
 	}
+	if r.removed {
+		return fmt.Errorf("%w %q: removed from the configuration by tandem adjust", ErrUnknownResource, r.cfg.Name)
+	}
 	if r.volume() != nil {
 		return nil
 	}

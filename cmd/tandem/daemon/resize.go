@@ -100,6 +100,10 @@ func (d *Daemon) growHook(r *resource) func(ctx context.Context, size int64) (re
 			go func() {
 				d.cfgMu.Lock()
 				r.cfg.Size = size
+				// The file's list too: the next adjust compares with it.
+				if c := d.cfg.Resource(r.cfg.Name); c != nil {
+					c.Size = size
+				}
 				d.cfgMu.Unlock()
 			}()
 			d.log.Info("resource grown", "resource", r.cfg.Name, "size", size)

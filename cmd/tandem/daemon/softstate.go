@@ -43,7 +43,7 @@ type SoftResource struct {
 
 func (d *Daemon) softState() SoftState {
 	st := map[string]replicate.Status{}
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		if v := r.volume(); v != nil {
 			st[r.cfg.Name] = v.Status()
 		}
@@ -58,7 +58,7 @@ func (d *Daemon) softStateOf(st map[string]replicate.Status) SoftState {
 	hash := d.cfg.Hash()
 	d.cfgMu.RUnlock()
 	s := SoftState{Version: d.opts.Version, ConfigHash: hash}
-	for _, r := range d.resources {
+	for _, r := range d.resourceList() {
 		vs, ok := st[r.cfg.Name]
 		if !ok {
 			continue
