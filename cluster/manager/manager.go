@@ -83,6 +83,7 @@ type Manager struct {
 	vols      map[string]cluster.VolumeState
 	volKnown  map[string]bool
 	fenceFrom map[string]time.Time // node -> when the need to fence it arose
+	deadAt    map[string]time.Time // node -> when it was last declared dead
 	// fenceCancel cancels the latest fencing of a node (loop goroutine only).
 	fenceCancel map[string]context.CancelFunc
 	record      *cluster.Record
@@ -149,7 +150,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg: cfg, clock: cfg.Clock, machine: m, in: newInbox(), done: make(chan struct{}),
 		log:      cfg.Logger.With("component", "manager", "node", mc.Node),
 		vols:     map[string]cluster.VolumeState{},
-		volKnown: map[string]bool{}, fenceFrom: map[string]time.Time{}, fenceCancel: map[string]context.CancelFunc{},
+		volKnown: map[string]bool{}, fenceFrom: map[string]time.Time{}, deadAt: map[string]time.Time{}, fenceCancel: map[string]context.CancelFunc{},
 		record: cluster.NewRecord(), tl: map[string]*timeline{}, retry: map[string]cluster.Promote{},
 		last: map[string]*Failover{}, admin: map[string]chan cluster.AdminReply{},
 		degraded: map[string][]chan error{}, boot: mc.Boot, adding: map[string]Resource{},

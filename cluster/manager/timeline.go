@@ -81,6 +81,7 @@ func (m *Manager) observe(ev cluster.Event) {
 	case cluster.MemberChange:
 		switch e.State {
 		case cluster.MemberDead:
+			m.deadAt[e.Node] = e.At
 			for _, name := range slices.Sorted(maps.Keys(m.locals())) {
 				res := m.record.Resource(name)
 				if res == nil || res.Primary != e.Node || e.Node == me || m.tl[name] != nil {
@@ -127,7 +128,22 @@ func (m *Manager) observe(ev cluster.Event) {
 func (m *Manager) noteFenceStart(a cluster.FenceNode) {
 	now := m.clock.Now()
 	for name := range a.Epochs {
-		if t := m.tl[name]; t != nil {
+		t := m.tl[name]
+		if res := m.record.Resource(name); t == nil && res != nil && res.Primary == a.Node {
+			// The node was declared dead before this node's copy of the
+			// record named it primary (this node had just started and
+			// was still catching up the log): the failover begins now
+			// that the machine fences it for the resource.
+			at, ok := m.deadAt[a.Node]
+			if !ok || at.After(now) {
+				at = now
+			}
+			t = &timeline{f: Failover{Resource: name, From: a.Node, Started: at}, hooks: m.cfg.Hooks}
+			t.add("detect", at, 0, "declared dead by the failure detector")
+			m.tl[name] = t
+			m.log.Warn("failover: primary declared dead", "resource", name, "primary", a.Node, "epoch", a.Epochs[name])
+		}
+		if t != nil {
 			t.fenceStart = now
 		}
 	}
