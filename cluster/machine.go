@@ -323,6 +323,16 @@ func (m *Machine) quorum() bool {
 	return n > len(m.cfg.Voters)/2
 }
 
+// demoting: a demote of resource by this node is in flight.
+func (m *Machine) demoting(resource string) bool {
+	for _, p := range m.pending {
+		if p.cmd.Op == OpDemote && p.cmd.Resource == resource && p.cmd.Node == m.cfg.Node {
+			return true
+		}
+	}
+	return false
+}
+
 // propose sends cmd unless slot already has a proposal in flight.
 func (m *Machine) propose(slot string, cmd Command, adminID, text string) bool {
 	if _, busy := m.slots[slot]; busy || m.now.Before(m.backoff[slot]) {
@@ -732,8 +742,12 @@ func (m *Machine) reconcileSecondary(r *resState, res *Resource) {
 	if res.Primary == me {
 		// The record says primary, but this node is not serving (it
 		// restarted, stepped down, or could not enact a promotion): say
-		// so, so the peer may take over without fencing.
-		m.propose(name, Command{Op: OpDemote, Resource: name, Node: me, Epoch: res.Epoch, Hold: r.hold}, "", "")
+		// so, so the peer may take over without fencing. Not while an
+		// admin's demote is on its way: the two would race, and the
+		// admin's, committed second, would be answered "not the primary".
+		if !m.demoting(name) {
+			m.propose(name, Command{Op: OpDemote, Resource: name, Node: me, Epoch: res.Epoch, Hold: r.hold}, "", "")
+		}
 		return
 	}
 	if res.Primary == "" || r.hold && res.Held {

@@ -486,10 +486,27 @@ func TestAdminDemoteHolds(t *testing.T) {
 	if r := s.lastReply("d0"); !errors.Is(r.Err, ErrNotPrimary) {
 		t.Fatalf("demote on the secondary: %+v", r)
 	}
+	s.acts = nil
 	s.admin("a", AdminRequest{ID: "d", Op: AdminDemote, Resource: "r0"})
 	s.advance(5 * time.Second)
 	if got := s.serving("r0"); len(got) != 0 || !s.rec.Resource("r0").Held {
 		t.Fatalf("after demote: served by %v, record %+v", got, s.rec.Resource("r0"))
+	}
+	// One demote is proposed, the admin's, and it is answered as done:
+	// a second one of the machine's own (the record still naming it
+	// primary in the same step) used to win the race and make the
+	// admin's refused ("not the primary") after the demote took place.
+	if r := s.lastReply("d"); r.Err != nil {
+		t.Fatalf("demote answered %v", r.Err)
+	}
+	demotes := 0
+	for _, a := range s.actsOf("a") {
+		if strings.HasPrefix(a, "propose demote r0") {
+			demotes++
+		}
+	}
+	if demotes != 1 {
+		t.Fatalf("%d demotes of r0 proposed, want 1: %v", demotes, s.actsOf("a"))
 	}
 	s.admin("b", AdminRequest{ID: "p", Op: AdminPromote, Resource: "r0"})
 	s.advance(time.Second)
