@@ -30,6 +30,51 @@ func (p *pair) resourceStatus(n, resource string) (daemon.ResourceStatus, error)
 	return ns.Resources[0], nil
 }
 
+// r1Size is the size of the resource the tests add.
+const r1Size = 8 * mib
+
+// addR1 appends a resource r1 (extents in the test's directory, its NBD
+// export on the listener r0 uses; extra is more of its keys, indented as
+// its name) to the pair's file and returns the file as it was.
+func (p *pair) addR1(extra string) string {
+	t := p.t
+	t.Helper()
+	var r1 strings.Builder
+	fmt.Fprintf(&r1, "  - name: r1\n    size: %d\n%s    replicas:\n", r1Size, extra)
+	for _, n := range []string{"alpha", "beta"} {
+		dev := filepath.Join(p.dir, n+"-r1.img")
+		writeFile(t, dev, "", 0o644)
+		if err := os.Truncate(dev, r1Size); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&r1, "      %s:\n        device: %s\n        meta: %s\n        address: 127.0.0.1:%d\n        nbd-listen: %s\n",
+			n, dev, filepath.Join(p.dir, n+"-r1.md"), testenv.FreePort(t), p.nodes[n].nbdAddr)
+	}
+	b, err := os.ReadFile(p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, p.path, string(b)+r1.String(), 0o644)
+	return string(b)
+}
+
+// sameR1 fails the test unless r1's replicas are byte-identical and hold
+// want at its start.
+func (p *pair) sameR1(want []byte) {
+	p.t.Helper()
+	a, err := os.ReadFile(filepath.Join(p.dir, "alpha-r1.img"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(p.dir, "beta-r1.img"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) || !bytes.Equal(a[:len(want)], want) {
+		p.t.Fatal("r1's replicas differ, or lack the client's writes")
+	}
+}
+
 // TestAdjustAddsAndRemovesAResourceRealDaemons: a resource added to the
 // file of two running daemons comes up on both with tandem adjust, on the
 // NBD listener r0 uses, syncs and takes writes from a real client; r0's
@@ -42,24 +87,7 @@ func TestAdjustAddsAndRemovesAResourceRealDaemons(t *testing.T) {
 	qemuIO(t, p.uri("alpha"), "write -P 0x21 0 1M", "flush")
 	before := p.status("alpha")
 
-	const size = 8 * mib
-	var r1 strings.Builder
-	fmt.Fprintf(&r1, "  - name: r1\n    size: %d\n    replicas:\n", size)
-	for _, n := range []string{"alpha", "beta"} {
-		dev := filepath.Join(p.dir, n+"-r1.img")
-		writeFile(t, dev, "", 0o644)
-		if err := os.Truncate(dev, size); err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&r1, "      %s:\n        device: %s\n        meta: %s\n        address: 127.0.0.1:%d\n        nbd-listen: %s\n",
-			n, dev, filepath.Join(p.dir, n+"-r1.md"), testenv.FreePort(t), p.nodes[n].nbdAddr)
-	}
-	b, err := os.ReadFile(p.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	original := string(b)
-	writeFile(t, p.path, original+r1.String(), 0o644)
+	original := p.addR1("")
 	for _, n := range []string{"alpha", "beta"} {
 		p.tandem(n, "create-md", "r1") // the daemons do not hold r1's files yet
 	}
@@ -128,15 +156,100 @@ func TestAdjustAddsAndRemovesAResourceRealDaemons(t *testing.T) {
 	}
 	p.stopBoth()
 	p.sameData()
-	a, err := os.ReadFile(filepath.Join(p.dir, "alpha-r1.img"))
-	if err != nil {
-		t.Fatal(err)
+	p.sameR1(bytes.Repeat([]byte{0x5e}, 2*mib))
+}
+
+// TestAdjustAddsAndRemovesAResourceUnderTheClusterLayer: three real
+// daemons with the cluster layer; r1, added to every node's file with
+// beta preferred, is promoted on beta by the cluster layer itself, takes
+// a real client's writes, and is removed again once down; r0 stays on
+// alpha throughout and no daemon restarts.
+func TestAdjustAddsAndRemovesAResourceUnderTheClusterLayer(t *testing.T) {
+	t.Parallel()
+	testenv.RequireTool(t, "qemu-io")
+	p := clusterPair(t)
+	p.startCluster()
+	pids := map[string]int{}
+	for _, n := range []string{"witness", "alpha", "beta"} {
+		pids[n] = p.nodes[n].proc.Pid()
 	}
-	bb, err := os.ReadFile(filepath.Join(p.dir, "beta-r1.img"))
-	if err != nil {
-		t.Fatal(err)
+	original := p.addR1("    preferred-primary: beta\n")
+	for _, n := range []string{"alpha", "beta"} {
+		p.tandem(n, "create-md", "r1", "--new-blank", "--generation", "0x1d2c3b4a59687706")
 	}
-	if !bytes.Equal(a, bb) || !bytes.Equal(a[:2*mib], bytes.Repeat([]byte{0x5e}, 2*mib)) {
-		t.Fatal("r1's replicas differ, or lack the client's writes")
+	for _, n := range []string{"witness", "alpha", "beta"} {
+		if out := p.tandem(n, "adjust"); !strings.Contains(out, "Resources[r1] (added)") {
+			t.Fatalf("adjust on %s: %s", n, out)
+		}
 	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := p.resourceStatus("beta", "r1")
+		if err == nil && serving(st) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("beta does not serve r1: %+v %v\n%s", st, err, tail(p.nodes["beta"].proc.Stderr(), 40))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	uri1 := "nbd://" + p.nodes["beta"].nbdAddr + "/r1"
+	qemuIO(t, uri1, "write -P 0x4d 0 1M", "flush")
+	if res := p.clusterStatus("alpha").ClusterLayer.Record.Resource("r1"); res == nil || res.Primary != "beta" || res.Preferred != "beta" {
+		t.Fatalf("the record of r1: %+v", res)
+	}
+	if st := p.status("alpha"); !serving(st) {
+		t.Fatalf("r0 after adding r1: %+v", st)
+	}
+
+	// Removal: the secondary first, then the primary once demoted.
+	writeFile(t, p.path, original, 0o644)
+	p.tandem("alpha", "down", "r1")
+	p.tandem("alpha", "adjust")
+	if _, stderr, err := p.tandemErr("beta", "demote", "r1"); err != nil {
+		var lines []string
+		for _, n := range []string{"alpha", "beta"} {
+			for _, l := range strings.Split(p.nodes[n].proc.Stderr(), "\n") {
+				if strings.Contains(l, "r1") && !strings.Contains(l, "memberlist") {
+					lines = append(lines, l)
+				}
+			}
+		}
+		t.Fatalf("demote r1 on beta: %v %s\n%s", err, stderr, strings.Join(lines, "\n"))
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		_, stderr, err := p.tandemErr("beta", "down", "r1")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("down r1 on beta: %v %s", err, stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, n := range []string{"witness", "beta"} {
+		if out := p.tandem(n, "adjust"); !strings.Contains(out, "Resources[r1] (removed)") {
+			t.Fatalf("adjust removing r1 on %s: %s", n, out)
+		}
+	}
+	for _, n := range []string{"alpha", "beta"} {
+		if _, err := p.resourceStatus(n, "r1"); err == nil {
+			t.Fatalf("%s still has r1", n)
+		}
+		for _, rs := range p.clusterStatus(n).ClusterLayer.Resources {
+			if rs.Resource == "r1" {
+				t.Fatalf("%s's cluster layer still runs r1: %+v", n, rs)
+			}
+		}
+	}
+	qemuIO(t, p.uri("alpha"), "write -P 0x4e 1M 1M", "flush")
+	for n, pid := range pids {
+		if got := p.nodes[n].proc.Pid(); got != pid {
+			t.Errorf("%s restarted (pid %d, was %d)", n, got, pid)
+		}
+	}
+	p.stopBoth()
+	p.sameData()
+	p.sameR1(bytes.Repeat([]byte{0x4d}, mib))
 }

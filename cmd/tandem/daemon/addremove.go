@@ -258,11 +258,6 @@ func (d *Daemon) applyResources(ctx context.Context, nc *config.Config, p *resou
 		for _, r := range p.remove {
 			cl.mgr.RemoveResource(r.cfg.Name)
 		}
-		for _, r := range p.add {
-			if err := cl.mgr.AddResource(machineResource(r.cfg, nc.Timing), manager.Resource{Volume: liveVolume{r}, Gate: r.gate}); err != nil {
-				d.log.Error("adjust: the cluster layer refused the resource", "resource", r.cfg.Name, "err", err)
-			}
-		}
 	}
 }
 
@@ -271,7 +266,20 @@ func (d *Daemon) applyResources(ctx context.Context, nc *config.Config, p *resou
 func (d *Daemon) openAdded(ctx context.Context, add []*resource) []string {
 	var notes []string
 	for _, r := range add {
-		if err := d.up(ctx, r); err != nil {
+		err := d.up(ctx, r)
+		// The cluster layer only now: a volume it saw down in between
+		// would be recorded Failed in the authority record, and a Failed
+		// replica is never promoted (until create-md and up).
+		if cl := d.cl.Load(); cl != nil && d.findLocal(r.cfg.Name) == r {
+			d.cfgMu.RLock()
+			rc := machineResource(r.cfg, d.cfg.Timing)
+			d.cfgMu.RUnlock()
+			if merr := cl.mgr.AddResource(rc, manager.Resource{Volume: liveVolume{r}, Gate: r.gate}); merr != nil {
+				d.log.Error("adjust: the cluster layer refused the resource", "resource", r.cfg.Name, "err", merr)
+				notes = append(notes, fmt.Sprintf("resource %s: the cluster layer refused it: %v", r.cfg.Name, merr))
+			}
+		}
+		if err != nil {
 			notes = append(notes, fmt.Sprintf("resource %s added but down: %v", r.cfg.Name, err))
 			continue
 		}
