@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Set is the service addresses of one node, one per resource, as the daemon
@@ -13,6 +14,11 @@ import (
 // shutdown. A resource without a VIP is allowed in calls and does nothing,
 // so the caller need not know which resources have one.
 type Set struct {
+	opts []Option
+	// mu guards vips and names: Add and Remove change them while the
+	// node manager claims and releases (a resource added or removed by
+	// tandem adjust).
+	mu    sync.RWMutex
 	vips  map[string]*VIP
 	names []string // sorted, for a stable Status and ReleaseAll order
 }
@@ -21,7 +27,7 @@ type Set struct {
 // until Claim. opts apply to every VIP (WithNetns, WithLogger...). Two
 // resources may not share an address.
 func NewSet(cfgs map[string]Config, opts ...Option) (*Set, error) {
-	s := &Set{vips: map[string]*VIP{}}
+	s := &Set{vips: map[string]*VIP{}, opts: opts}
 	owner := map[string]string{}
 	for name, c := range cfgs {
 		s.names = append(s.names, name)
@@ -44,15 +50,76 @@ func NewSet(cfgs map[string]Config, opts ...Option) (*Set, error) {
 }
 
 // Resources lists the resources that have a VIP, sorted.
-func (s *Set) Resources() []string { return slices.Clone(s.names) }
+func (s *Set) Resources() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.names)
+}
 
 // VIP returns the resource's VIP, or nil if it has none.
-func (s *Set) VIP(resource string) *VIP { return s.vips[resource] }
+func (s *Set) VIP(resource string) *VIP {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.vips[resource]
+}
+
+// each is the VIPs now, in Resources order.
+func (s *Set) each() ([]string, []*VIP) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	vs := make([]*VIP, len(s.names))
+	for i, name := range s.names {
+		vs[i] = s.vips[name]
+	}
+	return slices.Clone(s.names), vs
+}
+
+// Add gives one more resource its VIP, checked as NewSet checks them
+// (with NewSet's options); nothing is touched until Claim.
+func (s *Set) Add(resource string, c Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vips[resource] != nil {
+		return fmt.Errorf("%w: resource %s has a VIP already", ErrBadConfig, resource)
+	}
+	for _, name := range s.names {
+		if s.vips[name].cfg.Address.Addr() == c.Address.Addr() {
+			return fmt.Errorf("%w: %s is the VIP of %s already", ErrBadConfig, c.Address.Addr(), name)
+		}
+	}
+	v, err := New(c, s.opts...)
+	if err != nil {
+		return fmt.Errorf("resource %s: %w", resource, err)
+	}
+	v.log = v.log.With("resource", resource)
+	s.vips[resource] = v
+	s.names = append(s.names, resource)
+	slices.Sort(s.names)
+	return nil
+}
+
+// Remove takes a resource's VIP out of the set, releasing it first if
+// this node holds it; nil for a resource without one.
+func (s *Set) Remove(ctx context.Context, resource string) error {
+	s.mu.Lock()
+	v := s.vips[resource]
+	delete(s.vips, resource)
+	s.names = slices.DeleteFunc(s.names, func(n string) bool { return n == resource })
+	s.mu.Unlock()
+	if v == nil {
+		return nil
+	}
+	defer v.Close()
+	if err := v.Release(ctx); err != nil {
+		return fmt.Errorf("resource %s: %w", resource, err)
+	}
+	return nil
+}
 
 // Claim claims the resource's VIP (see VIP.Claim); nil for a resource
 // without one.
 func (s *Set) Claim(ctx context.Context, resource string) error {
-	if v := s.vips[resource]; v != nil {
+	if v := s.VIP(resource); v != nil {
 		return v.Claim(ctx)
 	}
 	return nil
@@ -61,7 +128,7 @@ func (s *Set) Claim(ctx context.Context, resource string) error {
 // Release releases the resource's VIP (see VIP.Release); nil for a resource
 // without one.
 func (s *Set) Release(ctx context.Context, resource string) error {
-	if v := s.vips[resource]; v != nil {
+	if v := s.VIP(resource); v != nil {
 		return v.Release(ctx)
 	}
 	return nil
@@ -72,9 +139,10 @@ func (s *Set) Release(ctx context.Context, resource string) error {
 // joined, each naming its resource.
 func (s *Set) ReleaseAll(ctx context.Context) error {
 	var errs []error
-	for _, name := range s.names {
-		if err := s.vips[name].Release(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("resource %s: %w", name, err))
+	names, vs := s.each()
+	for i, v := range vs {
+		if err := v.Release(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("resource %s: %w", names[i], err))
 		}
 	}
 	return errors.Join(errs...)
@@ -82,9 +150,9 @@ func (s *Set) ReleaseAll(ctx context.Context) error {
 
 // Status inspects every VIP of the set (see Status), in Resources order.
 func (s *Set) Status() []State {
-	out := make([]State, len(s.names))
-	for i, name := range s.names {
-		v := s.vips[name]
+	_, vs := s.each()
+	out := make([]State, len(vs))
+	for i, v := range vs {
 		out[i] = inspect(v.cfg, v.ns)
 	}
 	return out
@@ -92,16 +160,18 @@ func (s *Set) Status() []State {
 
 // Close stops pending repeats of every VIP and leaves the addresses.
 func (s *Set) Close() {
-	for _, name := range s.names {
-		s.vips[name].Close()
+	_, vs := s.each()
+	for _, v := range vs {
+		v.Close()
 	}
 }
 
 // String names the set's VIPs, for logs.
 func (s *Set) String() string {
-	parts := make([]string, len(s.names))
-	for i, name := range s.names {
-		parts[i] = name + "=" + s.vips[name].cfg.Address.String() + "@" + s.vips[name].cfg.Interface
+	names, vs := s.each()
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = names[i] + "=" + v.cfg.Address.String() + "@" + v.cfg.Interface
 	}
 	return strings.Join(parts, " ")
 }

@@ -63,3 +63,50 @@ func TestSet(t *testing.T) {
 		t.Fatalf("second release all: %v", err)
 	}
 }
+
+// A VIP added to a running set is claimed like the others; a removed one
+// is released and no longer claimed; Add checks as NewSet does.
+func TestSetAddAndRemove(t *testing.T) {
+	t.Parallel()
+	s := newSegment(t, map[string][]string{"a": {"198.51.100.1/24"}})
+	a := s.hosts["a"]
+	ctx := testCtx(t)
+	set, err := NewSet(map[string]Config{"db": testConfig("198.51.100.100/24")}, WithNetns(a.ns), WithLogger(testLogger(t, "a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	for _, bad := range []struct {
+		name string
+		c    Config
+	}{{"db", testConfig("198.51.100.102/24")}, {"web", testConfig("198.51.100.100/24")}, {"web", testConfig("198.51.100.0/24")}} {
+		if err := set.Add(bad.name, bad.c); !errors.Is(err, ErrBadConfig) {
+			t.Fatalf("Add(%s, %s): %v", bad.name, bad.c.Address, err)
+		}
+	}
+	if err := set.Add("web", testConfig("198.51.100.101/24")); err != nil {
+		t.Fatal(err)
+	}
+	if got := set.Resources(); len(got) != 2 || got[1] != "web" {
+		t.Fatalf("Resources() = %v", got)
+	}
+	if err := set.Claim(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	web := netip.MustParsePrefix("198.51.100.101/24")
+	if !a.holds(t, web) {
+		t.Fatal("the added VIP is not held after its claim")
+	}
+	if err := set.Remove(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if a.holds(t, web) || len(set.Resources()) != 1 {
+		t.Fatalf("after Remove: held %v, resources %v", a.holds(t, web), set.Resources())
+	}
+	if err := set.Claim(ctx, "web"); err != nil || a.holds(t, web) {
+		t.Fatalf("a claim of the removed resource: %v, held %v", err, a.holds(t, web))
+	}
+	if err := set.Remove(ctx, "web"); err != nil {
+		t.Fatalf("removing it twice: %v", err)
+	}
+}

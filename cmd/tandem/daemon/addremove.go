@@ -163,11 +163,13 @@ func (d *Daemon) planResources(nc *config.Config, added, removed []string, held 
 		if r == nil {
 			continue
 		}
+		if v, ok := r.cfg.VIPFor(d.node.Name); ok && cl {
+			if err := v.Check(); err != nil {
+				restart = append(restart, fmt.Sprintf("Resources[%s]%s: vip: %v", name, resourceAdded, err))
+				continue
+			}
+		}
 		switch {
-		case cl && r.cfg.VIP != nil:
-			// The cluster layer's VIP set is built at start.
-			restart = append(restart, fmt.Sprintf("Resources[%s]%s: a resource with a vip is added to a running cluster layer only by a restart (not built yet)", name, resourceAdded))
-			continue
 		case d.secret == nil:
 			restart = append(restart, fmt.Sprintf("Resources[%s]%s: this node started without resources and has not read secret-file", name, resourceAdded))
 			continue
@@ -257,6 +259,10 @@ func (d *Daemon) applyResources(ctx context.Context, nc *config.Config, p *resou
 	if cl := d.cl.Load(); cl != nil {
 		for _, r := range p.remove {
 			cl.mgr.RemoveResource(r.cfg.Name)
+			// Down here, so not held here: Remove only forgets it.
+			if err := cl.vips.Remove(ctx, r.cfg.Name); err != nil {
+				d.log.Warn("adjust: removing the VIP", "resource", r.cfg.Name, "err", err)
+			}
 		}
 	}
 }
@@ -274,7 +280,17 @@ func (d *Daemon) openAdded(ctx context.Context, add []*resource) []string {
 			d.cfgMu.RLock()
 			rc := machineResource(r.cfg, d.cfg.Timing)
 			d.cfgMu.RUnlock()
-			if merr := cl.mgr.AddResource(rc, manager.Resource{Volume: liveVolume{r}, Gate: r.gate}); merr != nil {
+			// Its VIP first: the manager may promote it at once.
+			var verr error
+			if v, ok := r.cfg.VIPFor(d.node.Name); ok {
+				verr = cl.vips.Add(r.cfg.Name, v)
+			}
+			if verr != nil {
+				// Promoted without its address, its clients would not
+				// find it: it stays out of the cluster layer.
+				d.log.Error("adjust: the resource's vip was refused; it is not handed to the cluster layer", "resource", r.cfg.Name, "err", verr)
+				notes = append(notes, fmt.Sprintf("resource %s: its vip was refused (%v): not handed to the cluster layer, restart the daemon", r.cfg.Name, verr))
+			} else if merr := cl.mgr.AddResource(rc, manager.Resource{Volume: liveVolume{r}, Gate: r.gate}); merr != nil {
 				d.log.Error("adjust: the cluster layer refused the resource", "resource", r.cfg.Name, "err", merr)
 				notes = append(notes, fmt.Sprintf("resource %s: the cluster layer refused it: %v", r.cfg.Name, merr))
 			}
